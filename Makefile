@@ -1,0 +1,47 @@
+# rcache: `make demo` shows the whole journey; `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+export RCACHE_TOOLS ?= $(HOME)/.cache/rcache/tools
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+
+.PHONY: all deps tools build lint crds-check test test-rust test-e2e demo cluster-up cluster-down bench clean
+
+all: build
+
+deps: ## install Debian packages (UCX, FUSE, fio, iperf3, clang for bindgen)
+	scripts/install-deps.sh
+
+tools: ## build kube-apiserver & co., etcd, kwok, helm from Go modules (cached by version)
+	e2e/tools/build.sh
+
+build: deps
+	cargo build --workspace --all-targets
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+crds-check: ## the committed CRD must match the Rust types
+	scripts/check-generated.sh
+
+test-rust: deps ## unit and process-level integration tests
+	cargo test --workspace --no-fail-fast
+
+test-e2e: deps tools ## suites against the local real control plane (e2e/suites/*.sh, in order)
+	e2e/run-suites.sh
+
+test: deps tools lint crds-check test-rust test-e2e ## everything CI runs
+
+demo: deps tools ## start the control plane, install the chart, serve and read data through the cache
+	e2e/demo.sh
+
+cluster-up: tools
+	e2e/cluster up
+
+cluster-down:
+	e2e/cluster down
+
+bench: deps ## benchmarks (not tests): print ratios against limits measured in the same run
+	scripts/bench-all.sh
+
+clean:
+	cargo clean

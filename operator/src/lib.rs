@@ -1,0 +1,1 @@
+//! rcache-operator: CacheCluster API types, pure builders of child objects, reconcile, status.

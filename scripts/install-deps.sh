@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what rcache needs on a fresh Debian machine (idempotent; skips what is present).
+# Debian packages: UCX (library, headers, ucx_perftest), clang for bindgen, FUSE 3, fio, iperf3,
+# iproute2 for network namespaces. Go and Rust toolchains are expected on the machine.
+set -euo pipefail
+pkgs=(libucx-dev ucx-utils libclang-dev clang pkg-config fuse3 libfuse3-dev fio iperf3 iproute2 jq procps psmisc curl)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[deps] installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v go >/dev/null || { echo "[deps] Go is required (go1.25+): not found on PATH" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "[deps] Rust (cargo) is required: not found on PATH" >&2; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt || true
+echo "[deps] ok"

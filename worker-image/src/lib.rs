@@ -1,0 +1,1 @@
+//! rcache-worker: properties, under-storage, page cache, membership and placement, server and client library.

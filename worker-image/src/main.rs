@@ -1,0 +1,3 @@
+fn main() {
+    println!("rcache-worker {}", env!("CARGO_PKG_VERSION"));
+}
