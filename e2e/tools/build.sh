@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane from Go modules into a cache keyed by version:
 #   $RCACHE_TOOLS/<tool>-<version>/bin/...
-# A second run finds the binaries and builds nothing. Prints progress while building.
+# A second run finds the binaries and builds nothing. Prints progress while building, checks that
+# every binary reports the pinned version, and serialises concurrent builds of one tool (flock).
 # Usage: e2e/tools/build.sh [kubernetes|etcd|kwok|helm ...]   (default: all)
+#        e2e/tools/build.sh --bin-path   prints the tool bin dirs joined by ':' (builds nothing)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
@@ -10,9 +12,49 @@ here=$(cd "$(dirname "$0")" && pwd)
 RCACHE_TOOLS=${RCACHE_TOOLS:-$HOME/.cache/rcache/tools}
 export GOFLAGS=${GOFLAGS:--mod=mod}
 export CGO_ENABLED=0
+
+bin_dir() { # bin_dir <tool>
+  case $1 in
+    kubernetes) echo "$RCACHE_TOOLS/kubernetes-$K8S_VERSION/bin" ;;
+    etcd) echo "$RCACHE_TOOLS/etcd-$ETCD_VERSION/bin" ;;
+    kwok) echo "$RCACHE_TOOLS/kwok-$KWOK_VERSION/bin" ;;
+    helm) echo "$RCACHE_TOOLS/helm-$HELM_VERSION/bin" ;;
+  esac
+}
+if [ "${1:-}" = --bin-path ]; then
+  echo "$(bin_dir kubernetes):$(bin_dir etcd):$(bin_dir kwok):$(bin_dir helm)"
+  exit 0
+fi
+
+command -v go >/dev/null || { echo "build.sh: 'go' not found on PATH; install Go >= 1.25 (see e2e/tools/*/go.mod)" >&2; exit 1; }
 mkdir -p "$RCACHE_TOOLS"
 
 log() { printf '[tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# verify <tool> <bin dir>: each binary must report the pinned version (ldflags took effect).
+verify() {
+  local t=$1 d=$2 out
+  case $t in
+    kubernetes)
+      for b in kube-apiserver kube-controller-manager kube-scheduler; do
+        out=$("$d/$b" --version 2>&1) || true
+        [ "$out" = "Kubernetes $K8S_VERSION" ] || { log "$b reports '$out', want 'Kubernetes $K8S_VERSION'"; return 1; }
+      done
+      out=$("$d/kubectl" version --client -o json 2>&1 | grep -o '"gitVersion": *"[^"]*"' | head -1) || true
+      [[ $out == *"\"$K8S_VERSION\"" ]] || { log "kubectl reports '$out', want $K8S_VERSION"; return 1; } ;;
+    etcd)
+      out=$("$d/etcd" --version 2>&1 | head -1) || true
+      [ "$out" = "etcd Version: ${ETCD_VERSION#v}" ] || { log "etcd reports '$out'"; return 1; } ;;
+    kwok)
+      for b in kwok kwokctl; do
+        out=$("$d/$b" --version 2>&1) || true
+        [[ $out == *"$KWOK_VERSION"* ]] || { log "$b reports '$out', want $KWOK_VERSION"; return 1; }
+      done ;;
+    helm)
+      out=$("$d/helm" version --short 2>&1) || true
+      [[ $out == "$HELM_VERSION"* ]] || { log "helm reports '$out', want $HELM_VERSION"; return 1; } ;;
+  esac
+}
 
 # build_module <name> <version> <module dir> <ldflags> <pkg>...
 build_module() {
@@ -22,6 +64,15 @@ build_module() {
     log "$name $version: cached in $dest"
     return 0
   fi
+  # One builder per tool at a time; a second caller waits, then finds the cache.
+  exec 9>"$RCACHE_TOOLS/.lock-$name"
+  if ! flock -n 9; then
+    log "$name $version: another build is running, waiting for it"
+    flock 9
+  fi
+  if [ -f "$dest/.complete" ]; then
+    log "$name $version: cached in $dest"; exec 9>&-; return 0
+  fi
   log "$name $version: building ${*##*/} (first time only; progress below)"
   local start=$SECONDS tmp
   tmp=$(mktemp -d "$RCACHE_TOOLS/.build-$name.XXXX")
@@ -30,9 +81,14 @@ build_module() {
     awk -v n="$name" '{c++; if (c % 200 == 0) { printf "[tools] %s: %d packages compiled\n", n, c > "/dev/stderr"; fflush() } }
                       /^(#|go: |.*\.go:[0-9]+)/ { print > "/dev/stderr" }'
   [ "${PIPESTATUS[0]}" -eq 0 ] || { log "$name: build failed"; rm -rf "$tmp"; return 1; }
+  # go names a binary after the last path element that is not a major version suffix, so
+  # go.etcd.io/etcd/server/v3 becomes "server"; the etcd release calls it "etcd".
+  [ ! -f "$tmp/server" ] || mv "$tmp/server" "$tmp/etcd"
+  verify "$name" "$tmp" || { log "$name: version check failed (ldflags?)"; rm -rf "$tmp"; return 1; }
   rm -rf "$dest"; mkdir -p "$dest"; mv "$tmp" "$dest/bin"
   touch "$dest/.complete"
   log "$name $version: built in $((SECONDS - start))s -> $dest/bin"
+  exec 9>&-
 }
 
 k8s_ldflags() {
@@ -46,6 +102,7 @@ k8s_ldflags() {
 }
 
 want=("$@"); [ ${#want[@]} -gt 0 ] || want=(etcd kubernetes kwok helm)
+total=$SECONDS
 for t in "${want[@]}"; do
   case $t in
     kubernetes)
@@ -67,3 +124,4 @@ for t in "${want[@]}"; do
     *) echo "unknown tool: $t (known: kubernetes etcd kwok helm)" >&2; exit 2 ;;
   esac
 done
+log "tools ready in $((SECONDS - total))s: $(bin_dir kubernetes) $(bin_dir etcd) $(bin_dir kwok) $(bin_dir helm)"
