@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export RCACHE_TOOLS ?= $(HOME)/.cache/rcache/tools
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: all deps tools build lint crds-check test test-rust test-e2e demo cluster-up cluster-down bench clean
+.PHONY: all deps tools build lint crds-check test test-rust test-e2e demo cluster-up cluster-down bench image clean
 
 all: build
 
@@ -42,6 +42,9 @@ cluster-down:
 
 bench: deps ## benchmarks (not tests): print ratios against limits measured in the same run
 	scripts/bench-all.sh
+
+image: ## build the rcache image offline (buildah + debootstrap; not part of make test)
+	scripts/build-image.sh
 
 clean:
 	cargo clean
