@@ -131,5 +131,5 @@ mkdir -p "$out_dir"
 archive=$out_dir/rcache-$version.docker.tar
 rm -f "$archive"
 buildah push --quiet "$image" "docker-archive:$archive:${image#localhost/}" >/dev/null
-size=$(buildah inspect --type image --format '{{.Docker.Size}}' "$image" 2>/dev/null || echo '?')
+size=$(buildah images --format '{{.Size}}' "$image" | head -n1)
 log "image $image (uid 65532), archive $archive ($(du -h "$archive" | cut -f1)), size $size"
