@@ -1,0 +1,626 @@
+//! The `CacheCluster` API (`rcache.io/v1alpha1`): spec, status and the CEL rules the apiserver
+//! enforces. Every field's doc comment becomes its `kubectl explain` text, so write them for users.
+//! This module owns the schema only; it must not talk to the API server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default worker and FUSE image.
+pub const DEFAULT_IMAGE: &str = "rcache/rcache:0.1.0";
+
+/// Desired state of an rcache cluster: cache workers, FUSE mounts on nodes, the under storage
+/// they cache, and the network (RDMA, IPoIB or TCP) the data path uses.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "rcache.io",
+    version = "v1alpha1",
+    kind = "CacheCluster",
+    namespaced,
+    shortname = "rcc",
+    status = "CacheClusterStatus",
+    derive = "PartialEq",
+    doc = "CacheCluster is an RDMA-enabled cache: worker pods that cache pages of an under storage (UFS) and FUSE pods that mount the cache on nodes, wired to InfiniBand/RoCE secondary networks.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether workers, FUSE and network are all ready"),
+    printcolumn(name = "Workers", type_ = "string", json_path = ".status.workers", description = "Ready/desired cache workers"),
+    printcolumn(name = "FUSE", type_ = "string", json_path = ".status.fuse", description = "Ready/desired FUSE pods"),
+    printcolumn(name = "Transport", type_ = "string", json_path = ".status.transport", description = "Data transport: ucx (RDMA) or tcp"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheClusterSpec {
+    /// Cache workers: a StatefulSet of pods that hold cached pages in memory and on local disk
+    /// and serve them to clients.
+    #[serde(default)]
+    pub worker: WorkerSpec,
+    /// FUSE client: a DaemonSet that mounts the cache on each selected node so other pods can
+    /// read it through a hostPath.
+    #[serde(default)]
+    pub fuse: FuseSpec,
+    /// Under storage (UFS): where cached data comes from.
+    pub ufs: UfsSpec,
+    /// Data network: transport mode, Multus secondary networks, RDMA device-plugin resources and
+    /// registered buffer pool.
+    #[serde(default)]
+    pub network: NetworkSpec,
+}
+
+/// Cache worker settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSpec {
+    /// Number of worker pods (at least 1). Members are identified by pod name, so scaling keeps
+    /// the identities of the remaining workers.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.worker.replicas must be at least 1"))]
+    pub replicas: i32,
+    /// Container image holding the `rcache-worker` binary.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Image pull policy: Always, IfNotPresent or Never.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// CPU and memory requests/limits of the worker container. The RDMA device-plugin resource
+    /// (spec.network.rdma.resourceName) is added by the operator; do not list it here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels a worker pod's node must have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of worker pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity rules of worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Cache tiers, fastest first: at most one MEM tier (pages in the registered buffer pool) and
+    /// one SSD tier (pages in a directory). Default: one MEM tier with a 1Gi quota.
+    #[serde(default = "default_tiers")]
+    #[schemars(length(max = 4))]
+    #[x_kube(validation = Rule::new("self.all(t, self.exists_one(u, u.medium == t.medium))").message("spec.worker.tiers: each medium (MEM, SSD) may appear at most once"))]
+    pub tiers: Vec<TierSpec>,
+    /// Cache page size as a Kubernetes quantity (e.g. 1Mi). Rendered as rcache.worker.page.size.
+    #[serde(default = "default_page_size")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.worker.pageSize must be a positive quantity such as 1Mi"))]
+    pub page_size: String,
+    /// Ports the worker listens on.
+    #[serde(default)]
+    pub ports: WorkerPorts,
+}
+
+/// Worker ports.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPorts {
+    /// TCP data port (rcache.worker.data.port).
+    #[serde(default = "default_data_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub data: i32,
+    /// UCX (RDMA) data port (rcache.network.rdma.data.port).
+    #[serde(default = "default_rdma_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub rdma: i32,
+    /// HTTP port for /metrics, /healthz and /readyz (rcache.worker.web.port).
+    #[serde(default = "default_web_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub web: i32,
+}
+
+/// One cache tier.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.medium != 'SSD' || (has(self.path) && self.path.startsWith('/'))").message("spec.worker.tiers[].path: an SSD tier needs an absolute path (the directory inside the worker)"))]
+pub struct TierSpec {
+    /// Storage medium: MEM (registered memory) or SSD (a directory).
+    pub medium: Medium,
+    /// Directory inside the worker container holding the tier's pages (SSD only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub path: Option<String>,
+    /// Host directory backing an SSD tier. When unset, the SSD tier uses an emptyDir volume
+    /// limited to the quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub host_path: Option<String>,
+    /// Capacity of the tier as a Kubernetes quantity (e.g. 4Gi).
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.worker.tiers[].quota must be a quantity such as 4Gi"))]
+    pub quota: String,
+}
+
+/// Storage medium of a cache tier.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Medium {
+    /// Pages held in the worker's registered memory buffer pool.
+    #[serde(rename = "MEM")]
+    Mem,
+    /// Pages held in a directory on local disk.
+    #[serde(rename = "SSD")]
+    Ssd,
+}
+
+/// Image pull policy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when the image is not on the node.
+    #[default]
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// FUSE client settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FuseSpec {
+    /// Run the FUSE DaemonSet.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Image holding the `rcache-fuse` binary. Default: spec.worker.image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Absolute host directory where the cache is mounted on each node (hostPath with
+    /// Bidirectional mount propagation). Other pods mount this path to read the cache.
+    #[serde(default = "default_host_mount_path")]
+    #[schemars(length(max = 4096))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("spec.fuse.hostMountPath must be an absolute path (start with /)"))]
+    pub host_mount_path: String,
+    /// Node labels a FUSE pod's node must have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of FUSE pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// CPU and memory requests/limits of the FUSE container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Read-ahead parts for sequential readers
+    /// (rcache.user.position.reader.streaming.async.prefetch.max.part.number).
+    #[serde(default = "default_prefetch_parts")]
+    #[schemars(range(min = 0, max = 1024))]
+    pub prefetch_parts: i32,
+    /// Files up to this size (a quantity, e.g. 4Mi) are fetched whole on open; 0 disables
+    /// (rcache.user.position.reader.streaming.async.prefetch.file.length.threshold).
+    #[serde(default = "default_zero")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.fuse.smallFilePrefetchThreshold must be a quantity such as 4Mi or 0"))]
+    pub small_file_prefetch_threshold: String,
+    /// Cache of open/stat results in the FUSE client.
+    #[serde(default)]
+    pub open_status_cache: OpenStatusCache,
+}
+
+/// Cache of open/stat results.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenStatusCache {
+    /// Cache open/stat results (rcache.fuse.open.read.status.cache.enabled).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Entries in the cache (rcache.fuse.open.read.status.cache.max.size).
+    #[serde(default = "default_status_cache_size")]
+    #[schemars(range(min = 1))]
+    pub max_size: i32,
+}
+
+/// Under storage.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UfsSpec {
+    /// URI of the under-storage root: file:///data, s3://bucket/prefix, gs://bucket/prefix or
+    /// hdfs://namenode:8020/path (rcache.ufs.uri).
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^(file|s3|gs|hdfs)://')").message("spec.ufs.uri must use a supported scheme: file://, s3://, gs:// or hdfs://"))]
+    pub uri: String,
+    /// Secret whose keys are passed to workers as environment variables (e.g.
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// For a file:// URI: host directory mounted read-only into workers at the URI's path.
+    /// Unset: the path must already exist in the worker image or another volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub host_path: Option<String>,
+}
+
+/// Reference to a Secret in the CacheCluster's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Secret name.
+    pub name: String,
+}
+
+/// Data network.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode != 'rdma' || self.hostNetwork || has(self.rdma.resourceName)").message("spec.network: mode rdma needs spec.network.rdma.resourceName (an RDMA device-plugin resource such as rdma/hca_shared_devices_a) or spec.network.hostNetwork: true"),
+    validation = Rule::new("self.mode != 'ipoib' || self.hostNetwork || size(self.attachments) > 0").message("spec.network: mode ipoib needs spec.network.attachments (an IPoIB NetworkAttachmentDefinition) or spec.network.hostNetwork: true"),
+    validation = Rule::new("!self.hostNetwork || size(self.attachments) == 0").message("spec.network.attachments must be empty when spec.network.hostNetwork is true (Multus does not attach host-network pods)")
+)]
+pub struct NetworkSpec {
+    /// Transport mode: rdma (data over UCX on InfiniBand/RoCE), ipoib (TCP over an IPoIB
+    /// interface) or tcp (TCP over the pod network or a secondary Ethernet network).
+    #[serde(default)]
+    pub mode: NetworkMode,
+    /// Multus secondary networks attached to worker and FUSE pods. The first attachment's
+    /// interface is the default bind device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub attachments: Vec<Attachment>,
+    /// Interface the data path binds to inside pods (rcache.worker.data.bind.device and
+    /// rcache.user.network.data.bind.device). Default: the first attachment's interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("size(self) <= 15").message("spec.network.bindDevice must be at most 15 characters (the Linux interface name limit)"))]
+    pub bind_device: Option<String>,
+    /// Run worker and FUSE pods in the host network namespace (no Multus; bind to a host
+    /// interface such as ib0).
+    #[serde(default)]
+    pub host_network: bool,
+    /// RDMA settings: device-plugin resource, device, registered buffer pool.
+    #[serde(default)]
+    pub rdma: RdmaSpec,
+    /// What a client does when a worker's UCX port is unreachable: none (fail) or tcp (fall
+    /// back to the TCP data port) (rcache.network.rdma.data.fallback).
+    #[serde(default)]
+    pub fallback: Fallback,
+}
+
+/// Transport mode.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// RDMA through UCX (InfiniBand or RoCE).
+    Rdma,
+    /// TCP over an IPoIB interface.
+    Ipoib,
+    /// TCP over the pod network or a secondary Ethernet network.
+    #[default]
+    Tcp,
+}
+
+impl NetworkMode {
+    /// The spec spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Rdma => "rdma",
+            NetworkMode::Ipoib => "ipoib",
+            NetworkMode::Tcp => "tcp",
+        }
+    }
+}
+
+/// Client fallback policy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Fail the read.
+    #[default]
+    None,
+    /// Read over TCP from the worker's data port.
+    Tcp,
+}
+
+/// A Multus secondary network.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    /// Name of the NetworkAttachmentDefinition (k8s.cni.cncf.io/v1).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of the NetworkAttachmentDefinition. Default: the CacheCluster's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub namespace: Option<String>,
+    /// Interface name inside the pod (e.g. net1 or ib0), at most 15 characters.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("size(self) <= 15").message("spec.network.attachments[].interface must be at most 15 characters (the Linux interface name limit)"))]
+    pub interface: String,
+}
+
+/// RDMA settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RdmaSpec {
+    /// Extended resource of the RDMA device plugin requested by worker and FUSE pods (e.g.
+    /// rdma/hca_shared_devices_a or nvidia.com/mlnxnics). Required in rdma mode without host
+    /// network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub resource_name: Option<String>,
+    /// How many units of resourceName each pod requests.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
+    pub resource_count: i32,
+    /// RDMA device and port such as mlx5_0:1 (rcache.network.rdma.data.bind.device). Unset:
+    /// resolved in the pod from the bind interface through sysfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub device: Option<String>,
+    /// Registered (pinned) buffer pool of each worker.
+    #[serde(default)]
+    pub buffer_pool: BufferPool,
+    /// Per-request timeout on the data path (rcache.network.rdma.data.operation.timeout.ms),
+    /// e.g. 30s, 500ms.
+    #[serde(default = "default_timeout")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub operation_timeout: String,
+}
+
+/// Registered buffer pool sizes (quantities, e.g. 256Mi, 8Gi): prewarm ≤ initial ≤ max.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!isQuantity(self.prewarm) || !isQuantity(self.initial) || quantity(self.prewarm).compareTo(quantity(self.initial)) <= 0").message("spec.network.rdma.bufferPool.prewarm must not exceed spec.network.rdma.bufferPool.initial"),
+    validation = Rule::new("!isQuantity(self.initial) || !isQuantity(self.max) || quantity(self.initial).compareTo(quantity(self.max)) <= 0").message("spec.network.rdma.bufferPool.initial must not exceed spec.network.rdma.bufferPool.max")
+)]
+pub struct BufferPool {
+    /// Registered at start (rcache.network.rdma.data.buffer.pool.initial.size).
+    #[serde(default = "default_pool_initial")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.network.rdma.bufferPool.initial must be a quantity such as 256Mi"))]
+    pub initial: String,
+    /// Registered and touched at start so the first reads do not fault
+    /// (rcache.network.rdma.data.buffer.pool.prewarm.size).
+    #[serde(default = "default_pool_initial")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.network.rdma.bufferPool.prewarm must be a quantity such as 256Mi"))]
+    pub prewarm: String,
+    /// Upper bound of the pool (rcache.network.rdma.data.buffer.pool.max.size).
+    #[serde(default = "default_pool_max")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.network.rdma.bufferPool.max must be a quantity such as 8Gi"))]
+    pub max: String,
+}
+
+/// Observed state, written by the operator.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheClusterStatus {
+    /// metadata.generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, WorkersReady, FuseReady, NetworkReady, Progressing and Degraded.
+    #[serde(default)]
+    pub conditions: Vec<ClusterCondition>,
+    /// Ready/desired workers, e.g. 2/3.
+    #[serde(default)]
+    pub workers: String,
+    /// Ready/desired FUSE pods, e.g. 3/3 (0/0 when disabled).
+    #[serde(default)]
+    pub fuse: String,
+    /// Ready worker pods.
+    #[serde(default)]
+    pub ready_workers: i32,
+    /// Desired worker pods (spec.worker.replicas).
+    #[serde(default)]
+    pub desired_workers: i32,
+    /// Ready FUSE pods.
+    #[serde(default)]
+    pub ready_fuse: i32,
+    /// FUSE pods the DaemonSet wants.
+    #[serde(default)]
+    pub desired_fuse: i32,
+    /// Data transport: ucx (RDMA) or tcp.
+    #[serde(default)]
+    pub transport: String,
+    /// Counter bumped whenever the published membership changes (members.json "generation").
+    #[serde(default)]
+    pub membership_generation: i64,
+    /// Workers as published in the membership ConfigMap.
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+/// A status condition. lastTransitionTime changes only when status changes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterCondition {
+    /// Condition type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// CamelCase reason, e.g. NetworkAttachmentNotFound.
+    pub reason: String,
+    /// What is wrong and what to do about it.
+    pub message: String,
+    /// When status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// metadata.generation this condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A worker as published in members.json (see docs/contracts.md).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    /// Consistent-hash identity (the pod name, stable across restarts).
+    pub id: String,
+    /// Pod name.
+    pub pod: String,
+    /// Node the pod runs on.
+    #[serde(default)]
+    pub node: String,
+    /// Address clients connect to: the bound interface's IP, else the pod IP.
+    #[serde(default)]
+    pub data_address: String,
+    /// Ports of the worker.
+    pub ports: MemberPorts,
+    /// ucx or tcp.
+    pub transport: String,
+    /// Whether clients may use this member.
+    pub ready: bool,
+}
+
+/// Ports of a member.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MemberPorts {
+    /// TCP data port.
+    pub data: i32,
+    /// UCX data port.
+    pub rdma: i32,
+    /// Web port.
+    pub web: i32,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_one() -> i32 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_image() -> String {
+    DEFAULT_IMAGE.to_string()
+}
+fn default_page_size() -> String {
+    "1Mi".to_string()
+}
+fn default_tiers() -> Vec<TierSpec> {
+    vec![TierSpec {
+        medium: Medium::Mem,
+        path: None,
+        host_path: None,
+        quota: "1Gi".to_string(),
+    }]
+}
+fn default_data_port() -> i32 {
+    29999
+}
+fn default_rdma_port() -> i32 {
+    59999
+}
+fn default_web_port() -> i32 {
+    30000
+}
+fn default_host_mount_path() -> String {
+    "/mnt/rcache".to_string()
+}
+fn default_prefetch_parts() -> i32 {
+    8
+}
+fn default_zero() -> String {
+    "0".to_string()
+}
+fn default_status_cache_size() -> i32 {
+    10000
+}
+fn default_timeout() -> String {
+    "30s".to_string()
+}
+fn default_pool_initial() -> String {
+    "256Mi".to_string()
+}
+fn default_pool_max() -> String {
+    "8Gi".to_string()
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        WorkerSpec {
+            replicas: default_replicas(),
+            image: default_image(),
+            image_pull_policy: PullPolicy::default(),
+            resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            tiers: default_tiers(),
+            page_size: default_page_size(),
+            ports: WorkerPorts::default(),
+        }
+    }
+}
+
+impl Default for WorkerPorts {
+    fn default() -> Self {
+        WorkerPorts {
+            data: default_data_port(),
+            rdma: default_rdma_port(),
+            web: default_web_port(),
+        }
+    }
+}
+
+impl Default for FuseSpec {
+    fn default() -> Self {
+        FuseSpec {
+            enabled: true,
+            image: None,
+            host_mount_path: default_host_mount_path(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            resources: None,
+            prefetch_parts: default_prefetch_parts(),
+            small_file_prefetch_threshold: default_zero(),
+            open_status_cache: OpenStatusCache::default(),
+        }
+    }
+}
+
+impl Default for OpenStatusCache {
+    fn default() -> Self {
+        OpenStatusCache {
+            enabled: false,
+            max_size: default_status_cache_size(),
+        }
+    }
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            mode: NetworkMode::default(),
+            attachments: Vec::new(),
+            bind_device: None,
+            host_network: false,
+            rdma: RdmaSpec::default(),
+            fallback: Fallback::default(),
+        }
+    }
+}
+
+impl Default for RdmaSpec {
+    fn default() -> Self {
+        RdmaSpec {
+            resource_name: None,
+            resource_count: default_one(),
+            device: None,
+            buffer_pool: BufferPool::default(),
+            operation_timeout: default_timeout(),
+        }
+    }
+}
+
+impl Default for BufferPool {
+    fn default() -> Self {
+        BufferPool {
+            initial: default_pool_initial(),
+            prewarm: default_pool_initial(),
+            max: default_pool_max(),
+        }
+    }
+}
