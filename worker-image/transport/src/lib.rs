@@ -3,15 +3,25 @@
 //! transports where no fabric exists), bind-device resolution and the `bench` tool.
 //! It knows nothing about caching: a server hands each request to a [`Handler`].
 
+pub mod bench;
+pub mod binding;
+pub mod bufpool;
 pub mod protocol;
+pub mod tcp;
+pub mod ucx;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+pub use bufpool::{BufferPool, ChunkMut, PoolConfig, PoolError, PoolStats};
 pub use protocol::{DirEntry, ErrorCode, FileStat, Request, Response};
 
 /// Which transport carries the data path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     /// tokio TCP: IPoIB or Ethernet.
     Tcp,
@@ -52,3 +62,136 @@ pub trait Connection: Send + Sync {
 
 /// A shared connection handle.
 pub type SharedConnection = Arc<dyn Connection>;
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Ucx => "ucx",
+        })
+    }
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(TransportKind::Tcp),
+            "ucx" | "rdma" => Ok(TransportKind::Ucx),
+            other => Err(format!("unknown transport {other:?}: use tcp or ucx")),
+        }
+    }
+}
+
+/// Server settings.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Registered buffer pool: with UCX its regions are registered (`ucp_mem_map`) and any
+    /// `Response::Data` pointing into it is sent without a copy; received payloads that fit a
+    /// chunk land in it (TCP and UCX).
+    pub pool: Option<BufferPool>,
+    /// SO_SNDBUF/SO_RCVBUF for TCP sockets; `None` keeps kernel autotuning.
+    pub socket_buffer: Option<usize>,
+}
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Limit on establishing the connection (including the first ping).
+    pub connect_timeout: Duration,
+    /// Per-request limit (`rcache.network.rdma.data.operation.timeout.ms`); `None` waits forever.
+    pub request_timeout: Option<Duration>,
+    /// Received payloads that fit a chunk are placed in this pool (registered with UCX).
+    pub pool: Option<BufferPool>,
+    /// SO_SNDBUF/SO_RCVBUF for TCP sockets; `None` keeps kernel autotuning.
+    pub socket_buffer: Option<usize>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Some(Duration::from_secs(30)),
+            pool: None,
+            socket_buffer: None,
+        }
+    }
+}
+
+enum ServerInner {
+    Tcp(tcp::TcpServer),
+    Ucx(ucx::UcxServer),
+}
+
+/// A running data server. Dropping it stops it, like `shutdown`.
+pub struct Server {
+    kind: TransportKind,
+    local_addr: SocketAddr,
+    inner: ServerInner,
+}
+
+impl Server {
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn kind(&self) -> TransportKind {
+        self.kind
+    }
+
+    /// Stops accepting and closes the connections.
+    pub async fn shutdown(&self) {
+        match &self.inner {
+            ServerInner::Tcp(s) => s.shutdown(),
+            ServerInner::Ucx(s) => s.shutdown().await,
+        }
+    }
+}
+
+/// Starts a data server on `addr` (port 0 picks a free port) that answers with `handler`.
+/// Must be called inside a tokio runtime; handlers run on it.
+pub async fn listen(
+    kind: TransportKind,
+    addr: SocketAddr,
+    handler: Arc<dyn Handler>,
+    opts: ServerOptions,
+) -> Result<Server, TransportError> {
+    let inner = match kind {
+        TransportKind::Tcp => ServerInner::Tcp(tcp::listen(addr, handler, opts).await?),
+        TransportKind::Ucx => ServerInner::Ucx(ucx::listen(addr, handler, opts).await?),
+    };
+    let local_addr = match &inner {
+        ServerInner::Tcp(s) => s.local_addr,
+        ServerInner::Ucx(s) => s.local_addr,
+    };
+    Ok(Server {
+        kind,
+        local_addr,
+        inner,
+    })
+}
+
+/// Connects to a data server and checks it answers a ping within `opts.connect_timeout`.
+pub async fn connect(
+    kind: TransportKind,
+    addr: SocketAddr,
+    opts: ClientOptions,
+) -> Result<SharedConnection, TransportError> {
+    let conn: SharedConnection = match kind {
+        TransportKind::Tcp => Arc::new(tcp::connect(addr, &opts).await?),
+        TransportKind::Ucx => Arc::new(ucx::connect(addr, &opts).await?),
+    };
+    match tokio::time::timeout(opts.connect_timeout, conn.call(Request::Ping)).await {
+        Ok(Ok(Response::Pong)) => Ok(conn),
+        Ok(Ok(other)) => Err(TransportError::Protocol {
+            addr,
+            reason: format!("ping answered with {other:?}"),
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(TransportError::Timeout {
+            addr,
+            after_ms: opts.connect_timeout.as_millis() as u64,
+        }),
+    }
+}

@@ -10,13 +10,25 @@ pub const MAX_PAYLOAD: u32 = 16 << 20;
 pub enum Request {
     Ping,
     /// Read `len` bytes of `path` (relative to the UFS root) at `offset`. A short reply means EOF.
-    Read { path: String, offset: u64, len: u32 },
-    Stat { path: String },
-    List { path: String },
+    Read {
+        path: String,
+        offset: u64,
+        len: u32,
+    },
+    Stat {
+        path: String,
+    },
+    List {
+        path: String,
+    },
     /// bench: reply with `len` bytes from registered memory.
-    BenchRead { len: u32 },
+    BenchRead {
+        len: u32,
+    },
     /// bench: the client sends `payload`; the reply is `Ack`.
-    BenchWrite { payload: Bytes },
+    BenchWrite {
+        payload: Bytes,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,4 +67,559 @@ pub enum ErrorCode {
     NotADirectory = 6,
     IsADirectory = 7,
     Unavailable = 8,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Codec.
+//
+// A frame is a fixed 24-byte header, then `meta_len` bytes of metadata (paths, stat fields,
+// error text), then `data_len` bytes of payload (file bytes for `Data`/`BenchWrite`). The payload
+// travels separately so TCP can send it with a vectored write and UCX can send it as the active
+// message's data (rendezvous, registered memory) while the header and metadata form the AM header.
+//
+// header: magic u32 | version u16 | op u16 | id u64 | meta_len u32 | data_len u32  (little endian)
+
+use bytes::{Buf, BufMut, BytesMut};
+
+/// First four bytes of every frame: `RCC1` read as a little-endian u32.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"RCC1");
+/// Protocol version; a peer speaking another version gets `ErrorCode::Unsupported`.
+pub const VERSION: u16 = 1;
+/// Fixed header length in bytes.
+pub const HEADER_LEN: usize = 24;
+/// Largest metadata section (a directory listing is the largest legitimate one).
+pub const MAX_META: u32 = 16 << 20;
+/// Largest path accepted in a request.
+pub const MAX_PATH: usize = 4096;
+
+/// Operation codes. Requests have the high bit clear, responses set.
+pub mod op {
+    pub const PING: u16 = 0x0001;
+    pub const READ: u16 = 0x0002;
+    pub const STAT: u16 = 0x0003;
+    pub const LIST: u16 = 0x0004;
+    pub const BENCH_READ: u16 = 0x0005;
+    pub const BENCH_WRITE: u16 = 0x0006;
+    pub const PONG: u16 = 0x8001;
+    pub const DATA: u16 = 0x8002;
+    pub const STAT_REPLY: u16 = 0x8003;
+    pub const LIST_REPLY: u16 = 0x8004;
+    pub const ACK: u16 = 0x8005;
+    pub const ERROR: u16 = 0x8006;
+}
+
+/// What went wrong decoding a frame. `fatal()` errors lose framing: the connection is closed
+/// after an error reply; the others are answered with an error reply and the connection goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("bad magic {0:#010x} (not an rcache peer?)")]
+    BadMagic(u32),
+    #[error("unsupported protocol version {0} (this side speaks {VERSION})")]
+    BadVersion(u16),
+    #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        what: &'static str,
+        len: u64,
+        max: u64,
+    },
+    #[error("unknown operation {0:#06x}")]
+    UnknownOp(u16),
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    #[error("{0} is not valid UTF-8")]
+    BadUtf8(&'static str),
+    #[error("unexpected payload of {len} bytes on operation {op:#06x}")]
+    UnexpectedPayload { op: u16, len: u32 },
+    #[error("unknown error code {0}")]
+    UnknownErrorCode(u16),
+}
+
+impl CodecError {
+    /// After a fatal error the byte stream cannot be re-synchronised.
+    pub fn fatal(&self) -> bool {
+        matches!(
+            self,
+            CodecError::BadMagic(_) | CodecError::BadVersion(_) | CodecError::TooLarge { .. }
+        )
+    }
+
+    /// The error code a server replies with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CodecError::BadVersion(_) | CodecError::UnknownOp(_) => ErrorCode::Unsupported,
+            CodecError::TooLarge { .. } => ErrorCode::TooLarge,
+            _ => ErrorCode::InvalidRequest,
+        }
+    }
+}
+
+/// The fixed part of every frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub op: u16,
+    pub id: u64,
+    pub meta_len: u32,
+    pub data_len: u32,
+}
+
+impl FrameHeader {
+    pub fn encode(&self, out: &mut impl BufMut) {
+        out.put_u32_le(MAGIC);
+        out.put_u16_le(VERSION);
+        out.put_u16_le(self.op);
+        out.put_u64_le(self.id);
+        out.put_u32_le(self.meta_len);
+        out.put_u32_le(self.data_len);
+    }
+
+    /// Decodes and bounds-checks a header. `buf` must hold at least `HEADER_LEN` bytes.
+    /// On `BadVersion` / `TooLarge` the id is still returned so the error reply can carry it.
+    pub fn decode(buf: &[u8]) -> Result<FrameHeader, (Option<u64>, CodecError)> {
+        if buf.len() < HEADER_LEN {
+            return Err((None, CodecError::Truncated("frame header")));
+        }
+        let mut b = &buf[..HEADER_LEN];
+        let magic = b.get_u32_le();
+        if magic != MAGIC {
+            return Err((None, CodecError::BadMagic(magic)));
+        }
+        let version = b.get_u16_le();
+        let op = b.get_u16_le();
+        let id = b.get_u64_le();
+        let meta_len = b.get_u32_le();
+        let data_len = b.get_u32_le();
+        if version != VERSION {
+            return Err((Some(id), CodecError::BadVersion(version)));
+        }
+        if meta_len > MAX_META {
+            let e = CodecError::TooLarge {
+                what: "metadata",
+                len: meta_len.into(),
+                max: MAX_META.into(),
+            };
+            return Err((Some(id), e));
+        }
+        if data_len > MAX_PAYLOAD {
+            let e = CodecError::TooLarge {
+                what: "payload",
+                len: data_len.into(),
+                max: MAX_PAYLOAD.into(),
+            };
+            return Err((Some(id), e));
+        }
+        Ok(FrameHeader {
+            op,
+            id,
+            meta_len,
+            data_len,
+        })
+    }
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u32_le(s.len() as u32);
+    out.put_slice(s.as_bytes());
+}
+
+fn get_u32(b: &mut &[u8], what: &'static str) -> Result<u32, CodecError> {
+    b.try_get_u32_le().map_err(|_| CodecError::Truncated(what))
+}
+
+fn get_u64(b: &mut &[u8], what: &'static str) -> Result<u64, CodecError> {
+    b.try_get_u64_le().map_err(|_| CodecError::Truncated(what))
+}
+
+fn get_str(b: &mut &[u8], what: &'static str, max: usize) -> Result<String, CodecError> {
+    let len = get_u32(b, what)? as usize;
+    if len > max {
+        return Err(CodecError::TooLarge {
+            what,
+            len: len as u64,
+            max: max as u64,
+        });
+    }
+    if b.len() < len {
+        return Err(CodecError::Truncated(what));
+    }
+    let s = std::str::from_utf8(&b[..len])
+        .map_err(|_| CodecError::BadUtf8(what))?
+        .to_owned();
+    b.advance(len);
+    Ok(s)
+}
+
+fn put_stat(out: &mut BytesMut, s: &FileStat) {
+    out.put_u64_le(s.size);
+    out.put_u8(s.is_dir as u8);
+    out.put_u32_le(s.mode);
+    out.put_i64_le(s.mtime_ns);
+}
+
+fn get_stat(b: &mut &[u8]) -> Result<FileStat, CodecError> {
+    let size = get_u64(b, "stat size")?;
+    let is_dir = b
+        .try_get_u8()
+        .map_err(|_| CodecError::Truncated("stat is_dir"))?
+        != 0;
+    let mode = get_u32(b, "stat mode")?;
+    let mtime_ns = b
+        .try_get_i64_le()
+        .map_err(|_| CodecError::Truncated("stat mtime"))?;
+    Ok(FileStat {
+        size,
+        is_dir,
+        mode,
+        mtime_ns,
+    })
+}
+
+impl ErrorCode {
+    pub fn from_u16(v: u16) -> Option<ErrorCode> {
+        Some(match v {
+            1 => ErrorCode::NotFound,
+            2 => ErrorCode::InvalidRequest,
+            3 => ErrorCode::Io,
+            4 => ErrorCode::TooLarge,
+            5 => ErrorCode::Unsupported,
+            6 => ErrorCode::NotADirectory,
+            7 => ErrorCode::IsADirectory,
+            8 => ErrorCode::Unavailable,
+            _ => return None,
+        })
+    }
+}
+
+fn check_no_data(op: u16, data: &Bytes) -> Result<(), CodecError> {
+    if data.is_empty() {
+        Ok(())
+    } else {
+        Err(CodecError::UnexpectedPayload {
+            op,
+            len: data.len() as u32,
+        })
+    }
+}
+
+impl Request {
+    /// Appends the metadata to `meta` and returns the op code and the payload (if any).
+    pub fn encode_meta(&self, meta: &mut BytesMut) -> (u16, Option<&Bytes>) {
+        match self {
+            Request::Ping => (op::PING, None),
+            Request::Read { path, offset, len } => {
+                put_str(meta, path);
+                meta.put_u64_le(*offset);
+                meta.put_u32_le(*len);
+                (op::READ, None)
+            }
+            Request::Stat { path } => {
+                put_str(meta, path);
+                (op::STAT, None)
+            }
+            Request::List { path } => {
+                put_str(meta, path);
+                (op::LIST, None)
+            }
+            Request::BenchRead { len } => {
+                meta.put_u32_le(*len);
+                (op::BENCH_READ, None)
+            }
+            Request::BenchWrite { payload } => (op::BENCH_WRITE, Some(payload)),
+        }
+    }
+
+    /// Encodes a whole frame (header, metadata, payload) into `out`; for tests and tools.
+    pub fn encode_frame(&self, id: u64, out: &mut BytesMut) {
+        let mut meta = BytesMut::new();
+        let (op, data) = self.encode_meta(&mut meta);
+        let data_len = data.map_or(0, |d| d.len() as u32);
+        FrameHeader {
+            op,
+            id,
+            meta_len: meta.len() as u32,
+            data_len,
+        }
+        .encode(out);
+        out.put_slice(&meta);
+        if let Some(d) = data {
+            out.put_slice(d);
+        }
+    }
+
+    pub fn decode(op: u16, meta: &[u8], data: Bytes) -> Result<Request, CodecError> {
+        let mut b = meta;
+        let req = match op {
+            op::PING => Request::Ping,
+            op::READ => {
+                let path = get_str(&mut b, "read path", MAX_PATH)?;
+                let offset = get_u64(&mut b, "read offset")?;
+                let len = get_u32(&mut b, "read length")?;
+                if len > MAX_PAYLOAD {
+                    return Err(CodecError::TooLarge {
+                        what: "read length",
+                        len: len.into(),
+                        max: MAX_PAYLOAD.into(),
+                    });
+                }
+                Request::Read { path, offset, len }
+            }
+            op::STAT => Request::Stat {
+                path: get_str(&mut b, "stat path", MAX_PATH)?,
+            },
+            op::LIST => Request::List {
+                path: get_str(&mut b, "list path", MAX_PATH)?,
+            },
+            op::BENCH_READ => {
+                let len = get_u32(&mut b, "bench read length")?;
+                if len > MAX_PAYLOAD {
+                    return Err(CodecError::TooLarge {
+                        what: "bench read length",
+                        len: len.into(),
+                        max: MAX_PAYLOAD.into(),
+                    });
+                }
+                Request::BenchRead { len }
+            }
+            op::BENCH_WRITE => return Ok(Request::BenchWrite { payload: data }),
+            other => return Err(CodecError::UnknownOp(other)),
+        };
+        check_no_data(op, &data)?;
+        Ok(req)
+    }
+}
+
+impl Response {
+    /// Appends the metadata to `meta` and returns the op code and the payload (if any).
+    pub fn encode_meta(&self, meta: &mut BytesMut) -> (u16, Option<&Bytes>) {
+        match self {
+            Response::Pong => (op::PONG, None),
+            Response::Data(d) => (op::DATA, Some(d)),
+            Response::Stat(s) => {
+                put_stat(meta, s);
+                (op::STAT_REPLY, None)
+            }
+            Response::List(entries) => {
+                meta.put_u32_le(entries.len() as u32);
+                for e in entries {
+                    put_str(meta, &e.name);
+                    put_stat(meta, &e.stat);
+                }
+                (op::LIST_REPLY, None)
+            }
+            Response::Ack => (op::ACK, None),
+            Response::Error { code, message } => {
+                meta.put_u16_le(*code as u16);
+                // Error text is for humans; keep frames small even if a handler is verbose.
+                let msg = truncate_utf8(message, 4096);
+                put_str(meta, msg);
+                (op::ERROR, None)
+            }
+        }
+    }
+
+    /// Encodes a whole frame into `out`; for tests and tools.
+    pub fn encode_frame(&self, id: u64, out: &mut BytesMut) {
+        let mut meta = BytesMut::new();
+        let (op, data) = self.encode_meta(&mut meta);
+        let data_len = data.map_or(0, |d| d.len() as u32);
+        FrameHeader {
+            op,
+            id,
+            meta_len: meta.len() as u32,
+            data_len,
+        }
+        .encode(out);
+        out.put_slice(&meta);
+        if let Some(d) = data {
+            out.put_slice(d);
+        }
+    }
+
+    pub fn decode(op: u16, meta: &[u8], data: Bytes) -> Result<Response, CodecError> {
+        let mut b = meta;
+        let resp = match op {
+            op::PONG => Response::Pong,
+            op::DATA => return Ok(Response::Data(data)),
+            op::STAT_REPLY => Response::Stat(get_stat(&mut b)?),
+            op::LIST_REPLY => {
+                let n = get_u32(&mut b, "list count")? as usize;
+                // Each entry takes at least 25 bytes: a count larger than that is a lie.
+                if n > b.len() / 25 {
+                    return Err(CodecError::Truncated("list entries"));
+                }
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = get_str(&mut b, "entry name", MAX_PATH)?;
+                    let stat = get_stat(&mut b)?;
+                    entries.push(DirEntry { name, stat });
+                }
+                Response::List(entries)
+            }
+            op::ACK => Response::Ack,
+            op::ERROR => {
+                let raw = b
+                    .try_get_u16_le()
+                    .map_err(|_| CodecError::Truncated("error code"))?;
+                let code = ErrorCode::from_u16(raw).ok_or(CodecError::UnknownErrorCode(raw))?;
+                let message = get_str(&mut b, "error message", 1 << 16)?;
+                Response::Error { code, message }
+            }
+            other => return Err(CodecError::UnknownOp(other)),
+        };
+        check_no_data(op, &data)?;
+        Ok(resp)
+    }
+
+    /// Shorthand for an error reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Splits one complete frame off the front of `buf`: header, metadata, payload. Returns `Ok(None)`
+/// when more bytes are needed. Used by tests and by tools; the TCP transport reads incrementally.
+pub fn split_frame(
+    buf: &mut BytesMut,
+) -> Result<Option<(FrameHeader, Bytes, Bytes)>, (Option<u64>, CodecError)> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let h = FrameHeader::decode(buf)?;
+    let total = HEADER_LEN + h.meta_len as usize + h.data_len as usize;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    buf.advance(HEADER_LEN);
+    let meta = buf.split_to(h.meta_len as usize).freeze();
+    let data = buf.split_to(h.data_len as usize).freeze();
+    Ok(Some((h, meta, data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip_req(r: Request) {
+        let mut buf = BytesMut::new();
+        r.encode_frame(42, &mut buf);
+        let (h, meta, data) = split_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(h.id, 42);
+        assert_eq!(Request::decode(h.op, &meta, data).unwrap(), r);
+        assert!(buf.is_empty());
+    }
+
+    fn roundtrip_resp(r: Response) {
+        let mut buf = BytesMut::new();
+        r.encode_frame(7, &mut buf);
+        let (h, meta, data) = split_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(h.id, 7);
+        assert_eq!(Response::decode(h.op, &meta, data).unwrap(), r);
+    }
+
+    #[test]
+    fn every_request_roundtrips() {
+        roundtrip_req(Request::Ping);
+        roundtrip_req(Request::Read {
+            path: "a/b/ü.bin".into(),
+            offset: 1 << 40,
+            len: 1 << 20,
+        });
+        roundtrip_req(Request::Stat { path: "x".into() });
+        roundtrip_req(Request::List { path: "".into() });
+        roundtrip_req(Request::BenchRead { len: 4096 });
+        roundtrip_req(Request::BenchWrite {
+            payload: Bytes::from(vec![7u8; 70_000]),
+        });
+    }
+
+    #[test]
+    fn every_response_roundtrips() {
+        roundtrip_resp(Response::Pong);
+        roundtrip_resp(Response::Data(Bytes::from_static(b"hello")));
+        roundtrip_resp(Response::Data(Bytes::new()));
+        let st = FileStat {
+            size: 5,
+            is_dir: false,
+            mode: 0o100644,
+            mtime_ns: -3,
+        };
+        roundtrip_resp(Response::Stat(st.clone()));
+        roundtrip_resp(Response::List(vec![DirEntry {
+            name: "f".into(),
+            stat: st,
+        }]));
+        roundtrip_resp(Response::List(vec![]));
+        roundtrip_resp(Response::Ack);
+        roundtrip_resp(Response::error(ErrorCode::NotFound, "no such file: a"));
+    }
+
+    #[test]
+    fn header_with_wrong_magic_is_fatal() {
+        let mut buf = BytesMut::new();
+        Request::Ping.encode_frame(1, &mut buf);
+        buf[0] = b'X';
+        let (id, e) = split_frame(&mut buf).unwrap_err();
+        assert_eq!(id, None);
+        assert!(matches!(e, CodecError::BadMagic(_)));
+        assert!(e.fatal());
+    }
+
+    #[test]
+    fn header_with_other_version_reports_id_and_unsupported() {
+        let mut buf = BytesMut::new();
+        Request::Ping.encode_frame(9, &mut buf);
+        buf[4] = 99;
+        let (id, e) = split_frame(&mut buf).unwrap_err();
+        assert_eq!(id, Some(9));
+        assert_eq!(e.code(), ErrorCode::Unsupported);
+    }
+
+    #[test]
+    fn payload_over_max_is_refused_before_reading_it() {
+        let mut buf = BytesMut::new();
+        FrameHeader {
+            op: op::BENCH_WRITE,
+            id: 3,
+            meta_len: 0,
+            data_len: MAX_PAYLOAD + 1,
+        }
+        .encode(&mut buf);
+        let (id, e) = split_frame(&mut buf).unwrap_err();
+        assert_eq!(id, Some(3));
+        assert_eq!(e.code(), ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn truncated_or_lying_metadata_is_an_error_not_a_panic() {
+        assert!(Request::decode(op::READ, &[1, 0, 0, 0], Bytes::new()).is_err());
+        assert!(Request::decode(op::READ, &[255, 255, 255, 255], Bytes::new()).is_err());
+        assert!(Response::decode(op::LIST_REPLY, &[255, 255, 255, 255], Bytes::new()).is_err());
+        assert!(Request::decode(op::STAT, &[2, 0, 0, 0, 0xff, 0xfe], Bytes::new()).is_err());
+        assert_eq!(
+            Request::decode(0x7777, &[], Bytes::new()).unwrap_err(),
+            CodecError::UnknownOp(0x7777)
+        );
+        assert!(Request::decode(op::PING, &[], Bytes::from_static(b"x")).is_err());
+    }
+
+    #[test]
+    fn partial_frame_waits_for_more_bytes() {
+        let mut full = BytesMut::new();
+        Request::Stat { path: "abc".into() }.encode_frame(1, &mut full);
+        let mut part = BytesMut::from(&full[..full.len() - 1]);
+        assert!(split_frame(&mut part).unwrap().is_none());
+    }
 }

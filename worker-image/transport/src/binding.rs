@@ -1,0 +1,1 @@
+//! Bind-device resolution (placeholder).

@@ -1,0 +1,812 @@
+//! The TCP transport (IPoIB or Ethernet): the shared protocol over tokio TCP. Owns sockets,
+//! framing on a byte stream, pipelining by request id and the reader/writer tasks; it does not
+//! interpret requests (the `Handler` does).
+//!
+//! Each connection has one reader and one writer task. Writers batch whatever is queued into
+//! one vectored write (headers from a reused buffer, payload `Bytes` as their own slices, no
+//! copy). Readers read large payloads straight into their destination (a pool chunk when a
+//! pool is configured).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::bufpool::BufferPool;
+use crate::protocol::{CodecError, FrameHeader, HEADER_LEN, Request, Response};
+use crate::{ClientOptions, Connection, Handler, ServerOptions, TransportError, TransportKind};
+
+/// Payloads at least this large are read directly into their own buffer.
+const DIRECT_READ_MIN: usize = 32 << 10;
+/// Most frames one vectored write carries.
+const MAX_BATCH: usize = 64;
+const QUEUE_DEPTH: usize = 1024;
+
+/// A message that can be written as a frame.
+pub(crate) trait Frame: Send + 'static {
+    fn encode_meta(&self, meta: &mut BytesMut) -> (u16, Option<&Bytes>);
+}
+
+impl Frame for Request {
+    fn encode_meta(&self, meta: &mut BytesMut) -> (u16, Option<&Bytes>) {
+        Request::encode_meta(self, meta)
+    }
+}
+
+impl Frame for Response {
+    fn encode_meta(&self, meta: &mut BytesMut) -> (u16, Option<&Bytes>) {
+        Response::encode_meta(self, meta)
+    }
+}
+
+/// Encodes header + metadata at the end of `meta`; returns the payload to send after it.
+pub(crate) fn encode_into<'a, T: Frame>(
+    id: u64,
+    msg: &'a T,
+    meta: &mut BytesMut,
+) -> Option<&'a Bytes> {
+    let start = meta.len();
+    meta.put_bytes(0, HEADER_LEN);
+    let (op, data) = msg.encode_meta(meta);
+    let meta_len = (meta.len() - start - HEADER_LEN) as u32;
+    let data_len = data.map_or(0, |d| d.len() as u32);
+    let mut hdr = &mut meta[start..start + HEADER_LEN];
+    FrameHeader {
+        op,
+        id,
+        meta_len,
+        data_len,
+    }
+    .encode(&mut hdr);
+    data.filter(|d| !d.is_empty())
+}
+
+async fn write_segments(wr: &mut OwnedWriteHalf, segs: &mut VecDeque<Bytes>) -> io::Result<()> {
+    while !segs.is_empty() {
+        let n = {
+            let mut iov = [IoSlice::new(&[]); MAX_BATCH];
+            let mut k = 0;
+            for s in segs.iter().take(MAX_BATCH) {
+                iov[k] = IoSlice::new(s);
+                k += 1;
+            }
+            wr.write_vectored(&iov[..k]).await?
+        };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "peer stopped reading",
+            ));
+        }
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = segs.front_mut() else { break };
+            if left >= front.len() {
+                left -= front.len();
+                segs.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes every queued frame; ends when all senders are gone or the socket fails.
+async fn write_loop<T: Frame>(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<(u64, T)>,
+) -> io::Result<()> {
+    let mut meta = BytesMut::with_capacity(64 << 10);
+    let mut segs: VecDeque<Bytes> = VecDeque::with_capacity(2 * MAX_BATCH + 1);
+    let mut batch: Vec<(u64, T)> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            let _ = wr.shutdown().await;
+            return Ok(());
+        }
+        for (id, msg) in batch.drain(..) {
+            if let Some(data) = encode_into(id, &msg, &mut meta) {
+                segs.push_back(meta.split().freeze());
+                segs.push_back(data.clone());
+            }
+        }
+        if !meta.is_empty() {
+            segs.push_back(meta.split().freeze());
+        }
+        write_segments(&mut wr, &mut segs).await?;
+        if meta.capacity() < 4096 {
+            meta.reserve(64 << 10);
+        }
+    }
+}
+
+pub(crate) enum ReadError {
+    Io(io::Error),
+    Codec(Option<u64>, CodecError),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+/// Reads frames off a byte stream.
+struct FrameReader {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    pool: Option<BufferPool>,
+}
+
+impl FrameReader {
+    async fn fill(&mut self, need: usize) -> Result<bool, ReadError> {
+        while self.buf.len() < need {
+            if self.buf.capacity() - self.buf.len() < 16 << 10 {
+                self.buf.reserve((need - self.buf.len()).max(64 << 10));
+            }
+            if self.rd.read_buf(&mut self.buf).await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(false);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a frame",
+                )
+                .into());
+            }
+        }
+        Ok(true)
+    }
+
+    /// Next frame, or `None` on a clean end of stream.
+    async fn next(&mut self) -> Result<Option<(FrameHeader, Bytes, Bytes)>, ReadError> {
+        if !self.fill(HEADER_LEN).await? {
+            return Ok(None);
+        }
+        let h = FrameHeader::decode(&self.buf).map_err(|(id, e)| ReadError::Codec(id, e))?;
+        let meta_len = h.meta_len as usize;
+        let data_len = h.data_len as usize;
+        if !self.fill(HEADER_LEN + meta_len).await? {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed inside a frame",
+            )
+            .into());
+        }
+        self.buf.advance(HEADER_LEN);
+        let meta = self.buf.split_to(meta_len).freeze();
+        let data = if data_len == 0 {
+            Bytes::new()
+        } else if data_len <= self.buf.len() || data_len < DIRECT_READ_MIN {
+            if !self.fill(data_len).await? {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a frame",
+                )
+                .into());
+            }
+            self.buf.split_to(data_len).freeze()
+        } else {
+            self.read_direct(data_len).await?
+        };
+        Ok(Some((h, meta, data)))
+    }
+
+    /// Reads a large payload into its own buffer: what is buffered first, then straight from
+    /// the socket.
+    async fn read_direct(&mut self, len: usize) -> Result<Bytes, ReadError> {
+        let have = self.buf.len();
+        if let Some(mut chunk) = self
+            .pool
+            .as_ref()
+            .filter(|p| len <= p.chunk_size())
+            .and_then(|p| p.alloc())
+        {
+            let dst = &mut chunk.as_mut_slice()[..len];
+            dst[..have].copy_from_slice(&self.buf);
+            self.buf.clear();
+            self.rd.read_exact(&mut dst[have..]).await?;
+            return Ok(chunk.freeze(len));
+        }
+        let mut d = BytesMut::with_capacity(len);
+        d.extend_from_slice(&self.buf);
+        self.buf.clear();
+        while d.len() < len {
+            let want = len - d.len();
+            if self.rd.read_buf(&mut (&mut d).limit(want)).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a payload",
+                )
+                .into());
+            }
+        }
+        Ok(d.freeze())
+    }
+}
+
+fn tune_socket(stream: &TcpStream, buf: Option<usize>) {
+    let _ = stream.set_nodelay(true);
+    if let Some(size) = buf {
+        let s = socket2::SockRef::from(stream);
+        let _ = s.set_send_buffer_size(size);
+        let _ = s.set_recv_buffer_size(size);
+    }
+}
+
+/// Runs a handler future: polled once in place (most cache hits complete without waiting, and
+/// this saves a task spawn and a wake-up), spawned when it has to wait.
+pub(crate) fn dispatch<F>(handler: &Arc<dyn Handler>, req: Request, done: F)
+where
+    F: FnOnce(Response) + Send + 'static,
+{
+    let h = handler.clone();
+    let mut fut: Pin<Box<dyn Future<Output = Response> + Send + 'static>> =
+        Box::pin(async move { h.handle(req).await });
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(r) => done(r),
+        Poll::Pending => {
+            tokio::spawn(async move { done(fut.await) });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+
+pub(crate) struct TcpServer {
+    pub local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl TcpServer {
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+pub(crate) async fn listen(
+    addr: SocketAddr,
+    handler: Arc<dyn Handler>,
+    opts: ServerOptions,
+) -> Result<TcpServer, TransportError> {
+    let err = |e: io::Error| TransportError::Listen {
+        addr,
+        reason: e.to_string(),
+    };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(err)?;
+    sock.set_reuse_address(true).map_err(err)?;
+    sock.set_nonblocking(true).map_err(err)?;
+    if let Some(size) = opts.socket_buffer {
+        let _ = sock.set_recv_buffer_size(size);
+        let _ = sock.set_send_buffer_size(size);
+    }
+    sock.bind(&addr.into()).map_err(err)?;
+    sock.listen(1024).map_err(err)?;
+    let listener = TcpListener::from_std(sock.into()).map_err(err)?;
+    let local_addr = listener.local_addr().map_err(err)?;
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(accept_loop(listener, handler, opts, stop_rx));
+    tracing::info!(%local_addr, "TCP data server listening");
+    Ok(TcpServer { local_addr, stop })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    handler: Arc<dyn Handler>,
+    opts: ServerOptions,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            acc = listener.accept() => match acc {
+                Ok((stream, peer)) => {
+                    tune_socket(&stream, opts.socket_buffer);
+                    let h = handler.clone();
+                    let pool = opts.pool.clone();
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_conn(stream, h, pool, stop).await {
+                            tracing::debug!(%peer, error = %e, "TCP data connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_conn(
+    stream: TcpStream,
+    handler: Arc<dyn Handler>,
+    pool: Option<BufferPool>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<(u64, Response)>(QUEUE_DEPTH);
+    let writer = tokio::spawn(write_loop(wr, rx));
+    let mut reader = FrameReader {
+        rd,
+        buf: BytesMut::with_capacity(128 << 10),
+        pool,
+    };
+    let result = loop {
+        let next = tokio::select! {
+            _ = stop.changed() => break Ok(()),
+            n = reader.next() => n,
+        };
+        match next {
+            Ok(None) => break Ok(()),
+            Ok(Some((h, meta, data))) => match Request::decode(h.op, &meta, data) {
+                Ok(req) => {
+                    let tx = tx.clone();
+                    dispatch(&handler, req, move |resp| {
+                        // try_send keeps the fast path synchronous; a full queue means the peer
+                        // is not reading, so wait in a task.
+                        if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send((h.id, resp)) {
+                            tokio::spawn(async move {
+                                let _ = tx.send(m).await;
+                            });
+                        }
+                    });
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send((h.id, Response::error(e.code(), format!("bad request: {e}"))))
+                        .await;
+                }
+            },
+            Err(ReadError::Codec(id, e)) => {
+                let _ = tx
+                    .send((
+                        id.unwrap_or(0),
+                        Response::error(e.code(), format!("bad frame: {e}; closing")),
+                    ))
+                    .await;
+                break Ok(());
+            }
+            Err(ReadError::Io(e)) => break Err(e),
+        }
+    };
+    drop(tx);
+    // Let queued replies (error replies included) go out before the socket closes.
+    let _ = writer.await;
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+type Reply = oneshot::Sender<Result<Response, TransportError>>;
+
+struct Pending {
+    map: Mutex<HashMap<u64, Reply>>,
+    /// Why the connection is gone, once it is.
+    closed: Mutex<Option<String>>,
+}
+
+impl Pending {
+    fn fail_all(&self, addr: SocketAddr, reason: String) {
+        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+        let drained: Vec<Reply> = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, v)| v)
+            .collect();
+        for tx in drained {
+            let _ = tx.send(Err(TransportError::Io {
+                addr,
+                reason: reason.clone(),
+            }));
+        }
+    }
+}
+
+pub(crate) struct TcpConnection {
+    peer: SocketAddr,
+    tx: mpsc::Sender<(u64, Request)>,
+    pending: Arc<Pending>,
+    next_id: AtomicU64,
+    timeout: Option<Duration>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TcpConnection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    opts: &ClientOptions,
+) -> Result<TcpConnection, TransportError> {
+    let stream = match tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(TransportError::Connect {
+                addr,
+                reason: e.to_string(),
+            });
+        }
+        Err(_) => {
+            return Err(TransportError::Timeout {
+                addr,
+                after_ms: opts.connect_timeout.as_millis() as u64,
+            });
+        }
+    };
+    tune_socket(&stream, opts.socket_buffer);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<(u64, Request)>(QUEUE_DEPTH);
+    let pending = Arc::new(Pending {
+        map: Mutex::new(HashMap::with_capacity(256)),
+        closed: Mutex::new(None),
+    });
+    let p2 = pending.clone();
+    tokio::spawn(async move {
+        if let Err(e) = write_loop(wr, rx).await {
+            p2.fail_all(addr, format!("write failed: {e}"));
+        }
+    });
+    let p3 = pending.clone();
+    let mut fr = FrameReader {
+        rd,
+        buf: BytesMut::with_capacity(128 << 10),
+        pool: opts.pool.clone(),
+    };
+    let reader = tokio::spawn(async move {
+        let reason = loop {
+            match fr.next().await {
+                Ok(None) => break "server closed the connection".to_string(),
+                Ok(Some((h, meta, data))) => {
+                    let resp =
+                        Response::decode(h.op, &meta, data).map_err(|e| TransportError::Protocol {
+                            addr,
+                            reason: e.to_string(),
+                        });
+                    let waiter = p3
+                        .map
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&h.id);
+                    if let Some(w) = waiter {
+                        let _ = w.send(resp);
+                    }
+                }
+                Err(ReadError::Codec(_, e)) => break format!("bad frame from server: {e}"),
+                Err(ReadError::Io(e)) => break format!("read failed: {e}"),
+            }
+        };
+        p3.fail_all(addr, reason);
+    });
+    Ok(TcpConnection {
+        peer: addr,
+        tx,
+        pending,
+        next_id: AtomicU64::new(1),
+        timeout: opts.request_timeout,
+        reader,
+    })
+}
+
+#[async_trait::async_trait]
+impl Connection for TcpConnection {
+    async fn call(&self, req: Request) -> Result<Response, TransportError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (stx, srx) = oneshot::channel();
+        {
+            let mut m = self.pending.map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(reason) = self
+                .pending
+                .closed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                return Err(TransportError::Io {
+                    addr: self.peer,
+                    reason: reason.clone(),
+                });
+            }
+            m.insert(id, stx);
+        }
+        let _guard = PendingGuard {
+            pending: &self.pending,
+            id,
+        };
+        if self.tx.send((id, req)).await.is_err() {
+            return Err(TransportError::Io {
+                addr: self.peer,
+                reason: "connection closed".into(),
+            });
+        }
+        let res = match self.timeout {
+            Some(t) => match tokio::time::timeout(t, srx).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(TransportError::Timeout {
+                        addr: self.peer,
+                        after_ms: t.as_millis() as u64,
+                    });
+                }
+            },
+            None => srx.await,
+        };
+        res.unwrap_or_else(|_| {
+            Err(TransportError::Io {
+                addr: self.peer,
+                reason: "connection closed".into(),
+            })
+        })
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn kind(&self) -> TransportKind {
+        TransportKind::Tcp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+    use crate::{connect as connect_any, listen as listen_any};
+
+    struct Echo;
+
+    #[async_trait::async_trait]
+    impl Handler for Echo {
+        async fn handle(&self, req: Request) -> Response {
+            match req {
+                Request::Ping => Response::Pong,
+                Request::BenchRead { len } => {
+                    Response::Data(Bytes::from(vec![0xabu8; len as usize]))
+                }
+                Request::BenchWrite { .. } => Response::Ack,
+                Request::Stat { path } if path == "slow" => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Response::Ack
+                }
+                _ => Response::error(ErrorCode::NotFound, "nothing here"),
+            }
+        }
+    }
+
+    async fn pair() -> (crate::Server, crate::SharedConnection) {
+        let s = listen_any(
+            TransportKind::Tcp,
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Echo),
+            ServerOptions::default(),
+        )
+        .await
+        .unwrap();
+        let c = connect_any(TransportKind::Tcp, s.local_addr(), ClientOptions::default())
+            .await
+            .unwrap();
+        (s, c)
+    }
+
+    #[tokio::test]
+    async fn pipelined_calls_get_their_own_replies() {
+        let (_s, c) = pair().await;
+        let mut tasks = Vec::new();
+        for i in 0..64u32 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let len = (i * 4099) % (200 << 10);
+                match c.call(Request::BenchRead { len }).await.unwrap() {
+                    Response::Data(d) => assert_eq!(d.len(), len as usize),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }));
+        }
+        assert_eq!(
+            c.call(Request::Stat {
+                path: "slow".into()
+            })
+            .await
+            .unwrap(),
+            Response::Ack
+        );
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let payload = Bytes::from(vec![1u8; 3 << 20]);
+        assert_eq!(
+            c.call(Request::BenchWrite { payload }).await.unwrap(),
+            Response::Ack
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_gets_an_error_reply_then_close() {
+        let (s, _c) = pair().await;
+        let mut raw = TcpStream::connect(s.local_addr()).await.unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut b = BytesMut::from(&buf[..]);
+        let (h, meta, data) = crate::protocol::split_frame(&mut b).unwrap().unwrap();
+        match Response::decode(h.op, &meta, data).unwrap() {
+            Response::Error { code, message } => {
+                assert_eq!(code, ErrorCode::InvalidRequest);
+                assert!(message.contains("magic"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn undecodable_request_gets_error_and_connection_lives_on() {
+        let (s, _c) = pair().await;
+        let mut raw = TcpStream::connect(s.local_addr()).await.unwrap();
+        let mut out = BytesMut::new();
+        FrameHeader {
+            op: 0x0777,
+            id: 5,
+            meta_len: 0,
+            data_len: 0,
+        }
+        .encode(&mut out);
+        Request::Ping.encode_frame(6, &mut out);
+        raw.write_all(&out).await.unwrap();
+        let mut b = BytesMut::new();
+        let mut replies = Vec::new();
+        while replies.len() < 2 {
+            let n = tokio::time::timeout(Duration::from_secs(5), raw.read_buf(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "server closed early");
+            while let Some((h, meta, data)) = crate::protocol::split_frame(&mut b).unwrap() {
+                replies.push((h.id, Response::decode(h.op, &meta, data).unwrap()));
+            }
+        }
+        assert!(
+            matches!(
+                replies[0],
+                (
+                    5,
+                    Response::Error {
+                        code: ErrorCode::Unsupported,
+                        ..
+                    }
+                )
+            ),
+            "{replies:?}"
+        );
+        assert_eq!(replies[1], (6, Response::Pong));
+    }
+
+    #[tokio::test]
+    async fn oversized_payload_is_refused_without_reading_it() {
+        let (s, _c) = pair().await;
+        let mut raw = TcpStream::connect(s.local_addr()).await.unwrap();
+        let mut out = BytesMut::new();
+        FrameHeader {
+            op: crate::protocol::op::BENCH_WRITE,
+            id: 8,
+            meta_len: 0,
+            data_len: u32::MAX,
+        }
+        .encode(&mut out);
+        raw.write_all(&out).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut b = BytesMut::from(&buf[..]);
+        let (h, meta, data) = crate::protocol::split_frame(&mut b).unwrap().unwrap();
+        assert_eq!(h.id, 8);
+        assert!(matches!(
+            Response::decode(h.op, &meta, data).unwrap(),
+            Response::Error {
+                code: ErrorCode::TooLarge,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn calls_fail_with_the_peer_named_after_server_shutdown() {
+        let (s, c) = pair().await;
+        assert_eq!(c.call(Request::Ping).await.unwrap(), Response::Pong);
+        s.shutdown().await;
+        let mut last = Ok(Response::Pong);
+        for _ in 0..50 {
+            last = c.call(Request::Ping).await;
+            if last.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let e = last.unwrap_err();
+        assert!(e.to_string().contains(&s.local_addr().to_string()), "{e}");
+    }
+
+    #[tokio::test]
+    async fn client_pool_receives_large_payloads_into_chunks() {
+        let pool = BufferPool::new(crate::bufpool::PoolConfig {
+            chunk_size: 1 << 20,
+            initial: 4 << 20,
+            prewarm: 0,
+            max: 4 << 20,
+        })
+        .unwrap();
+        let s = listen_any(
+            TransportKind::Tcp,
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Echo),
+            ServerOptions::default(),
+        )
+        .await
+        .unwrap();
+        let opts = ClientOptions {
+            pool: Some(pool.clone()),
+            ..Default::default()
+        };
+        let c = connect_any(TransportKind::Tcp, s.local_addr(), opts)
+            .await
+            .unwrap();
+        match c.call(Request::BenchRead { len: 1 << 20 }).await.unwrap() {
+            Response::Data(d) => {
+                assert!(d.iter().all(|&b| b == 0xab));
+                assert!(pool.region_of(d.as_ptr(), d.len()).is_some());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
