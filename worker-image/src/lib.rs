@@ -1,1 +1,14 @@
-//! rcache-worker: properties, under-storage, page cache, membership and placement, server and client library.
+//! rcache-worker: the cache worker and its client library.
+//!
+//! - [`config`]: the properties file (keys, defaults, syntax) and the worker's validated config.
+//! - [`ufs`]: under-storage (`file://`): range reads, stat, list; refuses paths leaving the root.
+//! - [`cache`]: the page store (MEM tier in the registered pool, SSD tier on disk).
+//! - [`cluster`]: membership file (reloaded on change) and consistent-hash placement.
+//! - [`server`]: the transport `Handler` that serves reads, stat and list from the cache.
+//! - [`client`]: the client library (block placement, failover, TCP fallback) used by FUSE.
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+
+pub mod cache;
+pub mod config;
+pub mod hash;
+pub mod ufs;

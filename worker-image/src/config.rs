@@ -1,0 +1,883 @@
+//! Properties: parsing and validating the `rcache.properties` file the operator renders
+//! (`docs/contracts.md` is the contract), with `RCACHE_<KEY>` environment overrides.
+//!
+//! This module owns the list of known keys, their defaults and their value syntax (sizes such as
+//! `256MB`, durations such as `20s`). It refuses a bad value with a message naming the key, the
+//! value, where it came from and what is accepted; unknown keys only warn. It does not decide what
+//! a value means for the cache or the client: `WorkerConfig` and `ClientConfig` do that.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What syntax a key's value has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `256MB`, `8GB`, `4096` (bytes); binary multiples.
+    Size,
+    /// Like `Size` but may be `0` or negative (`-1`) to mean "disabled".
+    SignedSize,
+    /// `20s`, `500ms`, `1m`, `2h`; a bare number of a `.ms` key is milliseconds.
+    Duration,
+    /// `0`..=`65535` (`0` = any free port, used by tests).
+    Port,
+    Bool,
+    /// A non-negative integer.
+    Count,
+    /// Free text, non-empty.
+    Text,
+    /// `scheme://rest`.
+    Uri,
+    /// One of a fixed set (lower case).
+    OneOf(&'static [&'static str]),
+}
+
+impl Kind {
+    fn accepted(&self) -> String {
+        match self {
+            Kind::Size => "a size: a number with an optional unit B, KB, MB, GB or TB \
+                           (binary: 1MB = 1048576), e.g. 256MB"
+                .into(),
+            Kind::SignedSize => "a size such as 64MB, or 0 / a negative number to disable".into(),
+            Kind::Duration => "a duration: a number with unit ms, s, m or h, e.g. 20s \
+                               (a bare number of a .ms key is milliseconds)"
+                .into(),
+            Kind::Port => "a port number 0-65535".into(),
+            Kind::Bool => "true or false".into(),
+            Kind::Count => "a non-negative integer".into(),
+            Kind::Text => "a non-empty string".into(),
+            Kind::Uri => "a URI scheme://path, e.g. file:///data".into(),
+            Kind::OneOf(opts) => format!("one of: {}", opts.join(", ")),
+        }
+    }
+}
+
+/// One known key.
+#[derive(Clone, Copy, Debug)]
+pub struct KeySpec {
+    pub key: &'static str,
+    pub kind: Kind,
+    pub default: Option<&'static str>,
+}
+
+const fn spec(key: &'static str, kind: Kind, default: Option<&'static str>) -> KeySpec {
+    KeySpec { key, kind, default }
+}
+
+pub const CLUSTER_NAME: &str = "rcache.cluster.name";
+pub const MEMBERSHIP_FILE: &str = "rcache.cluster.membership.file";
+pub const BLOCK_SIZE: &str = "rcache.cluster.placement.block.size";
+pub const UFS_URI: &str = "rcache.ufs.uri";
+pub const WORKER_HOSTNAME: &str = "rcache.worker.hostname";
+pub const WORKER_BIND_DEVICE: &str = "rcache.worker.data.bind.device";
+pub const WORKER_BIND_HOST: &str = "rcache.worker.data.bind.host";
+pub const WORKER_DATA_PORT: &str = "rcache.worker.data.port";
+pub const WORKER_WEB_PORT: &str = "rcache.worker.web.port";
+pub const PAGE_SIZE: &str = "rcache.worker.page.size";
+pub const MEM_QUOTA: &str = "rcache.worker.page.store.mem.quota";
+pub const SSD_DIR: &str = "rcache.worker.page.store.ssd.dir";
+pub const SSD_QUOTA: &str = "rcache.worker.page.store.ssd.quota";
+pub const RDMA_ENABLED: &str = "rcache.network.rdma.data.enabled";
+pub const RDMA_BIND_DEVICE: &str = "rcache.network.rdma.data.bind.device";
+pub const RDMA_BIND_HOST: &str = "rcache.network.rdma.data.bind.host";
+pub const RDMA_HOSTNAME: &str = "rcache.network.rdma.data.hostname";
+pub const RDMA_PORT: &str = "rcache.network.rdma.data.port";
+pub const POOL_INITIAL: &str = "rcache.network.rdma.data.buffer.pool.initial.size";
+pub const POOL_PREWARM: &str = "rcache.network.rdma.data.buffer.pool.prewarm.size";
+pub const POOL_MAX: &str = "rcache.network.rdma.data.buffer.pool.max.size";
+pub const OP_TIMEOUT: &str = "rcache.network.rdma.data.operation.timeout.ms";
+pub const FALLBACK: &str = "rcache.network.rdma.data.fallback";
+pub const USER_BIND_DEVICE: &str = "rcache.user.network.data.bind.device";
+pub const PREFETCH_PARTS: &str =
+    "rcache.user.position.reader.streaming.async.prefetch.max.part.number";
+pub const PREFETCH_THRESHOLD: &str =
+    "rcache.user.position.reader.streaming.async.prefetch.file.length.threshold";
+pub const FUSE_STATUS_CACHE: &str = "rcache.fuse.open.read.status.cache.enabled";
+pub const FUSE_STATUS_CACHE_SIZE: &str = "rcache.fuse.open.read.status.cache.max.size";
+pub const FUSE_MOUNT_POINT: &str = "rcache.fuse.mount.point";
+
+/// Every key of `docs/contracts.md`, with its default.
+pub const KEYS: &[KeySpec] = &[
+    spec(CLUSTER_NAME, Kind::Text, None),
+    spec(
+        MEMBERSHIP_FILE,
+        Kind::Text,
+        Some("/etc/rcache/membership/members.json"),
+    ),
+    spec(BLOCK_SIZE, Kind::Size, Some("64MB")),
+    spec(UFS_URI, Kind::Uri, None),
+    spec(WORKER_HOSTNAME, Kind::Text, None),
+    spec(WORKER_BIND_DEVICE, Kind::Text, None),
+    spec(WORKER_BIND_HOST, Kind::Text, Some("0.0.0.0")),
+    spec(WORKER_DATA_PORT, Kind::Port, Some("29999")),
+    spec(WORKER_WEB_PORT, Kind::Port, Some("30000")),
+    spec(PAGE_SIZE, Kind::Size, Some("1MB")),
+    spec(MEM_QUOTA, Kind::Size, Some("1GB")),
+    spec(SSD_DIR, Kind::Text, None),
+    spec(SSD_QUOTA, Kind::Size, Some("10GB")),
+    spec(RDMA_ENABLED, Kind::Bool, Some("false")),
+    spec(RDMA_BIND_DEVICE, Kind::Text, None),
+    spec(RDMA_BIND_HOST, Kind::Text, Some("0.0.0.0")),
+    spec(RDMA_HOSTNAME, Kind::Text, None),
+    spec(RDMA_PORT, Kind::Port, Some("59999")),
+    spec(POOL_INITIAL, Kind::Size, Some("256MB")),
+    spec(POOL_PREWARM, Kind::Size, Some("256MB")),
+    spec(POOL_MAX, Kind::Size, Some("8GB")),
+    spec(OP_TIMEOUT, Kind::Duration, Some("30s")),
+    spec(FALLBACK, Kind::OneOf(&["none", "tcp"]), Some("none")),
+    spec(USER_BIND_DEVICE, Kind::Text, None),
+    spec(PREFETCH_PARTS, Kind::Count, Some("8")),
+    spec(PREFETCH_THRESHOLD, Kind::SignedSize, Some("0")),
+    spec(FUSE_STATUS_CACHE, Kind::Bool, Some("false")),
+    spec(FUSE_STATUS_CACHE_SIZE, Kind::Count, Some("10000")),
+    spec(FUSE_MOUNT_POINT, Kind::Text, Some("/mnt/rcache")),
+];
+
+/// Looks up a known key.
+pub fn key_spec(key: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|s| s.key == key)
+}
+
+/// The environment variable that overrides `key`: `rcache.worker.data.port` →
+/// `RCACHE_WORKER_DATA_PORT`.
+pub fn env_name(key: &str) -> String {
+    key.replace(['.', '-'], "_").to_ascii_uppercase()
+}
+
+/// Where a value came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File { path: String, line: usize },
+    Env { var: String },
+    Code,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Default => write!(f, "default"),
+            Origin::File { path, line } => write!(f, "{path} line {line}"),
+            Origin::Env { var } => write!(f, "environment variable {var}"),
+            Origin::Code => write!(f, "set in code"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read properties file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{origin}: `{text}` is not `key=value`; write one `rcache.some.key=value` per line")]
+    Syntax { origin: Origin, text: String },
+    #[error("{key} = \"{value}\" ({origin}) is invalid: {reason}; accepted: {accepted}")]
+    BadValue {
+        key: String,
+        value: String,
+        origin: Origin,
+        reason: String,
+        accepted: String,
+    },
+    #[error("{key} is required: {hint}")]
+    Missing { key: String, hint: String },
+}
+
+/// A validated value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Size(u64),
+    SignedSize(i64),
+    Duration(Duration),
+    Port(u16),
+    Bool(bool),
+    Count(u64),
+    Text(String),
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    raw: String,
+    value: Value,
+    origin: Origin,
+}
+
+/// The parsed properties: every value has been checked against its key's syntax.
+#[derive(Clone, Debug, Default)]
+pub struct Properties {
+    entries: BTreeMap<String, Entry>,
+    unknown: BTreeMap<String, String>,
+}
+
+impl Properties {
+    /// Empty properties: every key has its default.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads a properties file and applies `RCACHE_*` environment overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut props = Self::parse(&text, &path.display().to_string())?;
+        props.apply_env(std::env::vars())?;
+        props.warn_unknown();
+        Ok(props)
+    }
+
+    /// Parses properties text (`key=value` or `key: value`, `#`/`!` comments). `source` names
+    /// the text in error messages.
+    pub fn parse(text: &str, source: &str) -> Result<Self, ConfigError> {
+        let mut props = Self::new();
+        for (i, line) in text.lines().enumerate() {
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('!') {
+                continue;
+            }
+            let origin = Origin::File {
+                path: source.to_string(),
+                line: i + 1,
+            };
+            let Some(pos) = trimmed.find(['=', ':']) else {
+                return Err(ConfigError::Syntax {
+                    origin,
+                    text: trimmed.to_string(),
+                });
+            };
+            let key = trimmed[..pos].trim();
+            let value = trimmed[pos + 1..].trim();
+            if key.is_empty() {
+                return Err(ConfigError::Syntax {
+                    origin,
+                    text: trimmed.to_string(),
+                });
+            }
+            props.set_with_origin(key, value, origin)?;
+        }
+        Ok(props)
+    }
+
+    /// Builds properties from pairs (tests, tools).
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConfigError> {
+        let mut props = Self::new();
+        for (k, v) in pairs {
+            props.set(k, v)?;
+        }
+        Ok(props)
+    }
+
+    /// Applies `RCACHE_<KEY>` overrides for every known key found in `vars`.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        for spec in KEYS {
+            let var = env_name(spec.key);
+            if let Some(v) = vars.get(&var) {
+                self.set_with_origin(spec.key, v.trim(), Origin::Env { var })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets one key, validating its value.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        self.set_with_origin(key, value, Origin::Code)
+    }
+
+    fn set_with_origin(
+        &mut self,
+        key: &str,
+        value: &str,
+        origin: Origin,
+    ) -> Result<(), ConfigError> {
+        let Some(spec) = key_spec(key) else {
+            self.unknown.insert(key.to_string(), value.to_string());
+            return Ok(());
+        };
+        let parsed = parse_value(spec, value).map_err(|reason| ConfigError::BadValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            origin: origin.clone(),
+            reason,
+            accepted: spec.kind.accepted(),
+        })?;
+        self.entries.insert(
+            key.to_string(),
+            Entry {
+                raw: value.to_string(),
+                value: parsed,
+                origin,
+            },
+        );
+        Ok(())
+    }
+
+    /// Keys that are not in the contract (they are kept but ignored).
+    pub fn unknown_keys(&self) -> Vec<String> {
+        self.unknown.keys().cloned().collect()
+    }
+
+    /// Logs a warning per unknown key.
+    pub fn warn_unknown(&self) {
+        for key in self.unknown.keys() {
+            tracing::warn!(key = %key, "unknown property ignored (see docs/contracts.md for the known keys)");
+        }
+    }
+
+    /// The value of `key` (explicit or default); `None` when unset without default.
+    pub fn value(&self, key: &str) -> Option<Value> {
+        if let Some(e) = self.entries.get(key) {
+            return Some(e.value.clone());
+        }
+        let spec = key_spec(key)?;
+        // Defaults are checked by a unit test, so this only fails on a programming error.
+        spec.default.and_then(|d| parse_value(spec, d).ok())
+    }
+
+    /// Raw text and origin of an explicitly set key.
+    pub fn raw(&self, key: &str) -> Option<(&str, &Origin)> {
+        self.entries.get(key).map(|e| (e.raw.as_str(), &e.origin))
+    }
+
+    pub fn is_set(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    pub fn text(&self, key: &str) -> Option<String> {
+        match self.value(key) {
+            Some(Value::Text(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn size(&self, key: &str) -> u64 {
+        match self.value(key) {
+            Some(Value::Size(n)) | Some(Value::Count(n)) => n,
+            _ => 0,
+        }
+    }
+
+    pub fn signed_size(&self, key: &str) -> i64 {
+        match self.value(key) {
+            Some(Value::SignedSize(n)) => n,
+            _ => 0,
+        }
+    }
+
+    pub fn count(&self, key: &str) -> u64 {
+        self.size(key)
+    }
+
+    pub fn duration(&self, key: &str) -> Duration {
+        match self.value(key) {
+            Some(Value::Duration(d)) => d,
+            _ => Duration::ZERO,
+        }
+    }
+
+    pub fn port(&self, key: &str) -> u16 {
+        match self.value(key) {
+            Some(Value::Port(p)) => p,
+            _ => 0,
+        }
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(self.value(key), Some(Value::Bool(true)))
+    }
+
+    /// A `BadValue` error for a cross-field check on `key`.
+    pub fn bad(&self, key: &str, reason: impl Into<String>, accepted: impl Into<String>) -> ConfigError {
+        let (value, origin) = match self.raw(key) {
+            Some((raw, origin)) => (raw.to_string(), origin.clone()),
+            None => (
+                key_spec(key)
+                    .and_then(|s| s.default)
+                    .unwrap_or_default()
+                    .to_string(),
+                Origin::Default,
+            ),
+        };
+        ConfigError::BadValue {
+            key: key.to_string(),
+            value,
+            origin,
+            reason: reason.into(),
+            accepted: accepted.into(),
+        }
+    }
+
+    /// A required text key.
+    pub fn required(&self, key: &str, hint: &str) -> Result<String, ConfigError> {
+        self.text(key).ok_or_else(|| ConfigError::Missing {
+            key: key.to_string(),
+            hint: hint.to_string(),
+        })
+    }
+}
+
+fn parse_value(spec: &KeySpec, value: &str) -> Result<Value, String> {
+    match spec.kind {
+        Kind::Size => parse_size(value).map(Value::Size),
+        Kind::SignedSize => {
+            if let Some(rest) = value.strip_prefix('-') {
+                let n = parse_size(rest)?;
+                i64::try_from(n)
+                    .map(|n| Value::SignedSize(-n))
+                    .map_err(|_| "too large".to_string())
+            } else {
+                let n = parse_size(value)?;
+                i64::try_from(n)
+                    .map(Value::SignedSize)
+                    .map_err(|_| "too large".to_string())
+            }
+        }
+        Kind::Duration => parse_duration(value, spec.key.ends_with(".ms")).map(Value::Duration),
+        Kind::Port => value
+            .parse::<u16>()
+            .map(Value::Port)
+            .map_err(|_| "not a port number".to_string()),
+        Kind::Bool => match value.to_ascii_lowercase().as_str() {
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            _ => Err("not a boolean".into()),
+        },
+        Kind::Count => value
+            .parse::<u64>()
+            .map(Value::Count)
+            .map_err(|_| "not a non-negative integer".to_string()),
+        Kind::Text => {
+            if value.is_empty() {
+                Err("empty".into())
+            } else {
+                Ok(Value::Text(value.to_string()))
+            }
+        }
+        Kind::Uri => match value.split_once("://") {
+            Some((scheme, _))
+                if !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-') =>
+            {
+                Ok(Value::Text(value.to_string()))
+            }
+            _ => Err("not a URI".into()),
+        },
+        Kind::OneOf(opts) => {
+            let v = value.to_ascii_lowercase();
+            if opts.contains(&v.as_str()) {
+                Ok(Value::Text(v))
+            } else {
+                Err("not an accepted choice".into())
+            }
+        }
+    }
+}
+
+/// Parses `256MB`, `8GB`, `4096`, `1.5GB` (binary multiples; `K`/`KB`/`KiB` all mean 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err("no number".into());
+    }
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        other => return Err(format!("unknown unit `{other}`")),
+    };
+    if num.contains('.') {
+        let f: f64 = num.parse().map_err(|_| "not a number".to_string())?;
+        let bytes = f * mult as f64;
+        if !bytes.is_finite() || bytes > u64::MAX as f64 {
+            return Err("too large".into());
+        }
+        Ok(bytes.round() as u64)
+    } else {
+        let n: u64 = num.parse().map_err(|_| "not a number".to_string())?;
+        n.checked_mul(mult).ok_or_else(|| "too large".to_string())
+    }
+}
+
+/// Parses `20s`, `500ms`, `1m`, `2h`; a bare number is milliseconds when `bare_is_ms`.
+pub fn parse_duration(text: &str, bare_is_ms: bool) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err("no number".into());
+    }
+    let n: u64 = num.parse().map_err(|_| "not a number".to_string())?;
+    match unit.trim() {
+        "" if bare_is_ms => Ok(Duration::from_millis(n)),
+        "" => Err("missing unit".into()),
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" | "min" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| "too large".into()),
+        "h" => n
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(|| "too large".into()),
+        other => Err(format!("unknown unit `{other}`")),
+    }
+}
+
+/// Where the worker keeps pages on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SsdTier {
+    pub dir: PathBuf,
+    pub quota: u64,
+}
+
+/// The worker's validated configuration.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub cluster: String,
+    pub ufs_root: PathBuf,
+    pub page_size: u64,
+    pub block_size: u64,
+    pub mem_quota: u64,
+    pub ssd: Option<SsdTier>,
+    pub data_bind_device: Option<String>,
+    pub data_bind_host: String,
+    pub data_port: u16,
+    pub web_port: u16,
+    pub rdma_enabled: bool,
+    pub rdma_bind_device: Option<String>,
+    pub rdma_bind_host: String,
+    pub rdma_port: u16,
+    pub pool_initial: u64,
+    pub pool_prewarm: u64,
+    pub pool_max: u64,
+    pub op_timeout: Duration,
+}
+
+/// Smallest and largest page sizes the worker accepts.
+pub const MIN_PAGE: u64 = 4 << 10;
+pub const MAX_PAGE: u64 = 16 << 20;
+
+impl WorkerConfig {
+    pub fn from_properties(p: &Properties) -> Result<Self, ConfigError> {
+        let cluster = p.required(CLUSTER_NAME, "the CacheCluster name; the operator renders it")?;
+        let uri = p.required(UFS_URI, "the under-storage root, e.g. file:///data")?;
+        let ufs_root = match uri.strip_prefix("file://") {
+            Some(path) if path.starts_with('/') => PathBuf::from(path),
+            _ => {
+                return Err(p.bad(
+                    UFS_URI,
+                    "the worker serves only file:// under-storage with an absolute path",
+                    "file:///absolute/path (hostPath, NFS or PVC mount)",
+                ));
+            }
+        };
+        let page_size = p.size(PAGE_SIZE);
+        if !(MIN_PAGE..=MAX_PAGE).contains(&page_size) || !page_size.is_power_of_two() {
+            return Err(p.bad(
+                PAGE_SIZE,
+                "page size out of range",
+                "a power of two between 4KB and 16MB, e.g. 1MB",
+            ));
+        }
+        let block_size = p.size(BLOCK_SIZE);
+        if block_size < page_size || block_size % page_size != 0 {
+            return Err(p.bad(
+                BLOCK_SIZE,
+                format!("must be a multiple of {PAGE_SIZE} ({page_size} bytes)"),
+                "a multiple of the page size, e.g. 64MB",
+            ));
+        }
+        let mem_quota = p.size(MEM_QUOTA);
+        if mem_quota != 0 && mem_quota < page_size {
+            return Err(p.bad(
+                MEM_QUOTA,
+                format!("smaller than one page ({page_size} bytes)"),
+                "0 (tier off) or at least one page",
+            ));
+        }
+        let ssd = match p.text(SSD_DIR) {
+            None => None,
+            Some(dir) => {
+                let quota = p.size(SSD_QUOTA);
+                if quota < page_size {
+                    return Err(p.bad(
+                        SSD_QUOTA,
+                        format!("smaller than one page ({page_size} bytes)"),
+                        "at least one page, e.g. 10GB",
+                    ));
+                }
+                Some(SsdTier {
+                    dir: PathBuf::from(dir),
+                    quota,
+                })
+            }
+        };
+        let (pool_initial, pool_prewarm, pool_max) =
+            (p.size(POOL_INITIAL), p.size(POOL_PREWARM), p.size(POOL_MAX));
+        if pool_prewarm > pool_initial {
+            return Err(p.bad(
+                POOL_PREWARM,
+                format!("larger than {POOL_INITIAL} ({pool_initial} bytes)"),
+                "a size no larger than the initial pool size",
+            ));
+        }
+        if pool_max < pool_initial {
+            return Err(p.bad(
+                POOL_MAX,
+                format!("smaller than {POOL_INITIAL} ({pool_initial} bytes)"),
+                "a size at least the initial pool size",
+            ));
+        }
+        let op_timeout = p.duration(OP_TIMEOUT);
+        if op_timeout.is_zero() {
+            return Err(p.bad(OP_TIMEOUT, "zero", "a positive duration, e.g. 30s"));
+        }
+        Ok(WorkerConfig {
+            cluster,
+            ufs_root,
+            page_size,
+            block_size,
+            mem_quota,
+            ssd,
+            data_bind_device: p.text(WORKER_BIND_DEVICE),
+            data_bind_host: p.text(WORKER_BIND_HOST).unwrap_or_else(|| "0.0.0.0".into()),
+            data_port: p.port(WORKER_DATA_PORT),
+            web_port: p.port(WORKER_WEB_PORT),
+            rdma_enabled: p.flag(RDMA_ENABLED),
+            rdma_bind_device: p.text(RDMA_BIND_DEVICE),
+            rdma_bind_host: p.text(RDMA_BIND_HOST).unwrap_or_else(|| "0.0.0.0".into()),
+            rdma_port: p.port(RDMA_PORT),
+            pool_initial,
+            pool_prewarm,
+            pool_max,
+            op_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad(text: &str) -> String {
+        match Properties::parse(text, "test.properties") {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn minimal() -> Properties {
+        Properties::parse(
+            "rcache.cluster.name=demo\nrcache.ufs.uri=file:///data\n",
+            "t",
+        )
+        .expect("minimal parses")
+    }
+
+    #[test]
+    fn every_default_parses_with_its_kind() {
+        for s in KEYS {
+            if let Some(d) = s.default {
+                assert!(parse_value(s, d).is_ok(), "default of {} = {d}", s.key);
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_are_binary_multiples() {
+        assert_eq!(parse_size("1MB"), Ok(1 << 20));
+        assert_eq!(parse_size("256MB"), Ok(256 << 20));
+        assert_eq!(parse_size("8GB"), Ok(8 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2 tb"), Ok(2 << 40));
+        assert_eq!(parse_size("1.5KB"), Ok(1536));
+        assert!(parse_size("MB").is_err());
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("99999999999TB").is_err());
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_ms_for_ms_keys() {
+        assert_eq!(parse_duration("20s", false), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("500ms", false), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m", false), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h", false), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("750", true), Ok(Duration::from_millis(750)));
+        assert!(parse_duration("750", false).is_err());
+        assert!(parse_duration("5 fortnights", false).is_err());
+    }
+
+    #[test]
+    fn defaults_apply_when_keys_are_absent() {
+        let p = minimal();
+        assert_eq!(p.size(PAGE_SIZE), 1 << 20);
+        assert_eq!(p.size(BLOCK_SIZE), 64 << 20);
+        assert_eq!(p.port(WORKER_DATA_PORT), 29999);
+        assert_eq!(p.duration(OP_TIMEOUT), Duration::from_secs(30));
+        assert_eq!(p.text(FALLBACK).as_deref(), Some("none"));
+        assert!(!p.flag(RDMA_ENABLED));
+        let w = WorkerConfig::from_properties(&p).expect("valid");
+        assert_eq!(w.ufs_root, PathBuf::from("/data"));
+        assert_eq!(w.ssd, None);
+    }
+
+    #[test]
+    fn comments_colons_and_blank_lines_are_accepted() {
+        let p = Properties::parse(
+            "# comment\n! also\n\nrcache.worker.page.size : 64KB\n  rcache.worker.data.port=1234  \n",
+            "t",
+        )
+        .expect("parses");
+        assert_eq!(p.size(PAGE_SIZE), 64 << 10);
+        assert_eq!(p.port(WORKER_DATA_PORT), 1234);
+    }
+
+    #[test]
+    fn bad_size_names_key_value_origin_and_accepted_forms() {
+        let m = bad("rcache.worker.page.size=12XB");
+        assert!(m.contains("rcache.worker.page.size"), "{m}");
+        assert!(m.contains("\"12XB\""), "{m}");
+        assert!(m.contains("test.properties line 1"), "{m}");
+        assert!(m.contains("KB, MB, GB"), "{m}");
+    }
+
+    #[test]
+    fn bad_port_is_refused() {
+        let m = bad("rcache.worker.data.port=70000");
+        assert!(m.contains("rcache.worker.data.port") && m.contains("70000"), "{m}");
+        assert!(m.contains("0-65535"), "{m}");
+    }
+
+    #[test]
+    fn bad_bool_is_refused() {
+        let m = bad("rcache.network.rdma.data.enabled=yes");
+        assert!(m.contains("rcache.network.rdma.data.enabled") && m.contains("\"yes\""), "{m}");
+        assert!(m.contains("true or false"), "{m}");
+    }
+
+    #[test]
+    fn bad_duration_is_refused() {
+        let m = bad("rcache.network.rdma.data.operation.timeout.ms=soon");
+        assert!(m.contains("operation.timeout.ms") && m.contains("\"soon\""), "{m}");
+        assert!(m.contains("ms, s, m or h"), "{m}");
+    }
+
+    #[test]
+    fn bad_fallback_lists_choices() {
+        let m = bad("rcache.network.rdma.data.fallback=udp");
+        assert!(m.contains("\"udp\"") && m.contains("one of: none, tcp"), "{m}");
+    }
+
+    #[test]
+    fn bad_count_and_uri_are_refused() {
+        let m = bad("rcache.fuse.open.read.status.cache.max.size=-3");
+        assert!(m.contains("non-negative integer"), "{m}");
+        let m = bad("rcache.ufs.uri=/data");
+        assert!(m.contains("rcache.ufs.uri") && m.contains("file:///data"), "{m}");
+    }
+
+    #[test]
+    fn line_without_separator_is_a_syntax_error() {
+        let m = bad("rcache.worker.page.size");
+        assert!(m.contains("line 1") && m.contains("key=value"), "{m}");
+    }
+
+    #[test]
+    fn unknown_keys_are_kept_as_warnings_not_errors() {
+        let p = Properties::parse("rcache.worker.colour=blue\n", "t").expect("parses");
+        assert_eq!(p.unknown_keys(), vec!["rcache.worker.colour".to_string()]);
+    }
+
+    #[test]
+    fn env_overrides_file_values_and_bad_env_names_the_variable() {
+        let mut p = Properties::parse("rcache.worker.data.port=1000\n", "t").expect("parses");
+        p.apply_env(vec![
+            ("RCACHE_WORKER_DATA_PORT".to_string(), "30001".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ])
+        .expect("applies");
+        assert_eq!(p.port(WORKER_DATA_PORT), 30001);
+        let err = p
+            .apply_env(vec![(
+                "RCACHE_NETWORK_RDMA_DATA_BUFFER_POOL_MAX_SIZE".to_string(),
+                "lots".to_string(),
+            )])
+            .expect_err("refused");
+        let m = err.to_string();
+        assert!(m.contains("environment variable RCACHE_NETWORK_RDMA_DATA_BUFFER_POOL_MAX_SIZE"), "{m}");
+        assert!(m.contains("rcache.network.rdma.data.buffer.pool.max.size"), "{m}");
+    }
+
+    #[test]
+    fn env_name_follows_the_contract() {
+        assert_eq!(env_name("rcache.worker.data.port"), "RCACHE_WORKER_DATA_PORT");
+    }
+
+    #[test]
+    fn worker_requires_cluster_name_and_file_uri() {
+        let p = Properties::parse("rcache.ufs.uri=file:///data\n", "t").expect("parses");
+        let m = WorkerConfig::from_properties(&p).expect_err("missing").to_string();
+        assert!(m.contains("rcache.cluster.name is required"), "{m}");
+        let p = Properties::parse("rcache.cluster.name=a\nrcache.ufs.uri=s3://bucket/x\n", "t")
+            .expect("parses");
+        let m = WorkerConfig::from_properties(&p).expect_err("s3").to_string();
+        assert!(m.contains("rcache.ufs.uri") && m.contains("s3://bucket/x"), "{m}");
+    }
+
+    #[test]
+    fn page_size_must_be_a_power_of_two_in_range() {
+        let mut p = minimal();
+        p.set(PAGE_SIZE, "3000").expect("syntax ok");
+        let m = WorkerConfig::from_properties(&p).expect_err("bad page").to_string();
+        assert!(m.contains("rcache.worker.page.size") && m.contains("power of two"), "{m}");
+    }
+
+    #[test]
+    fn block_size_must_be_a_page_multiple() {
+        let mut p = minimal();
+        p.set(BLOCK_SIZE, "1536KB").expect("syntax ok");
+        let m = WorkerConfig::from_properties(&p).expect_err("bad block").to_string();
+        assert!(m.contains("rcache.cluster.placement.block.size"), "{m}");
+    }
+
+    #[test]
+    fn pool_sizes_must_be_ordered() {
+        let mut p = minimal();
+        p.set(POOL_PREWARM, "512MB").expect("syntax ok");
+        let m = WorkerConfig::from_properties(&p).expect_err("prewarm").to_string();
+        assert!(m.contains("prewarm.size") && m.contains("512MB"), "{m}");
+        let mut p = minimal();
+        p.set(POOL_MAX, "128MB").expect("syntax ok");
+        let m = WorkerConfig::from_properties(&p).expect_err("max").to_string();
+        assert!(m.contains("max.size") && m.contains("128MB"), "{m}");
+    }
+
+    #[test]
+    fn ssd_tier_is_on_when_dir_is_set() {
+        let mut p = minimal();
+        p.set(SSD_DIR, "/cache").expect("ok");
+        p.set(SSD_QUOTA, "2GB").expect("ok");
+        let w = WorkerConfig::from_properties(&p).expect("valid");
+        assert_eq!(
+            w.ssd,
+            Some(SsdTier {
+                dir: "/cache".into(),
+                quota: 2 << 30
+            })
+        );
+    }
+}
