@@ -1,0 +1,513 @@
+//! The FUSE filesystem: a read-only POSIX view of the under-storage namespace. Request threads
+//! of `fuser` only parse and dispatch; each operation that needs the workers runs as a tokio task
+//! that answers the kernel when done, so a slow worker never blocks other requests. This module
+//! owns inode and handle bookkeeping and errno replies; data movement lives in `reader`.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+};
+use rcache_transport::protocol::FileStat;
+use tokio::runtime::Handle;
+
+use crate::inodes::{InodeTable, ROOT_INO, child_path};
+use crate::options::FuseOptions;
+use crate::reader::{OpenFile, PrefetchPolicy};
+use crate::source::{FileSource, SourceError};
+use crate::stat_cache::{STAT_CACHE_TTL, StatCache};
+
+/// How long the kernel may trust an entry or attribute before asking again.
+const KERNEL_TTL: Duration = Duration::from_secs(1);
+/// Largest read the kernel sends and readahead it keeps in flight (FUSE max_pages limit is
+/// 256 pages = 1 MiB by default).
+pub const MAX_READ: u32 = 1 << 20;
+
+struct DirListing {
+    entries: Vec<(u64, FileType, String)>,
+}
+
+struct Shared<S: FileSource> {
+    source: Arc<S>,
+    opts: FuseOptions,
+    inodes: InodeTable,
+    stats: StatCache,
+    files: Mutex<HashMap<u64, Arc<OpenFile<S>>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirListing>>>,
+    /// (size, mtime) an inode had at its last open: unchanged means the kernel's page cache of
+    /// the file is still valid (FOPEN_KEEP_CACHE), like libfuse's `auto_cache`.
+    seen: Mutex<HashMap<u64, (u64, i64)>>,
+    next_fh: AtomicU64,
+    uid: u32,
+    gid: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<S: FileSource> Shared<S> {
+    async fn stat(&self, path: &str) -> Result<FileStat, SourceError> {
+        if let Some(st) = self.stats.get(path) {
+            return Ok(st);
+        }
+        let st = self.source.stat(path).await?;
+        self.stats.put(path, &st);
+        Ok(st)
+    }
+
+    fn attr(&self, ino: u64, st: &FileStat) -> FileAttr {
+        let mtime = if st.mtime_ns >= 0 {
+            UNIX_EPOCH + Duration::from_nanos(st.mtime_ns as u64)
+        } else {
+            UNIX_EPOCH
+        };
+        let perm = match (st.mode & 0o7777, st.is_dir) {
+            (0, true) => 0o755,
+            (0, false) => 0o644,
+            (p, _) => p,
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size: st.size,
+            blocks: st.size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind: kind(st),
+            perm: perm as u16,
+            nlink: if st.is_dir { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            // A large preferred I/O size makes cp, dd and friends issue big reads.
+            blksize: self.opts.part_size.min(u64::from(MAX_READ)) as u32,
+            flags: 0,
+        }
+    }
+}
+
+fn kind(st: &FileStat) -> FileType {
+    if st.is_dir {
+        FileType::Directory
+    } else {
+        FileType::RegularFile
+    }
+}
+
+fn errno(e: &SourceError) -> Errno {
+    Errno::from_i32(e.errno)
+}
+
+/// Logs a failure worth an operator's attention (I/O errors name the worker in their message);
+/// "not found" is an answer, not a failure.
+fn log_failure(op: &str, path: &str, e: &SourceError) {
+    if e.errno == libc::ENOENT || e.errno == libc::ENOTDIR {
+        tracing::debug!(op, path, error = %e, "not found");
+    } else {
+        tracing::warn!(op, path, errno = e.errno, error = %e, "operation failed");
+    }
+}
+
+pub struct RcacheFs<S: FileSource> {
+    shared: Arc<Shared<S>>,
+    rt: Handle,
+}
+
+impl<S: FileSource> RcacheFs<S> {
+    /// A filesystem over `source`; its async work runs on `rt`.
+    pub fn new(source: S, opts: FuseOptions, rt: Handle) -> Self {
+        let stats = StatCache::new(opts.stat_cache_enabled, opts.stat_cache_max, STAT_CACHE_TTL);
+        Self {
+            shared: Arc::new(Shared {
+                source: Arc::new(source),
+                stats,
+                opts,
+                inodes: InodeTable::new(),
+                files: Mutex::new(HashMap::new()),
+                dirs: Mutex::new(HashMap::new()),
+                seen: Mutex::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+                // SAFETY: getuid/getgid cannot fail and touch no memory.
+                uid: unsafe { libc::getuid() },
+                gid: unsafe { libc::getgid() },
+            }),
+            rt,
+        }
+    }
+
+    fn path_of(&self, ino: INodeNo) -> Result<Arc<str>, Errno> {
+        self.shared.inodes.path(ino.0).ok_or(Errno::ESTALE)
+    }
+}
+
+impl<S: FileSource> Filesystem for RcacheFs<S> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // The kernel caps readahead at what it offered (raised after mount through the bdi's
+        // read_ahead_kb, see `mount`); ask for as much as allowed.
+        if let Err(max) = config.set_max_readahead(MAX_READ) {
+            let _ = config.set_max_readahead(max);
+        }
+        // Let several readahead requests be in flight, so prefetch overlaps with the reader.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent_path = match self.path_of(parent) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT); // the protocol carries UTF-8 names only
+        };
+        let path = child_path(&parent_path, name);
+        let shared = self.shared.clone();
+        self.rt.spawn(async move {
+            match shared.stat(&path).await {
+                Ok(st) => {
+                    let ino = shared.inodes.lookup(&path);
+                    reply.entry(&KERNEL_TTL, &shared.attr(ino, &st), Generation(0));
+                }
+                Err(e) => {
+                    log_failure("lookup", &path, &e);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.shared.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let path = match self.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let shared = self.shared.clone();
+        // An open file answers from its handle: same size the reads are bounded by.
+        let open_size = fh.and_then(|fh| lock(&shared.files).get(&fh.0).map(|f| f.size()));
+        self.rt.spawn(async move {
+            match shared.stat(&path).await {
+                Ok(mut st) => {
+                    if let Some(size) = open_size.filter(|_| !st.is_dir) {
+                        st.size = size;
+                    }
+                    reply.attr(&KERNEL_TTL, &shared.attr(ino.0, &st));
+                }
+                Err(e) => {
+                    log_failure("getattr", &path, &e);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let path = match self.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let shared = self.shared.clone();
+        self.rt.spawn(async move {
+            let list = match shared.source.list(&path).await {
+                Ok(l) => l,
+                Err(e) => {
+                    log_failure("opendir", &path, &e);
+                    return reply.error(errno(&e));
+                }
+            };
+            let parent_ino = match path.rfind('/') {
+                Some(i) => shared.inodes.peek(&path[..i]),
+                None => ROOT_INO,
+            };
+            let mut entries = Vec::with_capacity(list.len() + 2);
+            entries.push((ino.0, FileType::Directory, ".".to_owned()));
+            entries.push((parent_ino, FileType::Directory, "..".to_owned()));
+            for e in list {
+                let child = child_path(&path, &e.name);
+                shared.stats.put(&child, &e.stat);
+                entries.push((shared.inodes.peek(&child), kind(&e.stat), e.name));
+            }
+            let fh = shared.next_fh.fetch_add(1, Ordering::Relaxed);
+            lock(&shared.dirs).insert(fh, Arc::new(DirListing { entries }));
+            reply.opened(FileHandle(fh), FopenFlags::empty());
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(listing) = lock(&self.shared.dirs).get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, kind, name)) in listing.entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.shared.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        let path = match self.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let shared = self.shared.clone();
+        self.rt.spawn(async move {
+            let st = match shared.stat(&path).await {
+                Ok(st) if st.is_dir => return reply.error(Errno::EISDIR),
+                Ok(st) => st,
+                Err(e) => {
+                    log_failure("open", &path, &e);
+                    return reply.error(errno(&e));
+                }
+            };
+            let policy = PrefetchPolicy {
+                part_size: shared.opts.part_size,
+                max_parts: shared.opts.prefetch_parts,
+                whole_file_threshold: shared.opts.whole_file_threshold,
+            };
+            let file = OpenFile::open(shared.source.clone(), path, st.size, policy);
+            let fh = shared.next_fh.fetch_add(1, Ordering::Relaxed);
+            lock(&shared.files).insert(fh, file);
+            let version = (st.size, st.mtime_ns);
+            let unchanged = lock(&shared.seen).insert(ino.0, version) == Some(version);
+            let flags = if unchanged {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
+            reply.opened(FileHandle(fh), flags);
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(file) = lock(&self.shared.files).get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        self.rt.spawn(async move {
+            match file.read(offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => {
+                    tracing::warn!(offset, size, errno = e.errno, error = %e, "read failed");
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.shared.files).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Capacity lives in the workers and the under-storage; report an empty, read-only volume.
+        reply.statfs(0, 0, 0, 0, 0, MAX_READ, 255, 4096);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if mask.contains(fuser::AccessFlags::W_OK) {
+            reply.error(Errno::EROFS);
+        } else {
+            reply.ok();
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        // No extended attributes; ENOSYS makes the kernel stop asking.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    // Everything that would modify the namespace: read-only.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}

@@ -1,0 +1,106 @@
+//! `rcache-fuse`: the FUSE DaemonSet's process. `rcache-fuse mount --config FILE` mounts the
+//! cluster read-only at `rcache.fuse.mount.point` and serves until SIGTERM/SIGINT, then unmounts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rcache_fuse::{FuseOptions, LocalDirSource, MountedFs};
+
+#[derive(Parser)]
+#[command(
+    name = "rcache-fuse",
+    version,
+    about = "Mount an rcache cluster read-only through FUSE"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount and serve until SIGTERM or SIGINT, then unmount.
+    Mount {
+        /// The properties file the operator renders.
+        #[arg(long, default_value = "/etc/rcache/rcache.properties")]
+        config: PathBuf,
+        /// Overrides rcache.fuse.mount.point.
+        #[arg(long)]
+        mount_point: Option<PathBuf>,
+        /// Development and tests: serve this local directory instead of the cluster's workers.
+        #[arg(long, hide = true)]
+        local_dir: Option<PathBuf>,
+        /// FUSE request threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Mount {
+            config,
+            mount_point,
+            local_dir,
+            threads,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.clamp(2, 8))
+                .thread_name("rcache-fuse-io")
+                .enable_all()
+                .build()
+                .context("cannot start the tokio runtime")?;
+            let props = rcache_fuse::config::load(&config)?;
+            let mut opts = FuseOptions::from_properties(&props)?;
+            if let Some(mp) = mount_point {
+                opts.mount_point = mp;
+            }
+            opts.threads = threads;
+            let mounted = match local_dir {
+                Some(dir) => {
+                    rcache_fuse::mount(LocalDirSource::new(dir), &opts, rt.handle().clone())?
+                }
+                None => {
+                    let client = rcache_fuse::client::connect(&props, rt.handle())?;
+                    rcache_fuse::mount(client, &opts, rt.handle().clone())?
+                }
+            };
+            tracing::info!(mount_point = %opts.mount_point.display(), "mounted");
+            serve_until_signal(&rt, &mounted)?;
+            mounted.unmount()?;
+            tracing::info!("unmounted");
+            Ok(())
+        }
+    }
+}
+
+/// Waits for SIGTERM/SIGINT, or for the session to end on its own (unmounted from outside).
+fn serve_until_signal(rt: &tokio::runtime::Runtime, mounted: &MountedFs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: unmounting"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: unmounting"); break; }
+                _ = tick.tick() => if !mounted.is_alive() {
+                    tracing::warn!("the FUSE session ended (unmounted from outside?)");
+                    break;
+                },
+            }
+        }
+        Ok(())
+    })
+}
