@@ -124,7 +124,7 @@ wait_for 60 op_ready >/dev/null 2>&1 || true
 # only the reconcile checks are left out (and the suite fails).
 op_up=true
 if ! kill -0 "$op_pid" 2>/dev/null; then
-  wait "$op_pid"; op_rc=$?
+  op_rc=0; wait "$op_pid" || op_rc=$?
   fail "operator runs with the ServiceAccount kubeconfig" "exited with status $op_rc: $(tail -n 30 "$oplog")"
   op_up=false
 else
