@@ -24,11 +24,35 @@ pub const DEFAULT_IMAGE: &str = "rcache/rcache:0.1.0";
     status = "CacheClusterStatus",
     derive = "PartialEq",
     doc = "CacheCluster is an RDMA-enabled cache: worker pods that cache pages of an under storage (UFS) and FUSE pods that mount the cache on nodes, wired to InfiniBand/RoCE secondary networks.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether workers, FUSE and network are all ready"),
-    printcolumn(name = "Workers", type_ = "string", json_path = ".status.workers", description = "Ready/desired cache workers"),
-    printcolumn(name = "FUSE", type_ = "string", json_path = ".status.fuse", description = "Ready/desired FUSE pods"),
-    printcolumn(name = "Transport", type_ = "string", json_path = ".status.transport", description = "Data transport: ucx (RDMA) or tcp"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether workers, FUSE and network are all ready"
+    ),
+    printcolumn(
+        name = "Workers",
+        type_ = "string",
+        json_path = ".status.workers",
+        description = "Ready/desired cache workers"
+    ),
+    printcolumn(
+        name = "FUSE",
+        type_ = "string",
+        json_path = ".status.fuse",
+        description = "Ready/desired FUSE pods"
+    ),
+    printcolumn(
+        name = "Transport",
+        type_ = "string",
+        json_path = ".status.transport",
+        description = "Data transport: ucx (RDMA) or tcp"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CacheClusterSpec {
@@ -133,7 +157,9 @@ pub struct TierSpec {
 }
 
 /// Storage medium of a cache tier.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
 pub enum Medium {
     /// Pages held in the worker's registered memory buffer pool.
     #[serde(rename = "MEM")]

@@ -1,0 +1,248 @@
+//! The FUSE DaemonSet: one privileged client per selected node that mounts the cache at
+//! /mnt/rcache inside the container, a hostPath with `Bidirectional` propagation so the mount
+//! appears at spec.fuse.hostMountPath on the node.
+//!
+//! Stopping without breaking readers: the preStop hook lazily unmounts (`umount -l`), so new
+//! opens fail over to whatever the node does next but files already open keep reading, then it
+//! waits up to [`DRAIN_SECONDS`] while the client keeps serving them before SIGTERM arrives. The
+//! update strategy is `OnDelete` for the same reason: a spec change never restarts a mount under
+//! running readers; an operator (human) deletes FUSE pods when the node is drained.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, HostPathVolumeSource, Lifecycle, LifecycleHandler, PodSpec,
+    PodTemplateSpec, Probe, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use super::worker::{config_mount, config_volume, field_env};
+use super::{
+    COMPONENT_FUSE, FUSE_MOUNT_POINT, PROPERTIES_PATH, child_meta, fabric, labels, names,
+    selector_labels,
+};
+use crate::validate::ClusterPlan;
+
+/// Seconds preStop lets open files drain after the lazy unmount.
+pub const DRAIN_SECONDS: i64 = 30;
+/// FUSE container name.
+pub const CONTAINER: &str = "fuse";
+
+/// Command the FUSE container runs.
+pub fn command() -> String {
+    format!("rcache-fuse --config {PROPERTIES_PATH}")
+}
+
+/// The FUSE DaemonSet.
+pub fn daemon_set(plan: &ClusterPlan, config_hash: &str) -> DaemonSet {
+    let f = &plan.spec.fuse;
+    let mut container = Container {
+        name: CONTAINER.to_string(),
+        image: Some(
+            f.image
+                .clone()
+                .unwrap_or_else(|| plan.spec.worker.image.clone()),
+        ),
+        image_pull_policy: Some(plan.spec.worker.image_pull_policy.as_str().to_string()),
+        command: Some(fabric::entrypoint(plan, &command())),
+        env: Some(vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("NODE_NAME", "spec.nodeName"),
+        ]),
+        volume_mounts: Some(vec![
+            config_mount(),
+            VolumeMount {
+                name: "dev-fuse".to_string(),
+                mount_path: "/dev/fuse".to_string(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "mount".to_string(),
+                mount_path: FUSE_MOUNT_POINT.to_string(),
+                mount_propagation: Some("Bidirectional".to_string()),
+                ..VolumeMount::default()
+            },
+        ]),
+        readiness_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    "mountpoint".to_string(),
+                    "-q".to_string(),
+                    FUSE_MOUNT_POINT.to_string(),
+                ]),
+            }),
+            period_seconds: Some(10),
+            ..Probe::default()
+        }),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        "/bin/sh".to_string(),
+                        "-c".to_string(),
+                        format!(
+                            "umount -l {FUSE_MOUNT_POINT} 2>/dev/null || fusermount3 -u -z {FUSE_MOUNT_POINT} 2>/dev/null || true; sleep {DRAIN_SECONDS}"
+                        ),
+                    ]),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        ..Container::default()
+    };
+    fabric::wire_container(plan, &mut container, f.resources.as_ref());
+    // Mounting FUSE with Bidirectional propagation requires a privileged container.
+    container.security_context = Some(SecurityContext {
+        privileged: Some(true),
+        ..SecurityContext::default()
+    });
+    let host = |name: &str, path: &str, type_: &str| Volume {
+        name: name.to_string(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.to_string(),
+            type_: Some(type_.to_string()),
+        }),
+        ..Volume::default()
+    };
+    let mut pod = PodSpec {
+        containers: vec![container],
+        volumes: Some(vec![
+            config_volume(plan),
+            host("dev-fuse", "/dev/fuse", "CharDevice"),
+            host("mount", &f.host_mount_path, "DirectoryOrCreate"),
+        ]),
+        node_selector: (!f.node_selector.is_empty()).then(|| f.node_selector.clone()),
+        tolerations: (!f.tolerations.is_empty()).then(|| f.tolerations.clone()),
+        termination_grace_period_seconds: Some(DRAIN_SECONDS + 30),
+        ..PodSpec::default()
+    };
+    fabric::wire_pod(plan, &mut pod);
+    DaemonSet {
+        metadata: child_meta(plan, names::fuse(&plan.name), COMPONENT_FUSE),
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(plan, COMPONENT_FUSE)),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(plan, COMPONENT_FUSE)),
+                    annotations: Some(fabric::pod_annotations(plan, config_hash)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("OnDelete".to_string()),
+                rolling_update: None,
+            }),
+            ..DaemonSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::plan_of;
+
+    fn pod(spec: &str) -> PodSpec {
+        daemon_set(&plan_of(spec), "h")
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+    }
+
+    #[test]
+    fn fuse_is_privileged_with_dev_fuse_and_bidirectional_host_mount() {
+        let p = pod("ufs: {uri: 'file:///data'}\nfuse: {hostMountPath: /mnt/data-cache}");
+        let c = &p.containers[0];
+        assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
+        let vols = p.volumes.unwrap();
+        let mount = vols.iter().find(|v| v.name == "mount").unwrap();
+        assert_eq!(mount.host_path.as_ref().unwrap().path, "/mnt/data-cache");
+        let dev = vols.iter().find(|v| v.name == "dev-fuse").unwrap();
+        assert_eq!(
+            dev.host_path.as_ref().unwrap().type_.as_deref(),
+            Some("CharDevice")
+        );
+        let m = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "mount")
+            .unwrap();
+        assert_eq!(m.mount_propagation.as_deref(), Some("Bidirectional"));
+        assert_eq!(m.mount_path, "/mnt/rcache");
+    }
+
+    #[test]
+    fn pre_stop_unmounts_lazily_and_drains_within_the_grace_period() {
+        let p = pod("ufs: {uri: 'file:///data'}");
+        let cmd = p.containers[0]
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap()
+            .exec
+            .as_ref()
+            .unwrap()
+            .command
+            .clone()
+            .unwrap();
+        assert!(cmd[2].contains("umount -l /mnt/rcache"), "{cmd:?}");
+        assert!(p.termination_grace_period_seconds.unwrap() > DRAIN_SECONDS);
+    }
+
+    #[test]
+    fn fuse_uses_on_delete_updates_and_its_own_scheduling() {
+        let ds = daemon_set(
+            &plan_of(
+                "ufs: {uri: 'file:///data'}\nfuse: {nodeSelector: {gpu: 'true'}, image: 'r/fuse:2'}",
+            ),
+            "h",
+        );
+        let spec = ds.spec.unwrap();
+        assert_eq!(
+            spec.update_strategy.unwrap().type_.as_deref(),
+            Some("OnDelete")
+        );
+        let p = spec.template.spec.unwrap();
+        assert_eq!(p.node_selector.unwrap()["gpu"], "true");
+        assert_eq!(p.containers[0].image.as_deref(), Some("r/fuse:2"));
+    }
+
+    #[test]
+    fn fuse_pods_get_the_fabric_too() {
+        let ds = daemon_set(
+            &plan_of(
+                "ufs: {uri: 'file:///data'}\nnetwork: {mode: rdma, attachments: [{name: ib, interface: ib0}], rdma: {resourceName: rdma/x}}",
+            ),
+            "h",
+        );
+        let t = ds.spec.unwrap().template;
+        assert!(
+            t.metadata
+                .unwrap()
+                .annotations
+                .unwrap()
+                .contains_key("k8s.v1.cni.cncf.io/networks")
+        );
+        let c = &t.spec.unwrap().containers[0];
+        assert!(
+            c.resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()
+                .contains_key("rdma/x")
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! The `<name>-properties` ConfigMap: `rcache.properties` with the keys of docs/contracts.md,
+//! rendered from the plan in a fixed order so identical specs give byte-identical files.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use super::{FUSE_MOUNT_POINT, MEMBERSHIP_PATH, child_meta, names};
+use crate::quantity::contract_size;
+use crate::validate::{ClusterPlan, Transport};
+
+/// Key of the properties file in the ConfigMap.
+pub const PROPERTIES_KEY: &str = "rcache.properties";
+
+/// Renders the properties file.
+pub fn render(plan: &ClusterPlan) -> String {
+    let s = &plan.spec;
+    let mut kv: Vec<(&str, String)> = vec![
+        ("rcache.cluster.name", plan.name.clone()),
+        (
+            "rcache.cluster.membership.file",
+            MEMBERSHIP_PATH.to_string(),
+        ),
+        ("rcache.ufs.uri", s.ufs.uri.clone()),
+        ("rcache.worker.data.port", s.worker.ports.data.to_string()),
+        ("rcache.worker.web.port", s.worker.ports.web.to_string()),
+    ];
+    if let Some(dev) = &plan.bind_device {
+        kv.push(("rcache.worker.data.bind.device", dev.clone()));
+        kv.push(("rcache.user.network.data.bind.device", dev.clone()));
+    }
+    kv.push(("rcache.worker.page.size", contract_size(plan.page_size)));
+    kv.push((
+        "rcache.worker.page.store.mem.quota",
+        contract_size(plan.mem_quota),
+    ));
+    if let Some(ssd) = &plan.ssd {
+        kv.push(("rcache.worker.page.store.ssd.dir", ssd.path.clone()));
+        kv.push((
+            "rcache.worker.page.store.ssd.quota",
+            contract_size(ssd.quota),
+        ));
+    }
+    let rdma = &s.network.rdma;
+    kv.push((
+        "rcache.network.rdma.data.enabled",
+        (plan.transport == Transport::Ucx).to_string(),
+    ));
+    if let Some(dev) = &rdma.device {
+        kv.push(("rcache.network.rdma.data.bind.device", dev.clone()));
+    }
+    kv.push((
+        "rcache.network.rdma.data.port",
+        s.worker.ports.rdma.to_string(),
+    ));
+    kv.push((
+        "rcache.network.rdma.data.buffer.pool.initial.size",
+        contract_size(plan.pool_initial),
+    ));
+    kv.push((
+        "rcache.network.rdma.data.buffer.pool.prewarm.size",
+        contract_size(plan.pool_prewarm),
+    ));
+    kv.push((
+        "rcache.network.rdma.data.buffer.pool.max.size",
+        contract_size(plan.pool_max),
+    ));
+    kv.push((
+        "rcache.network.rdma.data.operation.timeout.ms",
+        rdma.operation_timeout.clone(),
+    ));
+    kv.push((
+        "rcache.network.rdma.data.fallback",
+        match s.network.fallback {
+            crate::crd::Fallback::None => "none",
+            crate::crd::Fallback::Tcp => "tcp",
+        }
+        .to_string(),
+    ));
+    kv.push((
+        "rcache.user.position.reader.streaming.async.prefetch.max.part.number",
+        s.fuse.prefetch_parts.to_string(),
+    ));
+    kv.push((
+        "rcache.user.position.reader.streaming.async.prefetch.file.length.threshold",
+        contract_size(plan.small_file_threshold),
+    ));
+    kv.push((
+        "rcache.fuse.open.read.status.cache.enabled",
+        s.fuse.open_status_cache.enabled.to_string(),
+    ));
+    kv.push((
+        "rcache.fuse.open.read.status.cache.max.size",
+        s.fuse.open_status_cache.max_size.to_string(),
+    ));
+    kv.push(("rcache.fuse.mount.point", FUSE_MOUNT_POINT.to_string()));
+
+    let mut out = format!(
+        "# Rendered by rcache-operator for CacheCluster {}/{}; edit the CacheCluster, not this file.\n",
+        plan.namespace, plan.name
+    );
+    for (k, v) in kv {
+        out.push_str(k);
+        out.push('=');
+        out.push_str(&v);
+        out.push('\n');
+    }
+    out
+}
+
+/// The properties ConfigMap.
+pub fn config_map(plan: &ClusterPlan, rendered: String) -> ConfigMap {
+    ConfigMap {
+        metadata: child_meta(plan, names::properties(&plan.name), "properties"),
+        data: Some(BTreeMap::from([(PROPERTIES_KEY.to_string(), rendered)])),
+        ..ConfigMap::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::plan_of;
+
+    fn props(spec: &str) -> BTreeMap<String, String> {
+        render(&plan_of(spec))
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tcp_defaults_render_contract_keys_and_sizes() {
+        let p = props("ufs: {uri: 'file:///data'}");
+        assert_eq!(p["rcache.cluster.name"], "demo");
+        assert_eq!(
+            p["rcache.cluster.membership.file"],
+            "/etc/rcache/membership/members.json"
+        );
+        assert_eq!(p["rcache.ufs.uri"], "file:///data");
+        assert_eq!(p["rcache.worker.data.port"], "29999");
+        assert_eq!(p["rcache.worker.web.port"], "30000");
+        assert_eq!(p["rcache.network.rdma.data.port"], "59999");
+        assert_eq!(p["rcache.worker.page.size"], "1MB");
+        assert_eq!(p["rcache.worker.page.store.mem.quota"], "1GB");
+        assert_eq!(p["rcache.network.rdma.data.enabled"], "false");
+        assert_eq!(
+            p["rcache.network.rdma.data.buffer.pool.initial.size"],
+            "256MB"
+        );
+        assert_eq!(p["rcache.network.rdma.data.buffer.pool.max.size"], "8GB");
+        assert_eq!(p["rcache.network.rdma.data.operation.timeout.ms"], "30s");
+        assert_eq!(p["rcache.network.rdma.data.fallback"], "none");
+        assert_eq!(p["rcache.fuse.mount.point"], "/mnt/rcache");
+        assert!(!p.contains_key("rcache.worker.data.bind.device"));
+        assert!(!p.contains_key("rcache.worker.page.store.ssd.dir"));
+    }
+
+    #[test]
+    fn rdma_with_attachment_renders_bind_devices_and_pool() {
+        let p = props(
+            "ufs: {uri: 's3://b/p'}\nnetwork:\n  mode: rdma\n  fallback: tcp\n  attachments: [{name: ib-net, interface: ib0}]\n  rdma: {resourceName: rdma/hca_shared_devices_a, device: 'mlx5_0:1', bufferPool: {initial: 1Gi, prewarm: 512Mi, max: 16Gi}}",
+        );
+        assert_eq!(p["rcache.network.rdma.data.enabled"], "true");
+        assert_eq!(p["rcache.worker.data.bind.device"], "ib0");
+        assert_eq!(p["rcache.user.network.data.bind.device"], "ib0");
+        assert_eq!(p["rcache.network.rdma.data.bind.device"], "mlx5_0:1");
+        assert_eq!(
+            p["rcache.network.rdma.data.buffer.pool.initial.size"],
+            "1GB"
+        );
+        assert_eq!(
+            p["rcache.network.rdma.data.buffer.pool.prewarm.size"],
+            "512MB"
+        );
+        assert_eq!(p["rcache.network.rdma.data.buffer.pool.max.size"], "16GB");
+        assert_eq!(p["rcache.network.rdma.data.fallback"], "tcp");
+    }
+
+    #[test]
+    fn tiers_and_fuse_options_render() {
+        let p = props(
+            "ufs: {uri: 'file:///data'}\nworker: {pageSize: 4Mi, tiers: [{medium: MEM, quota: 2Gi}, {medium: SSD, path: /cache, quota: 100Gi}]}\nfuse: {prefetchParts: 16, smallFilePrefetchThreshold: 4Mi, openStatusCache: {enabled: true, maxSize: 500}}",
+        );
+        assert_eq!(p["rcache.worker.page.size"], "4MB");
+        assert_eq!(p["rcache.worker.page.store.mem.quota"], "2GB");
+        assert_eq!(p["rcache.worker.page.store.ssd.dir"], "/cache");
+        assert_eq!(p["rcache.worker.page.store.ssd.quota"], "100GB");
+        assert_eq!(
+            p["rcache.user.position.reader.streaming.async.prefetch.max.part.number"],
+            "16"
+        );
+        assert_eq!(
+            p["rcache.user.position.reader.streaming.async.prefetch.file.length.threshold"],
+            "4MB"
+        );
+        assert_eq!(p["rcache.fuse.open.read.status.cache.enabled"], "true");
+        assert_eq!(p["rcache.fuse.open.read.status.cache.max.size"], "500");
+    }
+
+    #[test]
+    fn ssd_only_tier_disables_the_memory_tier() {
+        let p = props(
+            "ufs: {uri: 'file:///data'}\nworker: {tiers: [{medium: SSD, path: /cache, quota: 1Gi}]}",
+        );
+        assert_eq!(p["rcache.worker.page.store.mem.quota"], "0B");
+    }
+
+    #[test]
+    fn config_map_holds_the_rendered_file_under_its_key() {
+        let plan = plan_of("ufs: {uri: 'file:///data'}");
+        let cm = config_map(&plan, render(&plan));
+        assert_eq!(cm.metadata.name.as_deref(), Some("demo-properties"));
+        assert!(cm.data.unwrap()[PROPERTIES_KEY].contains("rcache.cluster.name=demo"));
+    }
+}

@@ -1,0 +1,485 @@
+//! Stage 4 of the reconcile, the pure part: from what was applied and observed ([`Observed`])
+//! to the CacheCluster status, with conditions `Ready`, `WorkersReady`, `FuseReady`,
+//! `NetworkReady`, `Progressing` and `Degraded`. Transition times are carried over from the
+//! previous status when a condition's status did not change, so recomputing an unchanged world
+//! yields an equal status and the writer can skip the patch.
+
+use crate::crd::{CacheClusterStatus, ClusterCondition, Member};
+
+/// Condition types.
+pub const READY: &str = "Ready";
+/// All workers ready.
+pub const WORKERS_READY: &str = "WorkersReady";
+/// All FUSE pods ready (or FUSE disabled).
+pub const FUSE_READY: &str = "FuseReady";
+/// Attachments exist, resources allocatable, addresses found.
+pub const NETWORK_READY: &str = "NetworkReady";
+/// A rollout or scale is under way.
+pub const PROGRESSING: &str = "Progressing";
+/// Something needs the user's attention.
+pub const DEGRADED: &str = "Degraded";
+
+/// Reasons a user can act on.
+pub mod reason {
+    /// A referenced NetworkAttachmentDefinition does not exist.
+    pub const NAD_NOT_FOUND: &str = "NetworkAttachmentNotFound";
+    /// No node advertises the device-plugin resource.
+    pub const RESOURCE_NOT_ALLOCATABLE: &str = "ResourceNotAllocatable";
+    /// Ready workers have no IP on the bound interface.
+    pub const INTERFACE_ADDRESS_MISSING: &str = "InterfaceAddressMissing";
+    /// Network is usable.
+    pub const NETWORK_AVAILABLE: &str = "NetworkAvailable";
+    /// The spec failed validation.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Applying children failed.
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+}
+
+/// What the reconcile saw, input of [`compute`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    /// metadata.generation.
+    pub generation: i64,
+    /// A validation error (field: message); when set, nothing was applied.
+    pub spec_error: Option<String>,
+    /// spec.worker.replicas.
+    pub workers_desired: i32,
+    /// Ready worker pods.
+    pub workers_ready: i32,
+    /// Why workers are not scheduled, from a pending pod's PodScheduled condition.
+    pub workers_unschedulable: Option<String>,
+    /// spec.fuse.enabled.
+    pub fuse_enabled: bool,
+    /// DaemonSet desiredNumberScheduled.
+    pub fuse_desired: i32,
+    /// DaemonSet numberReady.
+    pub fuse_ready: i32,
+    /// The StatefulSet or DaemonSet has not caught up with its spec yet.
+    pub rollout_pending: bool,
+    /// Missing NADs, as `namespace/name`.
+    pub missing_nads: Vec<String>,
+    /// Device-plugin resource name and how many nodes have it allocatable (> 0).
+    pub resource: Option<(String, usize)>,
+    /// Ready workers without an address on the bound interface.
+    pub missing_address: Vec<String>,
+    /// The bound interface name (for messages).
+    pub bind_device: Option<String>,
+    /// ucx or tcp.
+    pub transport: String,
+    /// Members as published.
+    pub members: Vec<Member>,
+    /// membership generation as published.
+    pub membership_generation: i64,
+}
+
+fn cond(type_: &str, ok: bool, reason: &str, message: String) -> ClusterCondition {
+    ClusterCondition {
+        type_: type_.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: String::new(),
+        observed_generation: None,
+    }
+}
+
+fn network_condition(o: &Observed) -> ClusterCondition {
+    if !o.missing_nads.is_empty() {
+        return cond(
+            NETWORK_READY,
+            false,
+            reason::NAD_NOT_FOUND,
+            format!(
+                "NetworkAttachmentDefinition {} not found; create it or fix spec.network.attachments",
+                o.missing_nads.join(", ")
+            ),
+        );
+    }
+    if let Some((name, 0)) = &o.resource {
+        return cond(
+            NETWORK_READY,
+            false,
+            reason::RESOURCE_NOT_ALLOCATABLE,
+            format!(
+                "no node advertises allocatable {name}; install the RDMA device plugin on the fabric nodes or fix spec.network.rdma.resourceName"
+            ),
+        );
+    }
+    if !o.missing_address.is_empty() {
+        return cond(
+            NETWORK_READY,
+            false,
+            reason::INTERFACE_ADDRESS_MISSING,
+            format!(
+                "pods {} have no IP on interface {} in k8s.v1.cni.cncf.io/network-status; check Multus and the NetworkAttachmentDefinition's IPAM",
+                o.missing_address.join(", "),
+                o.bind_device.as_deref().unwrap_or("?")
+            ),
+        );
+    }
+    let msg = match &o.resource {
+        Some((name, n)) => format!("attachments present; {n} node(s) advertise {name}"),
+        None => "attachments present".to_string(),
+    };
+    cond(NETWORK_READY, true, reason::NETWORK_AVAILABLE, msg)
+}
+
+/// Computes the status (transition times still empty; see [`carry_transition_times`]).
+pub fn compute(o: &Observed) -> CacheClusterStatus {
+    let mut conditions = Vec::new();
+    if let Some(err) = &o.spec_error {
+        conditions.push(cond(
+            READY,
+            false,
+            reason::INVALID_SPEC,
+            format!("invalid spec: {err}"),
+        ));
+        conditions.push(cond(
+            DEGRADED,
+            true,
+            reason::INVALID_SPEC,
+            format!("invalid spec: {err}"),
+        ));
+        return CacheClusterStatus {
+            observed_generation: Some(o.generation),
+            conditions,
+            workers: format!("0/{}", o.workers_desired),
+            fuse: "0/0".to_string(),
+            desired_workers: o.workers_desired,
+            transport: o.transport.clone(),
+            ..CacheClusterStatus::default()
+        };
+    }
+    let workers_ok = o.workers_ready >= o.workers_desired;
+    let workers = if workers_ok {
+        cond(
+            WORKERS_READY,
+            true,
+            "AllWorkersReady",
+            format!("{}/{} workers ready", o.workers_ready, o.workers_desired),
+        )
+    } else if let Some(why) = &o.workers_unschedulable {
+        cond(
+            WORKERS_READY,
+            false,
+            "WorkersUnschedulable",
+            format!(
+                "{}/{} workers ready; pending worker cannot be scheduled: {why}",
+                o.workers_ready, o.workers_desired
+            ),
+        )
+    } else {
+        cond(
+            WORKERS_READY,
+            false,
+            "WorkersNotReady",
+            format!("{}/{} workers ready", o.workers_ready, o.workers_desired),
+        )
+    };
+    let fuse_ok = !o.fuse_enabled || o.fuse_ready >= o.fuse_desired;
+    let fuse = if !o.fuse_enabled {
+        cond(
+            FUSE_READY,
+            true,
+            "FuseDisabled",
+            "spec.fuse.enabled is false".to_string(),
+        )
+    } else if fuse_ok {
+        cond(
+            FUSE_READY,
+            true,
+            "AllFusePodsReady",
+            format!("{}/{} FUSE pods ready", o.fuse_ready, o.fuse_desired),
+        )
+    } else {
+        cond(
+            FUSE_READY,
+            false,
+            "FusePodsNotReady",
+            format!("{}/{} FUSE pods ready", o.fuse_ready, o.fuse_desired),
+        )
+    };
+    let network = network_condition(o);
+    let network_ok = network.status == "True";
+    let not_ready: Vec<&str> = [
+        (&workers, workers_ok),
+        (&fuse, fuse_ok),
+        (&network, network_ok),
+    ]
+    .iter()
+    .filter(|(_, ok)| !ok)
+    .map(|(c, _)| c.type_.as_str())
+    .collect();
+    let ready = if not_ready.is_empty() {
+        cond(
+            READY,
+            true,
+            "ClusterReady",
+            "workers, FUSE and network are ready".to_string(),
+        )
+    } else {
+        let first = [&network, &workers, &fuse]
+            .into_iter()
+            .find(|c| c.status == "False")
+            .map(|c| c.reason.clone())
+            .unwrap_or_default();
+        cond(
+            READY,
+            false,
+            &first,
+            format!("not ready: {}", not_ready.join(", ")),
+        )
+    };
+    let progressing = if o.rollout_pending || !workers_ok || !fuse_ok {
+        cond(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            "workers or FUSE pods are being created or updated".to_string(),
+        )
+    } else {
+        cond(
+            PROGRESSING,
+            false,
+            "Stable",
+            "all pods are up to date".to_string(),
+        )
+    };
+    let degraded = if network_ok {
+        cond(
+            DEGRADED,
+            false,
+            "AsExpected",
+            "no problem detected".to_string(),
+        )
+    } else {
+        cond(DEGRADED, true, &network.reason, network.message.clone())
+    };
+    conditions.extend([ready, workers, fuse, network, progressing, degraded]);
+    CacheClusterStatus {
+        observed_generation: Some(o.generation),
+        conditions,
+        workers: format!("{}/{}", o.workers_ready, o.workers_desired),
+        fuse: if o.fuse_enabled {
+            format!("{}/{}", o.fuse_ready, o.fuse_desired)
+        } else {
+            "0/0".to_string()
+        },
+        ready_workers: o.workers_ready,
+        desired_workers: o.workers_desired,
+        ready_fuse: if o.fuse_enabled { o.fuse_ready } else { 0 },
+        desired_fuse: if o.fuse_enabled { o.fuse_desired } else { 0 },
+        transport: o.transport.clone(),
+        membership_generation: o.membership_generation,
+        members: o.members.clone(),
+    }
+}
+
+/// Fills in lastTransitionTime and observedGeneration: kept from `previous` when the condition's
+/// status is unchanged, `now` otherwise.
+pub fn carry_transition_times(
+    status: &mut CacheClusterStatus,
+    previous: Option<&CacheClusterStatus>,
+    now: &str,
+) {
+    let generation = status.observed_generation;
+    for c in &mut status.conditions {
+        c.observed_generation = generation;
+        let prev = previous.and_then(|p| p.conditions.iter().find(|pc| pc.type_ == c.type_));
+        c.last_transition_time = match prev {
+            Some(pc) if pc.status == c.status && !pc.last_transition_time.is_empty() => {
+                pc.last_transition_time.clone()
+            }
+            _ => now.to_string(),
+        };
+    }
+}
+
+/// Condition of a type, if present.
+pub fn condition<'a>(status: &'a CacheClusterStatus, type_: &str) -> Option<&'a ClusterCondition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(yaml: &str) -> Observed {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(rename_all = "camelCase", default)]
+        struct O {
+            workers_desired: i32,
+            workers_ready: i32,
+            workers_unschedulable: Option<String>,
+            fuse_enabled: bool,
+            fuse_desired: i32,
+            fuse_ready: i32,
+            rollout_pending: bool,
+            missing_nads: Vec<String>,
+            resource: Option<(String, usize)>,
+            missing_address: Vec<String>,
+            spec_error: Option<String>,
+        }
+        let o: O = serde_yaml::from_str(yaml).unwrap();
+        Observed {
+            generation: 2,
+            spec_error: o.spec_error,
+            workers_desired: o.workers_desired,
+            workers_ready: o.workers_ready,
+            workers_unschedulable: o.workers_unschedulable,
+            fuse_enabled: o.fuse_enabled,
+            fuse_desired: o.fuse_desired,
+            fuse_ready: o.fuse_ready,
+            rollout_pending: o.rollout_pending,
+            missing_nads: o.missing_nads,
+            resource: o.resource,
+            missing_address: o.missing_address,
+            bind_device: Some("ib0".into()),
+            transport: "ucx".into(),
+            ..Observed::default()
+        }
+    }
+
+    fn get<'a>(s: &'a CacheClusterStatus, t: &str) -> (&'a str, &'a str) {
+        let c = condition(s, t).unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn all_ready_makes_ready_true_and_not_progressing() {
+        let s = compute(&observed(
+            "{workersDesired: 3, workersReady: 3, fuseEnabled: true, fuseDesired: 2, fuseReady: 2}",
+        ));
+        assert_eq!(get(&s, READY), ("True", "ClusterReady"));
+        assert_eq!(get(&s, PROGRESSING), ("False", "Stable"));
+        assert_eq!(get(&s, DEGRADED), ("False", "AsExpected"));
+        assert_eq!((s.workers.as_str(), s.fuse.as_str()), ("3/3", "2/2"));
+        assert_eq!(s.observed_generation, Some(2));
+        assert_eq!(s.conditions.len(), 6);
+    }
+
+    #[test]
+    fn missing_nad_makes_network_ready_false_and_degraded() {
+        let s = compute(&observed(
+            "{workersDesired: 1, workersReady: 1, missingNads: [demo/ib-net]}",
+        ));
+        assert_eq!(get(&s, NETWORK_READY), ("False", reason::NAD_NOT_FOUND));
+        assert!(
+            condition(&s, NETWORK_READY)
+                .unwrap()
+                .message
+                .contains("demo/ib-net")
+        );
+        assert_eq!(get(&s, READY), ("False", reason::NAD_NOT_FOUND));
+        assert_eq!(get(&s, DEGRADED), ("True", reason::NAD_NOT_FOUND));
+    }
+
+    #[test]
+    fn resource_on_no_node_is_not_allocatable() {
+        let s = compute(&observed(
+            "{workersDesired: 1, resource: [rdma/hca_shared_devices_a, 0]}",
+        ));
+        assert_eq!(
+            get(&s, NETWORK_READY),
+            ("False", reason::RESOURCE_NOT_ALLOCATABLE)
+        );
+        assert!(
+            condition(&s, NETWORK_READY)
+                .unwrap()
+                .message
+                .contains("rdma/hca_shared_devices_a")
+        );
+        let s = compute(&observed(
+            "{workersDesired: 1, workersReady: 1, resource: [rdma/hca_shared_devices_a, 2]}",
+        ));
+        assert_eq!(get(&s, NETWORK_READY), ("True", reason::NETWORK_AVAILABLE));
+    }
+
+    #[test]
+    fn workers_not_ready_is_progressing_and_names_the_count() {
+        let s = compute(&observed("{workersDesired: 3, workersReady: 1}"));
+        assert_eq!(get(&s, WORKERS_READY), ("False", "WorkersNotReady"));
+        assert_eq!(get(&s, READY), ("False", "WorkersNotReady"));
+        assert_eq!(get(&s, PROGRESSING), ("True", "RollingOut"));
+        assert_eq!(s.workers, "1/3");
+    }
+
+    #[test]
+    fn unschedulable_workers_say_why() {
+        let s = compute(&observed(
+            "{workersDesired: 2, workersReady: 1, workersUnschedulable: 'Insufficient rdma/x'}",
+        ));
+        assert_eq!(get(&s, WORKERS_READY), ("False", "WorkersUnschedulable"));
+        assert!(
+            condition(&s, WORKERS_READY)
+                .unwrap()
+                .message
+                .contains("Insufficient rdma/x")
+        );
+    }
+
+    #[test]
+    fn fuse_disabled_counts_as_ready() {
+        let s = compute(&observed(
+            "{workersDesired: 1, workersReady: 1, fuseEnabled: false, fuseDesired: 3}",
+        ));
+        assert_eq!(get(&s, FUSE_READY), ("True", "FuseDisabled"));
+        assert_eq!(s.fuse, "0/0");
+        let s = compute(&observed(
+            "{workersDesired: 1, workersReady: 1, fuseEnabled: true, fuseDesired: 3, fuseReady: 1}",
+        ));
+        assert_eq!(get(&s, FUSE_READY), ("False", "FusePodsNotReady"));
+    }
+
+    #[test]
+    fn ready_workers_without_interface_address_fail_network_ready() {
+        let s = compute(&observed(
+            "{workersDesired: 1, workersReady: 1, missingAddress: [demo-worker-0]}",
+        ));
+        assert_eq!(
+            get(&s, NETWORK_READY),
+            ("False", reason::INTERFACE_ADDRESS_MISSING)
+        );
+        assert!(
+            condition(&s, NETWORK_READY)
+                .unwrap()
+                .message
+                .contains("ib0")
+        );
+    }
+
+    #[test]
+    fn invalid_spec_reports_ready_false_and_degraded() {
+        let s = compute(&observed(
+            "{workersDesired: 1, specError: 'spec.ufs.uri: bad'}",
+        ));
+        assert_eq!(get(&s, READY), ("False", reason::INVALID_SPEC));
+        assert_eq!(get(&s, DEGRADED), ("True", reason::INVALID_SPEC));
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_status_is_unchanged() {
+        let o = observed("{workersDesired: 1, workersReady: 0}");
+        let mut first = compute(&o);
+        carry_transition_times(&mut first, None, "t1");
+        let mut again = compute(&o);
+        carry_transition_times(&mut again, Some(&first), "t2");
+        assert_eq!(
+            again, first,
+            "recomputing an unchanged world must give an equal status"
+        );
+        let mut ready = compute(&observed("{workersDesired: 1, workersReady: 1}"));
+        carry_transition_times(&mut ready, Some(&first), "t3");
+        let c = condition(&ready, WORKERS_READY).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.last_transition_time.as_str()),
+            ("True", "t3")
+        );
+        assert_eq!(
+            condition(&ready, NETWORK_READY)
+                .unwrap()
+                .last_transition_time,
+            "t1"
+        );
+    }
+}
