@@ -30,6 +30,7 @@ fn main() {
         // ucs_status_t is a signed 1-byte enum: constants, not a Rust enum (pitfall 1).
         .constified_enum_module("ucs_status_t")
         .default_enum_style(bindgen::EnumVariation::Consts)
+        .prepend_enum_name(false)
         .derive_default(true)
         .layout_tests(false)
         .generate_comments(false)

@@ -281,6 +281,15 @@ impl BufferPool {
             .clone()
     }
 
+    /// How many regions are mapped (cheap; registration checks it before each send).
+    pub fn region_count(&self) -> usize {
+        self.inner
+            .regions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Index of the region holding `[ptr, ptr + len)`, if the whole range lies in one region.
     pub fn region_of(&self, ptr: *const u8, len: usize) -> Option<(usize, Region)> {
         let a = ptr as usize;

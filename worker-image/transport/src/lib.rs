@@ -92,6 +92,8 @@ pub struct ServerOptions {
     pub pool: Option<BufferPool>,
     /// SO_SNDBUF/SO_RCVBUF for TCP sockets; `None` keeps kernel autotuning.
     pub socket_buffer: Option<usize>,
+    /// UCX `NET_DEVICES` (e.g. `mlx5_0:1`, see `binding`); `None` keeps UCX's choice.
+    pub ucx_devices: Option<String>,
 }
 
 /// Client settings.
@@ -105,6 +107,8 @@ pub struct ClientOptions {
     pub pool: Option<BufferPool>,
     /// SO_SNDBUF/SO_RCVBUF for TCP sockets; `None` keeps kernel autotuning.
     pub socket_buffer: Option<usize>,
+    /// UCX `NET_DEVICES` (e.g. `mlx5_0:1`, see `binding`); `None` keeps UCX's choice.
+    pub ucx_devices: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -114,6 +118,7 @@ impl Default for ClientOptions {
             request_timeout: Some(Duration::from_secs(30)),
             pool: None,
             socket_buffer: None,
+            ucx_devices: None,
         }
     }
 }

@@ -1,0 +1,983 @@
+//! A UCX node: one UCP context and worker on a dedicated thread, serving (listener + `Handler`)
+//! or calling (one client endpoint). Other threads hold `Send` handles that post commands on a
+//! channel and wake the thread through an eventfd; replies come back on tokio oneshots.
+//!
+//! The thread progresses the worker, spins briefly when idle (waking through the fd costs
+//! throughput, pitfall 3), then arms the worker and sleeps in poll(2) on the worker's event fd
+//! and the mailbox eventfd. Messages are active messages: the AM header carries the frame header
+//! and metadata, the AM data carries the payload (rendezvous for large ones, from registered
+//! memory when the payload lies in the buffer pool).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::c_void;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
+use ucx_sys as sys;
+use ucx_sys::ucs_status_t as st;
+
+use super::{
+    Context, Listener, MemHandle, UcxConfig, Worker, ep_accept, ep_close, ep_connect, status_text,
+};
+use crate::bufpool::{BufferPool, ChunkMut};
+use crate::protocol::{FrameHeader, HEADER_LEN, Request, Response};
+use crate::tcp::{Frame, encode_into};
+use crate::{ClientOptions, Connection, Handler, ServerOptions, TransportError, TransportKind};
+
+const AM_REQUEST: u32 = 1;
+const AM_REPLY: u32 = 2;
+/// Metadata larger than this travels in the AM data instead of the AM header.
+const INLINE_META_MAX: usize = 2048;
+
+fn spin_time() -> Duration {
+    let us = std::env::var("RCACHE_UCX_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    Duration::from_micros(us)
+}
+
+type ReplyTx = oneshot::Sender<Result<Response, TransportError>>;
+
+enum Cmd {
+    Call {
+        id: u64,
+        req: Request,
+        reply: ReplyTx,
+    },
+    Cancel {
+        id: u64,
+    },
+    Reply {
+        ep: usize,
+        id: u64,
+        resp: Response,
+    },
+    Stop,
+}
+
+/// Wakes the node thread when it sleeps.
+struct Wake {
+    evfd: RawFd,
+    sleeping: AtomicBool,
+}
+
+impl Wake {
+    fn new() -> std::io::Result<Arc<Wake>> {
+        // SAFETY: plain syscall.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Arc::new(Wake {
+            evfd: fd,
+            sleeping: AtomicBool::new(false),
+        }))
+    }
+
+    fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes to our eventfd.
+            unsafe { libc::write(self.evfd, &one as *const u64 as *const c_void, 8) };
+        }
+    }
+
+    fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: non-blocking read of 8 bytes.
+        unsafe { libc::read(self.evfd, &mut v as *mut u64 as *mut c_void, 8) };
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        // SAFETY: our fd.
+        unsafe { libc::close(self.evfd) };
+    }
+}
+
+#[derive(Clone)]
+struct Mailbox {
+    tx: mpsc::Sender<Cmd>,
+    wake: Arc<Wake>,
+}
+
+impl Mailbox {
+    fn post(&self, cmd: Cmd) -> bool {
+        let ok = self.tx.send(cmd).is_ok();
+        self.wake.wake();
+        ok
+    }
+}
+
+enum Role {
+    Server {
+        handler: Arc<dyn Handler>,
+        eps: HashSet<usize>,
+        dead: Vec<usize>,
+    },
+    Client {
+        ep: Option<sys::ucp_ep_h>,
+        pending: HashMap<u64, ReplyTx>,
+        closed: Arc<Mutex<Option<String>>>,
+    },
+}
+
+struct State {
+    role: Role,
+    /// Replies produced inside callbacks, sent after progress returns.
+    outq: VecDeque<(usize, u64, Response)>,
+    regs: Vec<MemHandle>,
+}
+
+/// Everything the node thread owns. Callbacks get `&Node` through their `arg` pointer;
+/// mutable state sits in a RefCell that is never borrowed across `progress()`.
+struct Node {
+    worker: Worker,
+    ctx: Rc<Context>,
+    peer: SocketAddr,
+    pool: Option<BufferPool>,
+    mailbox: Mailbox,
+    st: RefCell<State>,
+}
+
+enum RecvBuf {
+    Chunk(ChunkMut),
+    Heap(Vec<u8>),
+}
+
+struct RecvCtx {
+    node: *const Node,
+    hdr: FrameHeader,
+    meta: Option<Bytes>,
+    buf: RecvBuf,
+    len: usize,
+    reply_ep: usize,
+}
+
+struct SendCtx {
+    _hdr: BytesMut,
+    _data: Option<Bytes>,
+}
+
+impl Node {
+    /// Registers any pool region not registered yet (the pool grows while serving).
+    fn refresh_regs(&self, st: &mut State) {
+        let Some(pool) = &self.pool else { return };
+        if pool.region_count() == st.regs.len() {
+            return;
+        }
+        for r in pool.regions().into_iter().skip(st.regs.len()) {
+            match self.ctx.mem_map(r.addr as *mut u8, r.len) {
+                Ok(m) => st.regs.push(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, bytes = r.len, "cannot register buffer pool region; sends from it will be copied by UCX");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn memh_for(&self, ptr: *const u8, len: usize) -> Option<sys::ucp_mem_h> {
+        let mut st = self.st.borrow_mut();
+        self.refresh_regs(&mut st);
+        st.regs
+            .iter()
+            .find(|m| m.contains(ptr, len))
+            .map(|m| m.raw())
+    }
+
+    /// Sends one frame as an active message. Errors are UCX status codes.
+    fn send<T: Frame>(
+        &self,
+        ep: sys::ucp_ep_h,
+        am_id: u32,
+        id: u64,
+        msg: &T,
+        reply_flag: bool,
+    ) -> Result<(), sys::ucs_status> {
+        let mut hdr = BytesMut::with_capacity(HEADER_LEN + 64);
+        let data = encode_into(id, msg, &mut hdr).cloned();
+        let meta_len = hdr.len() - HEADER_LEN;
+        // Large metadata (directory listings) rides in the data part: AM headers are limited.
+        let data = if meta_len
+            > INLINE_META_MAX.min(self.worker.max_am_header().saturating_sub(HEADER_LEN))
+        {
+            let meta = hdr.split_off(HEADER_LEN);
+            let mut joined =
+                BytesMut::with_capacity(meta.len() + data.as_ref().map_or(0, |d| d.len()));
+            joined.extend_from_slice(&meta);
+            if let Some(d) = &data {
+                joined.extend_from_slice(d);
+            }
+            Some(joined.freeze())
+        } else {
+            data
+        };
+        let mut p = sys::ucp_request_param_t {
+            op_attr_mask: sys::UCP_OP_ATTR_FIELD_CALLBACK | sys::UCP_OP_ATTR_FIELD_USER_DATA,
+            ..Default::default()
+        };
+        if reply_flag {
+            p.op_attr_mask |= sys::UCP_OP_ATTR_FIELD_FLAGS;
+            p.flags = sys::UCP_AM_SEND_FLAG_REPLY;
+        }
+        let (dptr, dlen) = data
+            .as_ref()
+            .map_or((std::ptr::null(), 0), |d| (d.as_ptr(), d.len()));
+        if dlen > 0
+            && let Some(m) = self.memh_for(dptr, dlen)
+        {
+            p.op_attr_mask |= sys::UCP_OP_ATTR_FIELD_MEMH;
+            p.memh = m;
+        }
+        p.cb.send = Some(send_done);
+        let hptr = hdr.as_ptr();
+        let hlen = hdr.len();
+        let ctx = Box::into_raw(Box::new(SendCtx {
+            _hdr: hdr,
+            _data: data,
+        }));
+        p.user_data = ctx as *mut c_void;
+        // SAFETY: header and data stay alive in `ctx` until the send completes.
+        let req = unsafe {
+            sys::ucp_am_send_nbx(
+                ep,
+                am_id,
+                hptr as *const c_void,
+                hlen,
+                dptr as *const c_void,
+                dlen,
+                &p,
+            )
+        };
+        if req.is_null() {
+            // SAFETY: completed immediately; the callback will not run.
+            drop(unsafe { Box::from_raw(ctx) });
+            Ok(())
+        } else if sys::UCS_PTR_IS_ERR(req) {
+            drop(unsafe { Box::from_raw(ctx) });
+            Err(sys::UCS_PTR_STATUS(req))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn alloc_recv(&self, len: usize) -> (RecvBuf, Option<sys::ucp_mem_h>) {
+        if let Some(pool) = &self.pool
+            && len <= pool.chunk_size()
+            && let Some(mut c) = pool.alloc()
+        {
+            let m = self.memh_for(c.as_mut_ptr(), len);
+            return (RecvBuf::Chunk(c), m);
+        }
+        let mut v = Vec::with_capacity(len);
+        // SAFETY: UCX writes all `len` bytes before the buffer is read (recv completion).
+        #[allow(clippy::uninit_vec)]
+        unsafe {
+            v.set_len(len)
+        };
+        (RecvBuf::Heap(v), None)
+    }
+
+    /// A whole message arrived: decode and hand it on.
+    fn deliver(&self, hdr: FrameHeader, meta: Bytes, data: Bytes, reply_ep: usize) {
+        let mut st = self.st.borrow_mut();
+        match &mut st.role {
+            Role::Server { handler, .. } => {
+                let handler = handler.clone();
+                match Request::decode(hdr.op, &meta, data) {
+                    Ok(req) => {
+                        drop(st);
+                        self.dispatch(handler, req, reply_ep, hdr.id);
+                    }
+                    Err(e) => st.outq.push_back((
+                        reply_ep,
+                        hdr.id,
+                        Response::error(e.code(), format!("bad request: {e}")),
+                    )),
+                }
+            }
+            Role::Client { pending, .. } => {
+                let resp =
+                    Response::decode(hdr.op, &meta, data).map_err(|e| TransportError::Protocol {
+                        addr: self.peer,
+                        reason: e.to_string(),
+                    });
+                if let Some(tx) = pending.remove(&hdr.id) {
+                    let _ = tx.send(resp);
+                }
+            }
+        }
+    }
+
+    /// Polls the handler once in place (cache hits finish without waiting); otherwise it
+    /// continues on the tokio runtime and the reply comes back through the mailbox.
+    fn dispatch(&self, handler: Arc<dyn Handler>, req: Request, ep: usize, id: u64) {
+        let mut fut: Pin<Box<dyn Future<Output = Response> + Send>> =
+            Box::pin(async move { handler.handle(req).await });
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(resp) => self.st.borrow_mut().outq.push_back((ep, id, resp)),
+            Poll::Pending => {
+                let mb = self.mailbox.clone();
+                tokio::spawn(async move {
+                    let resp = fut.await;
+                    mb.post(Cmd::Reply { ep, id, resp });
+                });
+            }
+        }
+    }
+
+    fn flush_outq(&self) -> u32 {
+        let mut n = 0;
+        loop {
+            let item = self.st.borrow_mut().outq.pop_front();
+            let Some((ep, id, resp)) = item else { break };
+            n += 1;
+            self.reply(ep, id, resp);
+        }
+        n
+    }
+
+    fn reply(&self, ep: usize, id: u64, resp: Response) {
+        let alive = match &self.st.borrow().role {
+            Role::Server { eps, .. } => eps.contains(&ep),
+            Role::Client { .. } => false,
+        };
+        if !alive {
+            return; // the client went away; nothing to answer
+        }
+        if let Err(s) = self.send(ep as sys::ucp_ep_h, AM_REPLY, id, &resp, false) {
+            tracing::debug!(status = %status_text(s), "UCX reply failed");
+        }
+    }
+
+    fn exec(&self, cmd: Cmd) -> bool {
+        match cmd {
+            Cmd::Stop => return false,
+            Cmd::Reply { ep, id, resp } => self.reply(ep, id, resp),
+            Cmd::Cancel { id } => {
+                if let Role::Client { pending, .. } = &mut self.st.borrow_mut().role {
+                    pending.remove(&id);
+                }
+            }
+            Cmd::Call { id, req, reply } => {
+                let ep = {
+                    let mut st = self.st.borrow_mut();
+                    let Role::Client {
+                        ep,
+                        pending,
+                        closed,
+                    } = &mut st.role
+                    else {
+                        return true;
+                    };
+                    if let Some(reason) = closed.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                        let _ = reply.send(Err(TransportError::Io {
+                            addr: self.peer,
+                            reason,
+                        }));
+                        return true;
+                    }
+                    let Some(ep) = *ep else { return true };
+                    pending.insert(id, reply);
+                    ep
+                };
+                if let Err(s) = self.send(ep, AM_REQUEST, id, &req, true) {
+                    self.fail_client(format!("UCX send failed: {}", status_text(s)));
+                }
+            }
+        }
+        true
+    }
+
+    fn fail_client(&self, reason: String) {
+        let mut st = self.st.borrow_mut();
+        if let Role::Client {
+            pending, closed, ..
+        } = &mut st.role
+        {
+            *closed.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+            for (_, tx) in pending.drain() {
+                let _ = tx.send(Err(TransportError::Io {
+                    addr: self.peer,
+                    reason: reason.clone(),
+                }));
+            }
+        }
+    }
+
+    /// Closes endpoints that reported errors (outside callbacks).
+    fn reap(&self) {
+        let dead: Vec<usize> = match &mut self.st.borrow_mut().role {
+            Role::Server { dead, eps, .. } => {
+                for d in dead.iter() {
+                    eps.remove(d);
+                }
+                std::mem::take(dead)
+            }
+            Role::Client { .. } => Vec::new(),
+        };
+        for ep in dead {
+            // SAFETY: endpoint of this worker, removed from the live set above.
+            let r = unsafe { ep_close(ep as sys::ucp_ep_h, true) };
+            let _ = self
+                .worker
+                .wait("ucp_ep_close_nbx", r, Duration::from_secs(1));
+        }
+    }
+
+    fn run(&self, rx: &mpsc::Receiver<Cmd>) {
+        let spin = spin_time();
+        let mut idle = Instant::now();
+        loop {
+            let mut work = 0u32;
+            while let Ok(cmd) = rx.try_recv() {
+                work += 1;
+                if !self.exec(cmd) {
+                    return;
+                }
+            }
+            loop {
+                let n = self.worker.progress();
+                if n == 0 {
+                    break;
+                }
+                work += n;
+            }
+            work += self.flush_outq();
+            self.reap();
+            if work > 0 {
+                idle = Instant::now();
+                continue;
+            }
+            if idle.elapsed() < spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            match self.worker.arm() {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ucp_worker_arm");
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+            }
+            self.mailbox.wake.sleeping.store(true, Ordering::SeqCst);
+            if let Ok(cmd) = rx.try_recv() {
+                self.mailbox.wake.sleeping.store(false, Ordering::SeqCst);
+                if !self.exec(cmd) {
+                    return;
+                }
+                idle = Instant::now();
+                continue;
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.worker.event_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.mailbox.wake.evfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds.
+            unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+            self.mailbox.wake.sleeping.store(false, Ordering::SeqCst);
+            if fds[1].revents != 0 {
+                self.mailbox.wake.drain();
+            }
+            idle = Instant::now();
+        }
+    }
+
+    /// Closes every endpoint (flush, then force) before the worker goes.
+    fn close_all(&self) {
+        let eps: Vec<usize> = match &mut self.st.borrow_mut().role {
+            Role::Server { eps, .. } => eps.drain().collect(),
+            Role::Client { ep, .. } => ep.take().map(|e| e as usize).into_iter().collect(),
+        };
+        for ep in eps {
+            // SAFETY: live endpoint of this worker, not used afterwards.
+            let r = unsafe { ep_close(ep as sys::ucp_ep_h, false) };
+            if self
+                .worker
+                .wait("ucp_ep_close_nbx", r, Duration::from_secs(2))
+                .is_err()
+            {
+                let r = unsafe { ep_close(ep as sys::ucp_ep_h, true) };
+                let _ = self
+                    .worker
+                    .wait("ucp_ep_close_nbx(force)", r, Duration::from_secs(1));
+            }
+        }
+        self.fail_client("connection closed".into());
+    }
+}
+
+unsafe extern "C" fn send_done(req: *mut c_void, _status: sys::ucs_status, user_data: *mut c_void) {
+    // SAFETY: user_data is the SendCtx boxed in Node::send; the request is ours to free.
+    unsafe {
+        drop(Box::from_raw(user_data as *mut SendCtx));
+        sys::ucp_request_free(req);
+    }
+}
+
+unsafe extern "C" fn recv_done(
+    req: *mut c_void,
+    status: sys::ucs_status,
+    _len: usize,
+    user_data: *mut c_void,
+) {
+    // SAFETY: user_data is the RecvCtx boxed in am_recv; the request is ours to free.
+    let ctx = unsafe { Box::from_raw(user_data as *mut RecvCtx) };
+    unsafe { sys::ucp_request_free(req) };
+    if status != st::UCS_OK {
+        tracing::debug!(status = %status_text(status), "UCX rendezvous receive failed");
+        return;
+    }
+    finish_recv(*ctx);
+}
+
+fn finish_recv(ctx: RecvCtx) {
+    // SAFETY: the node outlives its worker's callbacks.
+    let node = unsafe { &*ctx.node };
+    let all = match ctx.buf {
+        RecvBuf::Chunk(c) => c.freeze(ctx.len),
+        RecvBuf::Heap(v) => Bytes::from(v),
+    };
+    let (meta, data) = match ctx.meta {
+        Some(m) => (m, all),
+        None => {
+            let ml = (ctx.hdr.meta_len as usize).min(all.len());
+            (all.slice(..ml), all.slice(ml..))
+        }
+    };
+    node.deliver(ctx.hdr, meta, data, ctx.reply_ep);
+}
+
+unsafe extern "C" fn am_recv(
+    arg: *mut c_void,
+    header: *const c_void,
+    header_length: usize,
+    data: *mut c_void,
+    length: usize,
+    param: *const sys::ucp_am_recv_param_t,
+) -> sys::ucs_status {
+    // SAFETY: arg is the Node registered with this handler; header/data valid for the call.
+    let node = unsafe { &*(arg as *const Node) };
+    let param = unsafe { &*param };
+    let hdr_bytes = if header.is_null() {
+        &[][..]
+    } else {
+        unsafe { std::slice::from_raw_parts(header as *const u8, header_length) }
+    };
+    let reply_ep = param.reply_ep as usize;
+    let hdr = match FrameHeader::decode(hdr_bytes) {
+        Ok(h) => h,
+        Err((id, e)) => {
+            tracing::debug!(error = %e, "bad UCX frame");
+            if reply_ep != 0 {
+                node.st.borrow_mut().outq.push_back((
+                    reply_ep,
+                    id.unwrap_or(0),
+                    Response::error(e.code(), format!("bad frame: {e}")),
+                ));
+            }
+            return st::UCS_OK;
+        }
+    };
+    let inline_meta = header_length == HEADER_LEN + hdr.meta_len as usize;
+    let expect = hdr.data_len as usize
+        + if inline_meta {
+            0
+        } else {
+            hdr.meta_len as usize
+        };
+    if length != expect {
+        if reply_ep != 0 {
+            node.st.borrow_mut().outq.push_back((
+                reply_ep,
+                hdr.id,
+                Response::error(
+                    crate::ErrorCode::InvalidRequest,
+                    "frame lengths do not match the message",
+                ),
+            ));
+        }
+        return st::UCS_OK;
+    }
+    let meta = inline_meta.then(|| Bytes::copy_from_slice(&hdr_bytes[HEADER_LEN..]));
+    if param.recv_attr & sys::UCP_AM_RECV_ATTR_FLAG_RNDV as u64 != 0 {
+        let (mut buf, memh) = node.alloc_recv(length);
+        let dst = match &mut buf {
+            RecvBuf::Chunk(c) => c.as_mut_ptr(),
+            RecvBuf::Heap(v) => v.as_mut_ptr(),
+        };
+        let ctx = Box::into_raw(Box::new(RecvCtx {
+            node,
+            hdr,
+            meta,
+            buf,
+            len: length,
+            reply_ep,
+        }));
+        let mut p = sys::ucp_request_param_t {
+            op_attr_mask: sys::UCP_OP_ATTR_FIELD_CALLBACK | sys::UCP_OP_ATTR_FIELD_USER_DATA,
+            user_data: ctx as *mut c_void,
+            ..Default::default()
+        };
+        p.cb.recv_am = Some(recv_done);
+        if let Some(m) = memh {
+            p.op_attr_mask |= sys::UCP_OP_ATTR_FIELD_MEMH;
+            p.memh = m;
+        }
+        // SAFETY: data is the rendezvous descriptor; dst stays alive in ctx until completion.
+        let req = unsafe {
+            sys::ucp_am_recv_data_nbx(node.worker.h, data, dst as *mut c_void, length, &p)
+        };
+        if req.is_null() {
+            finish_recv(*unsafe { Box::from_raw(ctx) });
+        } else if sys::UCS_PTR_IS_ERR(req) {
+            drop(unsafe { Box::from_raw(ctx) });
+            tracing::debug!(status = %status_text(sys::UCS_PTR_STATUS(req)), "ucp_am_recv_data_nbx");
+        }
+        return st::UCS_OK;
+    }
+    let body = if length == 0 {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(unsafe { std::slice::from_raw_parts(data as *const u8, length) })
+    };
+    let (meta, data) = match meta {
+        Some(m) => (m, body),
+        None => {
+            let ml = (hdr.meta_len as usize).min(body.len());
+            (body.slice(..ml), body.slice(ml..))
+        }
+    };
+    node.deliver(hdr, meta, data, reply_ep);
+    st::UCS_OK
+}
+
+unsafe extern "C" fn on_conn(conn: sys::ucp_conn_request_h, arg: *mut c_void) {
+    // SAFETY: arg is the Node.
+    let node = unsafe { &*(arg as *const Node) };
+    match unsafe { ep_accept(&node.worker, conn, Some(on_ep_error), arg) } {
+        Ok(ep) => {
+            if let Role::Server { eps, .. } = &mut node.st.borrow_mut().role {
+                eps.insert(ep as usize);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot accept UCX connection"),
+    }
+}
+
+unsafe extern "C" fn on_ep_error(arg: *mut c_void, ep: sys::ucp_ep_h, status: sys::ucs_status) {
+    // SAFETY: arg is the Node.
+    let node = unsafe { &*(arg as *const Node) };
+    let reason = format!("UCX endpoint failed: {}", status_text(status));
+    let is_client = matches!(node.st.borrow().role, Role::Client { .. });
+    if is_client {
+        node.fail_client(reason);
+    } else if let Role::Server { dead, .. } = &mut node.st.borrow_mut().role {
+        tracing::debug!(%reason, "client endpoint closed");
+        dead.push(ep as usize);
+    }
+}
+
+/// Builds the context, worker and node on the current (dedicated) thread.
+fn build_node(
+    cfg: &UcxConfig,
+    peer: SocketAddr,
+    pool: Option<BufferPool>,
+    role: Role,
+    mailbox: Mailbox,
+) -> Result<Box<Node>, String> {
+    let ctx = Context::new(cfg).map_err(|e| e.to_string())?;
+    let worker = Worker::new(&ctx).map_err(|e| e.to_string())?;
+    let node = Box::new(Node {
+        worker,
+        ctx,
+        peer,
+        pool,
+        mailbox,
+        st: RefCell::new(State {
+            role,
+            outq: VecDeque::new(),
+            regs: Vec::new(),
+        }),
+    });
+    {
+        let mut st = node.st.borrow_mut();
+        node.refresh_regs(&mut st);
+    }
+    let arg = &*node as *const Node as *mut c_void;
+    for id in [AM_REQUEST, AM_REPLY] {
+        // SAFETY: the node is boxed (stable address) and outlives the worker's use of it.
+        unsafe { node.worker.set_am_handler(id, Some(am_recv), arg) }.map_err(|e| e.to_string())?;
+    }
+    Ok(node)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+
+pub(crate) struct UcxServer {
+    pub local_addr: SocketAddr,
+    mailbox: Mailbox,
+    done: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl UcxServer {
+    pub async fn shutdown(&self) {
+        self.mailbox.post(Cmd::Stop);
+        let rx = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(rx) = rx {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+    }
+}
+
+impl Drop for UcxServer {
+    fn drop(&mut self) {
+        self.mailbox.post(Cmd::Stop);
+    }
+}
+
+fn ucx_config(devices: &Option<String>) -> UcxConfig {
+    UcxConfig {
+        net_devices: devices.clone(),
+    }
+}
+
+pub(crate) async fn listen(
+    addr: SocketAddr,
+    handler: Arc<dyn Handler>,
+    opts: ServerOptions,
+) -> Result<UcxServer, TransportError> {
+    let lerr = |reason: String| TransportError::Listen { addr, reason };
+    let rt = tokio::runtime::Handle::current();
+    let wake = Wake::new().map_err(|e| lerr(e.to_string()))?;
+    let (tx, rx) = mpsc::channel();
+    let mailbox = Mailbox { tx, wake };
+    let (ready_tx, ready_rx) = oneshot::channel::<Result<SocketAddr, String>>();
+    let (done_tx, done_rx) = oneshot::channel();
+    let mb = mailbox.clone();
+    let cfg = ucx_config(&opts.ucx_devices);
+    std::thread::Builder::new()
+        .name(format!("ucx-server-{}", addr.port()))
+        .spawn(move || {
+            let _rt = rt.enter();
+            let role = Role::Server {
+                handler,
+                eps: HashSet::new(),
+                dead: Vec::new(),
+            };
+            let node = match build_node(&cfg, addr, opts.pool.clone(), role, mb) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let arg = &*node as *const Node as *mut c_void;
+            // SAFETY: the node outlives the listener (dropped first below).
+            let listener = match unsafe { Listener::new(&node.worker, addr, Some(on_conn), arg) } {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(listener.local_addr));
+            node.run(&rx);
+            drop(listener);
+            node.close_all();
+            drop(node);
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| lerr(e.to_string()))?;
+    let local_addr = match ready_rx.await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return Err(lerr(e)),
+        Err(_) => return Err(lerr("UCX thread ended during start".into())),
+    };
+    tracing::info!(%local_addr, "UCX data server listening");
+    Ok(UcxServer {
+        local_addr,
+        mailbox,
+        done: Mutex::new(Some(done_rx)),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+pub(crate) struct UcxConnection {
+    peer: SocketAddr,
+    mailbox: Mailbox,
+    next_id: AtomicU64,
+    closed: Arc<Mutex<Option<String>>>,
+    timeout: Option<Duration>,
+}
+
+impl Drop for UcxConnection {
+    fn drop(&mut self) {
+        self.mailbox.post(Cmd::Stop);
+    }
+}
+
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    opts: &ClientOptions,
+) -> Result<UcxConnection, TransportError> {
+    let cerr = |reason: String| TransportError::Connect { addr, reason };
+    let wake = Wake::new().map_err(|e| cerr(e.to_string()))?;
+    let (tx, rx) = mpsc::channel();
+    let mailbox = Mailbox { tx, wake };
+    let closed = Arc::new(Mutex::new(None));
+    let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
+    let mb = mailbox.clone();
+    let cfg = ucx_config(&opts.ucx_devices);
+    let pool = opts.pool.clone();
+    let closed2 = closed.clone();
+    std::thread::Builder::new()
+        .name(format!("ucx-client-{}", addr.port()))
+        .spawn(move || {
+            let role = Role::Client {
+                ep: None,
+                pending: HashMap::new(),
+                closed: closed2,
+            };
+            let node = match build_node(&cfg, addr, pool, role, mb) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let arg = &*node as *const Node as *mut c_void;
+            // SAFETY: the node outlives the endpoint (closed in close_all).
+            match unsafe { ep_connect(&node.worker, addr, Some(on_ep_error), arg) } {
+                Ok(ep) => {
+                    if let Role::Client { ep: slot, .. } = &mut node.st.borrow_mut().role {
+                        *slot = Some(ep);
+                    }
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+            let _ = ready_tx.send(Ok(()));
+            node.run(&rx);
+            node.close_all();
+        })
+        .map_err(|e| cerr(e.to_string()))?;
+    match tokio::time::timeout(opts.connect_timeout, ready_rx).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(cerr(e)),
+        Ok(Err(_)) => return Err(cerr("UCX thread ended during connect".into())),
+        Err(_) => {
+            return Err(TransportError::Timeout {
+                addr,
+                after_ms: opts.connect_timeout.as_millis() as u64,
+            });
+        }
+    }
+    Ok(UcxConnection {
+        peer: addr,
+        mailbox,
+        next_id: AtomicU64::new(1),
+        closed,
+        timeout: opts.request_timeout,
+    })
+}
+
+struct CancelGuard<'a> {
+    mailbox: &'a Mailbox,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.mailbox.post(Cmd::Cancel { id: self.id });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Connection for UcxConnection {
+    async fn call(&self, req: Request) -> Result<Response, TransportError> {
+        if let Some(reason) = self
+            .closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(TransportError::Io {
+                addr: self.peer,
+                reason,
+            });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if !self.mailbox.post(Cmd::Call { id, req, reply: tx }) {
+            return Err(TransportError::Io {
+                addr: self.peer,
+                reason: "UCX connection thread has stopped".into(),
+            });
+        }
+        let mut guard = CancelGuard {
+            mailbox: &self.mailbox,
+            id,
+            armed: true,
+        };
+        let res = match self.timeout {
+            Some(t) => match tokio::time::timeout(t, rx).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(TransportError::Timeout {
+                        addr: self.peer,
+                        after_ms: t.as_millis() as u64,
+                    });
+                }
+            },
+            None => rx.await,
+        };
+        guard.armed = false;
+        res.unwrap_or_else(|_| {
+            Err(TransportError::Io {
+                addr: self.peer,
+                reason: "connection closed".into(),
+            })
+        })
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn kind(&self) -> TransportKind {
+        TransportKind::Ucx
+    }
+}
