@@ -392,7 +392,12 @@ impl Properties {
     }
 
     /// A `BadValue` error for a cross-field check on `key`.
-    pub fn bad(&self, key: &str, reason: impl Into<String>, accepted: impl Into<String>) -> ConfigError {
+    pub fn bad(
+        &self,
+        key: &str,
+        reason: impl Into<String>,
+        accepted: impl Into<String>,
+    ) -> ConfigError {
         let (value, origin) = match self.raw(key) {
             Some((raw, origin)) => (raw.to_string(), origin.clone()),
             None => (
@@ -573,7 +578,10 @@ pub const MAX_PAGE: u64 = 16 << 20;
 
 impl WorkerConfig {
     pub fn from_properties(p: &Properties) -> Result<Self, ConfigError> {
-        let cluster = p.required(CLUSTER_NAME, "the CacheCluster name; the operator renders it")?;
+        let cluster = p.required(
+            CLUSTER_NAME,
+            "the CacheCluster name; the operator renders it",
+        )?;
         let uri = p.required(UFS_URI, "the under-storage root, e.g. file:///data")?;
         let ufs_root = match uri.strip_prefix("file://") {
             Some(path) if path.starts_with('/') => PathBuf::from(path),
@@ -713,7 +721,10 @@ mod tests {
     #[test]
     fn durations_accept_units_and_bare_ms_for_ms_keys() {
         assert_eq!(parse_duration("20s", false), Ok(Duration::from_secs(20)));
-        assert_eq!(parse_duration("500ms", false), Ok(Duration::from_millis(500)));
+        assert_eq!(
+            parse_duration("500ms", false),
+            Ok(Duration::from_millis(500))
+        );
         assert_eq!(parse_duration("2m", false), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h", false), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("750", true), Ok(Duration::from_millis(750)));
@@ -758,28 +769,40 @@ mod tests {
     #[test]
     fn bad_port_is_refused() {
         let m = bad("rcache.worker.data.port=70000");
-        assert!(m.contains("rcache.worker.data.port") && m.contains("70000"), "{m}");
+        assert!(
+            m.contains("rcache.worker.data.port") && m.contains("70000"),
+            "{m}"
+        );
         assert!(m.contains("0-65535"), "{m}");
     }
 
     #[test]
     fn bad_bool_is_refused() {
         let m = bad("rcache.network.rdma.data.enabled=yes");
-        assert!(m.contains("rcache.network.rdma.data.enabled") && m.contains("\"yes\""), "{m}");
+        assert!(
+            m.contains("rcache.network.rdma.data.enabled") && m.contains("\"yes\""),
+            "{m}"
+        );
         assert!(m.contains("true or false"), "{m}");
     }
 
     #[test]
     fn bad_duration_is_refused() {
         let m = bad("rcache.network.rdma.data.operation.timeout.ms=soon");
-        assert!(m.contains("operation.timeout.ms") && m.contains("\"soon\""), "{m}");
+        assert!(
+            m.contains("operation.timeout.ms") && m.contains("\"soon\""),
+            "{m}"
+        );
         assert!(m.contains("ms, s, m or h"), "{m}");
     }
 
     #[test]
     fn bad_fallback_lists_choices() {
         let m = bad("rcache.network.rdma.data.fallback=udp");
-        assert!(m.contains("\"udp\"") && m.contains("one of: none, tcp"), "{m}");
+        assert!(
+            m.contains("\"udp\"") && m.contains("one of: none, tcp"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -787,7 +810,10 @@ mod tests {
         let m = bad("rcache.fuse.open.read.status.cache.max.size=-3");
         assert!(m.contains("non-negative integer"), "{m}");
         let m = bad("rcache.ufs.uri=/data");
-        assert!(m.contains("rcache.ufs.uri") && m.contains("file:///data"), "{m}");
+        assert!(
+            m.contains("rcache.ufs.uri") && m.contains("file:///data"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -818,39 +844,62 @@ mod tests {
             )])
             .expect_err("refused");
         let m = err.to_string();
-        assert!(m.contains("environment variable RCACHE_NETWORK_RDMA_DATA_BUFFER_POOL_MAX_SIZE"), "{m}");
-        assert!(m.contains("rcache.network.rdma.data.buffer.pool.max.size"), "{m}");
+        assert!(
+            m.contains("environment variable RCACHE_NETWORK_RDMA_DATA_BUFFER_POOL_MAX_SIZE"),
+            "{m}"
+        );
+        assert!(
+            m.contains("rcache.network.rdma.data.buffer.pool.max.size"),
+            "{m}"
+        );
     }
 
     #[test]
     fn env_name_follows_the_contract() {
-        assert_eq!(env_name("rcache.worker.data.port"), "RCACHE_WORKER_DATA_PORT");
+        assert_eq!(
+            env_name("rcache.worker.data.port"),
+            "RCACHE_WORKER_DATA_PORT"
+        );
     }
 
     #[test]
     fn worker_requires_cluster_name_and_file_uri() {
         let p = Properties::parse("rcache.ufs.uri=file:///data\n", "t").expect("parses");
-        let m = WorkerConfig::from_properties(&p).expect_err("missing").to_string();
+        let m = WorkerConfig::from_properties(&p)
+            .expect_err("missing")
+            .to_string();
         assert!(m.contains("rcache.cluster.name is required"), "{m}");
         let p = Properties::parse("rcache.cluster.name=a\nrcache.ufs.uri=s3://bucket/x\n", "t")
             .expect("parses");
-        let m = WorkerConfig::from_properties(&p).expect_err("s3").to_string();
-        assert!(m.contains("rcache.ufs.uri") && m.contains("s3://bucket/x"), "{m}");
+        let m = WorkerConfig::from_properties(&p)
+            .expect_err("s3")
+            .to_string();
+        assert!(
+            m.contains("rcache.ufs.uri") && m.contains("s3://bucket/x"),
+            "{m}"
+        );
     }
 
     #[test]
     fn page_size_must_be_a_power_of_two_in_range() {
         let mut p = minimal();
         p.set(PAGE_SIZE, "3000").expect("syntax ok");
-        let m = WorkerConfig::from_properties(&p).expect_err("bad page").to_string();
-        assert!(m.contains("rcache.worker.page.size") && m.contains("power of two"), "{m}");
+        let m = WorkerConfig::from_properties(&p)
+            .expect_err("bad page")
+            .to_string();
+        assert!(
+            m.contains("rcache.worker.page.size") && m.contains("power of two"),
+            "{m}"
+        );
     }
 
     #[test]
     fn block_size_must_be_a_page_multiple() {
         let mut p = minimal();
         p.set(BLOCK_SIZE, "1536KB").expect("syntax ok");
-        let m = WorkerConfig::from_properties(&p).expect_err("bad block").to_string();
+        let m = WorkerConfig::from_properties(&p)
+            .expect_err("bad block")
+            .to_string();
         assert!(m.contains("rcache.cluster.placement.block.size"), "{m}");
     }
 
@@ -858,11 +907,15 @@ mod tests {
     fn pool_sizes_must_be_ordered() {
         let mut p = minimal();
         p.set(POOL_PREWARM, "512MB").expect("syntax ok");
-        let m = WorkerConfig::from_properties(&p).expect_err("prewarm").to_string();
+        let m = WorkerConfig::from_properties(&p)
+            .expect_err("prewarm")
+            .to_string();
         assert!(m.contains("prewarm.size") && m.contains("512MB"), "{m}");
         let mut p = minimal();
         p.set(POOL_MAX, "128MB").expect("syntax ok");
-        let m = WorkerConfig::from_properties(&p).expect_err("max").to_string();
+        let m = WorkerConfig::from_properties(&p)
+            .expect_err("max")
+            .to_string();
         assert!(m.contains("max.size") && m.contains("128MB"), "{m}");
     }
 

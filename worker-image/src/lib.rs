@@ -9,6 +9,10 @@
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
 pub mod cache;
+pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod hash;
+pub mod metrics;
+pub mod server;
 pub mod ufs;

@@ -211,7 +211,9 @@ impl UnderStorage for LocalUfs {
             }
         }
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes.fetch_add(done as u64, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(done as u64, Ordering::Relaxed);
         Ok(done)
     }
 
@@ -266,7 +268,10 @@ mod tests {
         assert_eq!(normalize("/").expect("ok"), "");
         assert_eq!(normalize("").expect("ok"), "");
         assert_eq!(normalize("/a//b/./c/").expect("ok"), "a/b/c");
-        assert!(matches!(normalize("a/../../etc"), Err(UfsError::Refused { .. })));
+        assert!(matches!(
+            normalize("a/../../etc"),
+            Err(UfsError::Refused { .. })
+        ));
         assert!(matches!(normalize("a\0b"), Err(UfsError::Refused { .. })));
     }
 
@@ -276,7 +281,10 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(ufs.read_at_blocking("a.bin", 6, &mut buf).expect("read"), 4);
         assert_eq!(&buf[..4], b"6789");
-        assert_eq!(ufs.read_at_blocking("a.bin", 20, &mut buf).expect("read"), 0);
+        assert_eq!(
+            ufs.read_at_blocking("a.bin", 20, &mut buf).expect("read"),
+            0
+        );
         assert_eq!(ufs.counters().bytes.load(Ordering::Relaxed), 4);
     }
 
@@ -286,7 +294,9 @@ mod tests {
         std::os::unix::fs::symlink(d.path().join("secret"), d.path().join("root/escape"))
             .expect("symlink");
         let mut buf = [0u8; 8];
-        let err = ufs.read_at_blocking("escape", 0, &mut buf).expect_err("refused");
+        let err = ufs
+            .read_at_blocking("escape", 0, &mut buf)
+            .expect_err("refused");
         assert!(matches!(err, UfsError::Refused { .. }), "{err}");
     }
 

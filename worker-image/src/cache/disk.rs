@@ -177,12 +177,7 @@ impl DiskTier {
                 match checked {
                     Ok((h, mtime)) if self.file_for_parts(&h.path, h.index) == path => {
                         let file_len = h.file_len();
-                        found.push((
-                            mtime,
-                            PageKey::new(&h.path, h.index),
-                            h.data_len,
-                            file_len,
-                        ));
+                        found.push((mtime, PageKey::new(&h.path, h.index), h.data_len, file_len));
                     }
                     Ok(_) | Err(_) => {
                         tracing::warn!(file = %path.display(), "dropping torn or misplaced cache page");

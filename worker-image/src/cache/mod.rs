@@ -211,7 +211,8 @@ impl PageStore {
             let stop = ((end - first * ps) as usize).min(page.len());
             return Ok(page.slice(start..stop));
         }
-        let pages = futures::future::try_join_all((first..=last).map(|i| self.page(path, i))).await?;
+        let pages =
+            futures::future::try_join_all((first..=last).map(|i| self.page(path, i))).await?;
         let mut out = BytesMut::with_capacity(len as usize);
         for (i, page) in (first..=last).zip(pages) {
             let base = i * ps;
@@ -444,7 +445,15 @@ mod tests {
     async fn ranges_across_page_boundaries_match_the_file() {
         let (d, bytes) = setup(4096 * 5 + 123);
         let s = store(d.path(), 1 << 20, None).await;
-        for (off, len) in [(0u64, 10u32), (4090, 20), (4096, 4096), (100, 4096 * 3), (20000, 1000), (4096 * 5 + 100, 100), (1 << 20, 10)] {
+        for (off, len) in [
+            (0u64, 10u32),
+            (4090, 20),
+            (4096, 4096),
+            (100, 4096 * 3),
+            (20000, 1000),
+            (4096 * 5 + 100, 100),
+            (1 << 20, 10),
+        ] {
             let got = s.read("f.bin", off, len).await.expect("read");
             let start = (off as usize).min(bytes.len());
             let stop = (off as usize + len as usize).min(bytes.len());
@@ -524,7 +533,9 @@ mod tests {
             s.flush().await;
         }
         // Corrupt the data of the page file in place (same length: passes the scan).
-        let tier = DiskTier::open(&d.path().join("ssd"), 1 << 20).expect("open").0;
+        let tier = DiskTier::open(&d.path().join("ssd"), 1 << 20)
+            .expect("open")
+            .0;
         let file = tier.file_for(&PageKey::new("f.bin", 0));
         drop(tier);
         let mut raw = std::fs::read(&file).expect("read");

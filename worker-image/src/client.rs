@@ -1,0 +1,538 @@
+//! The client library (used by FUSE and `bench`-style tools): reads a byte range by splitting it
+//! into placement blocks, asks each block's owner on the consistent-hash ring, and fails over to
+//! the next owner when one is unreachable, slow (request timeout) or answers with a transient
+//! error, so a read fails only when no owner can serve it. Members announcing `ucx` are reached
+//! over UCX; `fallback: tcp` retries a member's TCP port when its UCX port is unreachable, `none`
+//! reports the worker instead. Paths are relative to the UFS root, `/`-separated.
+//!
+//! It owns connections and failover; it caches no data (the workers do).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use rcache_transport::{
+    ClientOptions, DirEntry, ErrorCode, FileStat, Request, Response, SharedConnection,
+    TransportKind,
+};
+
+use crate::cluster::{Member, MemberTransport, MembershipWatch};
+use crate::config::{self, ConfigError, Properties};
+
+/// What to do when a member's UCX port cannot be reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// Report the worker as unreachable (and fail over to the next owner).
+    None,
+    /// Use the member's TCP data port instead.
+    Tcp,
+}
+
+/// Where the client learns the members.
+#[derive(Clone, Debug)]
+pub enum MembershipSource {
+    /// The operator's membership file, polled for changes.
+    File { path: PathBuf, poll: Duration },
+    /// A fixed list (tests, tools).
+    Fixed(Vec<Member>),
+}
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub membership: MembershipSource,
+    /// Placement unit (`rcache.cluster.placement.block.size`).
+    pub block_size: u64,
+    /// Per-request limit (`rcache.network.rdma.data.operation.timeout.ms`); past it the next
+    /// owner is asked.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub fallback: Fallback,
+    /// Largest single request; longer ranges are split (≤ the protocol's 16 MiB).
+    pub max_request: u32,
+    /// Requests of one read in flight at once.
+    pub parallel: usize,
+    /// A member that failed is asked last for this long.
+    pub down_for: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            membership: MembershipSource::Fixed(Vec::new()),
+            block_size: 64 << 20,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            fallback: Fallback::None,
+            max_request: 4 << 20,
+            parallel: 8,
+            down_for: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Client settings from the properties (membership file, block size, timeout, fallback).
+    pub fn from_properties(p: &Properties) -> Result<ClientConfig, ConfigError> {
+        let block_size = p.size(config::BLOCK_SIZE);
+        if block_size == 0 {
+            return Err(p.bad(config::BLOCK_SIZE, "zero", "a positive size, e.g. 64MB"));
+        }
+        let request_timeout = p.duration(config::OP_TIMEOUT);
+        if request_timeout.is_zero() {
+            return Err(p.bad(config::OP_TIMEOUT, "zero", "a positive duration, e.g. 30s"));
+        }
+        let fallback = match p.text(config::FALLBACK).as_deref() {
+            Some("tcp") => Fallback::Tcp,
+            _ => Fallback::None,
+        };
+        let path = p
+            .text(config::MEMBERSHIP_FILE)
+            .unwrap_or_else(|| "/etc/rcache/membership/members.json".into());
+        Ok(ClientConfig {
+            membership: MembershipSource::File {
+                path: PathBuf::from(path),
+                poll: Duration::from_secs(2),
+            },
+            block_size,
+            request_timeout,
+            connect_timeout: request_timeout.min(Duration::from_secs(5)),
+            fallback,
+            ..ClientConfig::default()
+        })
+    }
+}
+
+/// Client errors; each names the path or the worker involved.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("{path}: not found")]
+    NotFound { path: String },
+    #[error("{path}: not a directory")]
+    NotADirectory { path: String },
+    #[error("{path}: is a directory")]
+    IsADirectory { path: String },
+    #[error("{path}: invalid request: {message}")]
+    Invalid { path: String, message: String },
+    #[error("no ready worker in the membership ({source_hint}); is the cluster up?")]
+    NoWorkers { source_hint: String },
+    #[error("worker {worker} is unavailable: {reason}")]
+    Unavailable { worker: String, reason: String },
+    #[error("{path}: every owner failed; last: worker {worker}: {reason}")]
+    AllOwnersFailed {
+        path: String,
+        worker: String,
+        reason: String,
+    },
+    #[error("client configuration: {0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// The errno a filesystem should return: ENOENT for a missing path, EIO otherwise.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ClientError::NotFound { .. } => libc::ENOENT,
+            ClientError::NotADirectory { .. } => libc::ENOTDIR,
+            ClientError::IsADirectory { .. } => libc::EISDIR,
+            ClientError::Invalid { .. } => libc::EINVAL,
+            _ => libc::EIO,
+        }
+    }
+}
+
+impl From<ConfigError> for ClientError {
+    fn from(e: ConfigError) -> Self {
+        ClientError::Config(e.to_string())
+    }
+}
+
+/// One member's connection state.
+#[derive(Default)]
+struct Slot {
+    conn: tokio::sync::Mutex<Option<SharedConnection>>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    members: MembershipWatch,
+    source_hint: String,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// A handle to the cache cluster; cheap to clone, safe to share.
+#[derive(Clone)]
+pub struct CacheClient {
+    inner: Arc<Inner>,
+}
+
+fn describe(m: &Member) -> String {
+    format!("{} ({})", m.id, m.data_address)
+}
+
+enum Attempt {
+    Done(Response),
+    /// Deterministic answer (missing path…): asking another owner would not help.
+    Final(ClientError),
+    /// This member failed; try the next.
+    Next {
+        reason: String,
+        down: bool,
+    },
+}
+
+impl CacheClient {
+    /// Builds a client; with a membership file, loads it now and watches it.
+    pub async fn new(cfg: ClientConfig) -> Result<CacheClient, ClientError> {
+        if cfg.max_request == 0 || cfg.max_request > rcache_transport::protocol::MAX_PAYLOAD {
+            return Err(ClientError::Config(format!(
+                "max_request {} must be 1..={}",
+                cfg.max_request,
+                rcache_transport::protocol::MAX_PAYLOAD
+            )));
+        }
+        let (members, source_hint) = match &cfg.membership {
+            MembershipSource::Fixed(m) => (MembershipWatch::fixed(m.clone()), "fixed list".into()),
+            MembershipSource::File { path, poll } => (
+                MembershipWatch::watch_file(path.clone(), *poll)
+                    .map_err(|e| ClientError::Config(e.to_string()))?,
+                format!("{} (rcache.cluster.membership.file)", path.display()),
+            ),
+        };
+        Ok(CacheClient {
+            inner: Arc::new(Inner {
+                cfg,
+                members,
+                source_hint,
+                slots: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Builds a client from the properties file's keys.
+    pub async fn from_properties(props: &Properties) -> Result<CacheClient, ClientError> {
+        Self::new(ClientConfig::from_properties(props)?).await
+    }
+
+    /// Ready members as currently known.
+    pub fn members(&self) -> Vec<Member> {
+        self.inner.members.ring().members().to_vec()
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
+    }
+
+    /// Metadata of `path`.
+    pub async fn stat(&self, path: &str) -> Result<FileStat, ClientError> {
+        let req = Request::Stat { path: path.into() };
+        match self.call_owners(path, 0, req).await? {
+            Response::Stat(s) => Ok(s),
+            other => Err(unexpected(path, &other)),
+        }
+    }
+
+    /// Entries of directory `path`.
+    pub async fn list(&self, path: &str) -> Result<Vec<DirEntry>, ClientError> {
+        let req = Request::List { path: path.into() };
+        match self.call_owners(path, 0, req).await? {
+            Response::List(l) => Ok(l),
+            other => Err(unexpected(path, &other)),
+        }
+    }
+
+    /// Reads `len` bytes at `offset`; shorter at EOF.
+    pub async fn read(&self, path: &str, offset: u64, len: u32) -> Result<Bytes, ClientError> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let bs = self.inner.cfg.block_size;
+        let max = u64::from(self.inner.cfg.max_request);
+        let end = offset.saturating_add(u64::from(len));
+        let mut segs = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / bs;
+            let stop = end.min((block + 1).saturating_mul(bs)).min(pos + max);
+            segs.push((pos, (stop - pos) as u32, block));
+            pos = stop;
+        }
+        if segs.len() == 1 {
+            let (o, l, b) = segs[0];
+            return self.read_segment(path, o, l, b).await;
+        }
+        let mut parts = futures::stream::iter(segs.into_iter().map(|(o, l, b)| async move {
+            let r = self.read_segment(path, o, l, b).await;
+            (l, r)
+        }))
+        .buffered(self.inner.cfg.parallel.max(1));
+        let mut out = BytesMut::with_capacity(len as usize);
+        while let Some((asked, part)) = parts.next().await {
+            let part = part?;
+            out.extend_from_slice(&part);
+            if part.len() < asked as usize {
+                break; // EOF
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    async fn read_segment(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u32,
+        block: u64,
+    ) -> Result<Bytes, ClientError> {
+        let req = Request::Read {
+            path: path.into(),
+            offset,
+            len,
+        };
+        match self.call_owners(path, block, req).await? {
+            Response::Data(b) if b.len() <= len as usize => Ok(b),
+            other => Err(unexpected(path, &other)),
+        }
+    }
+
+    /// Sends `req` to the owners of (`path`, `block`) in order until one answers.
+    async fn call_owners(
+        &self,
+        path: &str,
+        block: u64,
+        req: Request,
+    ) -> Result<Response, ClientError> {
+        let ring = self.inner.members.ring();
+        let key_path = crate::ufs::normalize(path).map_err(|e| ClientError::Invalid {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let owners: Vec<Member> = ring.owners(&key_path, block).into_iter().cloned().collect();
+        if owners.is_empty() {
+            return Err(ClientError::NoWorkers {
+                source_hint: self.inner.source_hint.clone(),
+            });
+        }
+        // Members that failed recently go last, but are still tried.
+        let now = Instant::now();
+        let (up, down): (Vec<_>, Vec<_>) = owners.into_iter().partition(|m| {
+            let slot = self.slot(m);
+            let d = *slot.down_until.lock().unwrap_or_else(|p| p.into_inner());
+            d.is_none_or(|t| t <= now)
+        });
+        let mut last = None;
+        for m in up.into_iter().chain(down) {
+            match self.attempt(&m, req.clone(), path).await {
+                Attempt::Done(r) => {
+                    *self
+                        .slot(&m)
+                        .down_until
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = None;
+                    return Ok(r);
+                }
+                Attempt::Final(e) => return Err(e),
+                Attempt::Next { reason, down } => {
+                    tracing::debug!(worker = %describe(&m), %reason, path, "failing over to the next owner");
+                    if down {
+                        *self
+                            .slot(&m)
+                            .down_until
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) =
+                            Some(Instant::now() + self.inner.cfg.down_for);
+                    }
+                    last = Some((describe(&m), reason));
+                }
+            }
+        }
+        let (worker, reason) = last.unwrap_or_default();
+        Err(ClientError::AllOwnersFailed {
+            path: path.into(),
+            worker,
+            reason,
+        })
+    }
+
+    fn slot(&self, m: &Member) -> Arc<Slot> {
+        let key = format!(
+            "{}@{}:{}:{:?}:{:?}",
+            m.id, m.data_address, m.ports.data, m.ports.rdma, m.transport
+        );
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    async fn attempt(&self, m: &Member, req: Request, path: &str) -> Attempt {
+        let slot = self.slot(m);
+        let conn = {
+            let mut guard = slot.conn.lock().await;
+            match guard.as_ref() {
+                Some(c) => c.clone(),
+                None => match self.connect(m).await {
+                    Ok(c) => {
+                        *guard = Some(c.clone());
+                        c
+                    }
+                    Err(e) => {
+                        return Attempt::Next {
+                            reason: e.to_string(),
+                            down: true,
+                        };
+                    }
+                },
+            }
+        };
+        let timeout = self.inner.cfg.request_timeout;
+        let res = match tokio::time::timeout(timeout, conn.call(req)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        };
+        match res {
+            Ok(Response::Error { code, message }) => match code {
+                ErrorCode::NotFound => Attempt::Final(ClientError::NotFound { path: path.into() }),
+                ErrorCode::NotADirectory => {
+                    Attempt::Final(ClientError::NotADirectory { path: path.into() })
+                }
+                ErrorCode::IsADirectory => {
+                    Attempt::Final(ClientError::IsADirectory { path: path.into() })
+                }
+                ErrorCode::InvalidRequest | ErrorCode::TooLarge => {
+                    Attempt::Final(ClientError::Invalid {
+                        path: path.into(),
+                        message,
+                    })
+                }
+                _ => Attempt::Next {
+                    reason: format!("{code:?}: {message}"),
+                    down: false,
+                },
+            },
+            Ok(r) => Attempt::Done(r),
+            Err(reason) => {
+                // The connection may be broken: reconnect next time.
+                let mut guard = slot.conn.lock().await;
+                if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+                    *guard = None;
+                }
+                Attempt::Next { reason, down: true }
+            }
+        }
+    }
+
+    async fn connect(&self, m: &Member) -> Result<SharedConnection, ClientError> {
+        let opts = ClientOptions {
+            connect_timeout: self.inner.cfg.connect_timeout,
+            request_timeout: Some(self.inner.cfg.request_timeout),
+            ..ClientOptions::default()
+        };
+        let tcp_addr = resolve(m, m.ports.data).await?;
+        if m.transport == MemberTransport::Ucx {
+            let port = m.ports.rdma.unwrap_or(59999);
+            let ucx_addr = resolve(m, port).await?;
+            match rcache_transport::connect(TransportKind::Ucx, ucx_addr, opts.clone()).await {
+                Ok(c) => return Ok(c),
+                Err(e) if self.inner.cfg.fallback == Fallback::Tcp => {
+                    tracing::warn!(worker = %describe(m), error = %e, "UCX port unreachable; falling back to TCP (rcache.network.rdma.data.fallback=tcp)");
+                }
+                Err(e) => {
+                    return Err(ClientError::Unavailable {
+                        worker: describe(m),
+                        reason: format!(
+                            "UCX port {ucx_addr} unreachable ({e}) and rcache.network.rdma.data.fallback=none; \
+                             set it to tcp to use the worker's TCP port"
+                        ),
+                    });
+                }
+            }
+        }
+        rcache_transport::connect(TransportKind::Tcp, tcp_addr, opts)
+            .await
+            .map_err(|e| ClientError::Unavailable {
+                worker: describe(m),
+                reason: e.to_string(),
+            })
+    }
+}
+
+async fn resolve(m: &Member, port: u16) -> Result<SocketAddr, ClientError> {
+    let unavailable = |reason: String| ClientError::Unavailable {
+        worker: describe(m),
+        reason,
+    };
+    if let Ok(ip) = m.data_address.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((m.data_address.as_str(), port))
+        .await
+        .map_err(|e| unavailable(format!("cannot resolve {}: {e}", m.data_address)))?
+        .next()
+        .ok_or_else(|| unavailable(format!("{} has no address", m.data_address)))
+}
+
+fn unexpected(path: &str, r: &Response) -> ClientError {
+    let what = match r {
+        Response::Data(b) => format!("{} bytes of data", b.len()),
+        other => format!("{other:?}"),
+    };
+    ClientError::Invalid {
+        path: path.into(),
+        message: format!("unexpected answer: {what}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_errno() {
+        assert_eq!(
+            ClientError::NotFound { path: "x".into() }.errno(),
+            libc::ENOENT
+        );
+        let e = ClientError::Unavailable {
+            worker: "w-1 (10.0.0.1)".into(),
+            reason: "refused".into(),
+        };
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(e.to_string().contains("w-1"));
+    }
+
+    #[test]
+    fn properties_give_block_size_timeout_and_fallback() {
+        let p = Properties::from_pairs([
+            ("rcache.cluster.placement.block.size", "8MB"),
+            ("rcache.network.rdma.data.operation.timeout.ms", "1500"),
+            ("rcache.network.rdma.data.fallback", "tcp"),
+            ("rcache.cluster.membership.file", "/tmp/m.json"),
+        ])
+        .expect("props");
+        let c = ClientConfig::from_properties(&p).expect("cfg");
+        assert_eq!(c.block_size, 8 << 20);
+        assert_eq!(c.request_timeout, Duration::from_millis(1500));
+        assert_eq!(c.fallback, Fallback::Tcp);
+        assert!(
+            matches!(c.membership, MembershipSource::File { ref path, .. } if path == &PathBuf::from("/tmp/m.json"))
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_membership_names_its_source() {
+        let c = CacheClient::new(ClientConfig::default())
+            .await
+            .expect("client");
+        let e = c.read("a", 0, 10).await.expect_err("no workers");
+        assert!(e.to_string().contains("no ready worker"), "{e}");
+    }
+}

@@ -1,0 +1,495 @@
+//! The worker process: the transport [`Handler`] that answers Read/Stat/List from the page store
+//! and the UFS, and [`serve`], which assembles pool, store, listeners and web endpoints from a
+//! [`WorkerConfig`] and runs until SIGTERM. Placement is the client's job: a worker serves any
+//! path it is asked for.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rcache_transport::protocol::MAX_PAYLOAD;
+use rcache_transport::{
+    BufferPool, ChunkMut, ErrorCode, Handler, PoolConfig, Request, Response, ServerOptions,
+    TransportKind,
+};
+
+use crate::cache::{CacheError, PageAllocator, PageBufMut, PageStore, StoreConfig};
+use crate::config::{
+    POOL_INITIAL, POOL_MAX, POOL_PREWARM, RDMA_ENABLED, WORKER_BIND_DEVICE, WorkerConfig,
+};
+use crate::metrics::Metrics;
+use crate::ufs::{LocalUfs, UfsError, normalize};
+
+/// Pages in the registered pool (a pool chunk is one page).
+pub struct PoolAllocator(pub BufferPool);
+
+struct PoolBuf(ChunkMut);
+
+impl PageBufMut for PoolBuf {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.0.as_mut_slice()
+    }
+    fn freeze(self: Box<Self>, len: usize) -> bytes::Bytes {
+        self.0.freeze(len)
+    }
+}
+
+impl PageAllocator for PoolAllocator {
+    fn alloc(&self, size: usize) -> Option<Box<dyn PageBufMut>> {
+        if size > self.0.chunk_size() {
+            return None;
+        }
+        self.0
+            .alloc()
+            .map(|c| Box::new(PoolBuf(c)) as Box<dyn PageBufMut>)
+    }
+}
+
+/// Serves one transport's requests from the shared store.
+pub struct WorkerHandler {
+    store: Arc<PageStore>,
+    metrics: Arc<Metrics>,
+    bench: Option<rcache_transport::bench::BenchHandler>,
+    transport: &'static str,
+}
+
+impl WorkerHandler {
+    pub fn new(
+        store: Arc<PageStore>,
+        metrics: Arc<Metrics>,
+        pool: Option<&BufferPool>,
+        transport: TransportKind,
+    ) -> WorkerHandler {
+        // The bench handler answers BenchRead/BenchWrite so `bench` can measure a live worker.
+        let bench =
+            pool.and_then(|p| rcache_transport::bench::BenchHandler::new(p, Duration::ZERO).ok());
+        WorkerHandler {
+            store,
+            metrics,
+            bench,
+            transport: match transport {
+                TransportKind::Tcp => "tcp",
+                TransportKind::Ucx => "ucx",
+            },
+        }
+    }
+
+    async fn answer(&self, req: Request) -> (&'static str, Response) {
+        match req {
+            Request::Ping => ("ping", Response::Pong),
+            Request::Read { path, offset, len } => {
+                if len > MAX_PAYLOAD {
+                    return (
+                        "read",
+                        Response::error(
+                            ErrorCode::TooLarge,
+                            format!(
+                                "read of {len} bytes exceeds the {MAX_PAYLOAD}-byte limit; split it"
+                            ),
+                        ),
+                    );
+                }
+                let res = match normalize(&path) {
+                    Ok(p) => self.store.read(&p, offset, len).await,
+                    Err(e) => Err(CacheError::Ufs(e)),
+                };
+                match res {
+                    Ok(b) => ("read", Response::Data(b)),
+                    Err(e) => ("read", cache_error(e)),
+                }
+            }
+            Request::Stat { path } => {
+                let res = match normalize(&path) {
+                    Ok(p) => self.store.ufs().stat(&p).await,
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(s) => ("stat", Response::Stat(s)),
+                    Err(e) => ("stat", ufs_error(e)),
+                }
+            }
+            Request::List { path } => {
+                let res = match normalize(&path) {
+                    Ok(p) => self.store.ufs().list(&p).await,
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(l) => ("list", Response::List(l)),
+                    Err(e) => ("list", ufs_error(e)),
+                }
+            }
+            req @ (Request::BenchRead { .. } | Request::BenchWrite { .. }) => match &self.bench {
+                Some(b) => ("bench", b.handle(req).await),
+                None => (
+                    "bench",
+                    Response::error(
+                        ErrorCode::Unsupported,
+                        "this worker has no buffer pool for bench requests",
+                    ),
+                ),
+            },
+        }
+    }
+}
+
+fn ufs_error(e: UfsError) -> Response {
+    Response::error(e.code(), e.to_string())
+}
+
+fn cache_error(e: CacheError) -> Response {
+    match e {
+        CacheError::Ufs(u) => ufs_error(u),
+        CacheError::Internal(m) => Response::error(ErrorCode::Io, m),
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for WorkerHandler {
+    async fn handle(&self, req: Request) -> Response {
+        let start = Instant::now();
+        let (op, resp) = self.answer(req).await;
+        let (ok, bytes) = match &resp {
+            Response::Data(b) => (true, b.len() as u64),
+            Response::Error { .. } => (false, 0),
+            _ => (true, 0),
+        };
+        self.metrics
+            .record(op, self.transport, ok, bytes, start.elapsed());
+        resp
+    }
+}
+
+/// The IPv4 address of interface `name` (the bind device, e.g. `ib0`).
+pub fn interface_ipv4(name: &str) -> anyhow::Result<Ipv4Addr> {
+    let mut found = None;
+    let mut names = Vec::new();
+    // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
+    unsafe {
+        let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut ifap) != 0 {
+            anyhow::bail!("getifaddrs failed: {}", std::io::Error::last_os_error());
+        }
+        let mut cur = ifap;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            let ifname = std::ffi::CStr::from_ptr(ifa.ifa_name)
+                .to_string_lossy()
+                .into_owned();
+            if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if ifname == name && found.is_none() {
+                    found = Some(ip);
+                }
+                names.push(ifname);
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(ifap);
+    }
+    found.ok_or_else(|| {
+        names.sort();
+        names.dedup();
+        anyhow::anyhow!(
+            "interface {name} has no IPv4 address in this network namespace (interfaces with IPv4: {}); \
+             check the Multus attachment or {WORKER_BIND_DEVICE}",
+            names.join(", ")
+        )
+    })
+}
+
+/// RLIMIT_MEMLOCK as (soft, hard); `u64::MAX` is unlimited.
+pub fn memlock_limit() -> (u64, u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return (0, 0);
+    }
+    let conv = |v: libc::rlim_t| {
+        if v == libc::RLIM_INFINITY {
+            u64::MAX
+        } else {
+            v as u64
+        }
+    };
+    (conv(r.rlim_cur), conv(r.rlim_max))
+}
+
+/// With RDMA on, the pool is pinned: RLIMIT_MEMLOCK must cover it. Raises the soft limit to the
+/// hard one when that helps; refuses to start when even that is below the initial pool.
+pub fn check_memlock(cfg: &WorkerConfig) -> anyhow::Result<()> {
+    if !cfg.rdma_enabled {
+        return Ok(());
+    }
+    let (mut soft, hard) = memlock_limit();
+    if soft < cfg.pool_max && hard > soft {
+        let r = libc::rlimit {
+            rlim_cur: hard as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } == 0 {
+            soft = hard;
+        }
+    }
+    let show = |v: u64| {
+        if v == u64::MAX {
+            "unlimited".to_string()
+        } else {
+            format!("{v} bytes")
+        }
+    };
+    if soft < cfg.pool_initial {
+        anyhow::bail!(
+            "RLIMIT_MEMLOCK is {} but {RDMA_ENABLED}=true needs at least {} ({POOL_INITIAL}) pinned, \
+             up to {} ({POOL_MAX}). Set the container's memlock limit to unlimited (add the IPC_LOCK \
+             capability, `ulimit -l unlimited`, or LimitMEMLOCK=infinity in the container runtime), \
+             or lower {POOL_INITIAL}",
+            show(soft),
+            cfg.pool_initial,
+            cfg.pool_max
+        );
+    }
+    if soft < cfg.pool_max {
+        tracing::warn!(
+            memlock = %show(soft), pool_max = cfg.pool_max,
+            "RLIMIT_MEMLOCK is below {POOL_MAX}: the pool cannot grow to its maximum; set memlock to unlimited"
+        );
+    }
+    let _ = POOL_PREWARM;
+    Ok(())
+}
+
+/// Extra settings of `serve` that are not properties.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// Write the bound ports as JSON here once listening (tests use port 0).
+    pub ports_file: Option<PathBuf>,
+}
+
+/// What `serve` bound.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct BoundPorts {
+    pub data: u16,
+    pub web: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma: Option<u16>,
+}
+
+fn bind_ip(device: &Option<String>, host: &str, key: &str) -> anyhow::Result<IpAddr> {
+    match device {
+        Some(dev) => Ok(IpAddr::V4(interface_ipv4(dev)?)),
+        None => host
+            .parse()
+            .with_context(|| format!("{key} = {host:?} is not an IP address")),
+    }
+}
+
+/// Runs the worker until SIGTERM/SIGINT.
+pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> {
+    check_memlock(&cfg)?;
+    let pool = BufferPool::new(PoolConfig {
+        chunk_size: cfg.page_size as usize,
+        initial: cfg.pool_initial as usize,
+        prewarm: cfg.pool_prewarm as usize,
+        max: cfg.pool_max as usize,
+    })
+    .context("cannot create the buffer pool")?;
+    if cfg.mem_quota > cfg.pool_max {
+        tracing::warn!(
+            mem_quota = cfg.mem_quota,
+            pool_max = cfg.pool_max,
+            "rcache.worker.page.store.mem.quota exceeds {POOL_MAX}: pages beyond the pool live on the heap and are copied when sent"
+        );
+    }
+    let ufs = LocalUfs::new(&cfg.ufs_root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (store, report) = PageStore::open(
+        StoreConfig {
+            page_size: cfg.page_size,
+            mem_quota: cfg.mem_quota,
+            ssd: cfg.ssd.clone(),
+        },
+        ufs.clone(),
+        Arc::new(PoolAllocator(pool.clone())),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot open the SSD tier {:?} (rcache.worker.page.store.ssd.dir)",
+            cfg.ssd.as_ref().map(|s| &s.dir)
+        )
+    })?;
+    if let Some(r) = report {
+        tracing::info!(
+            pages = r.pages,
+            bytes = r.bytes,
+            dropped = r.dropped,
+            "SSD tier scanned"
+        );
+    }
+    let metrics = Metrics::new(Some(store.clone()), Some(pool.clone()));
+
+    let data_ip = bind_ip(
+        &cfg.data_bind_device,
+        &cfg.data_bind_host,
+        crate::config::WORKER_BIND_HOST,
+    )?;
+    let web_addr = SocketAddr::new(
+        if cfg.data_bind_device.is_some() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            data_ip
+        },
+        cfg.web_port,
+    );
+    let web = crate::metrics::serve_web(metrics.clone(), web_addr)
+        .await
+        .with_context(|| format!("cannot listen on {web_addr} (rcache.worker.web.port)"))?;
+
+    let server_opts = ServerOptions {
+        pool: Some(pool.clone()),
+        ucx_devices: cfg.rdma_bind_device.clone(),
+        ..ServerOptions::default()
+    };
+    let tcp_handler = Arc::new(WorkerHandler::new(
+        store.clone(),
+        metrics.clone(),
+        Some(&pool),
+        TransportKind::Tcp,
+    ));
+    let tcp = rcache_transport::listen(
+        TransportKind::Tcp,
+        SocketAddr::new(data_ip, cfg.data_port),
+        tcp_handler,
+        server_opts.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "TCP data listener (rcache.worker.data.port={})",
+            cfg.data_port
+        )
+    })?;
+    let mut ucx = None;
+    if cfg.rdma_enabled {
+        let ip = bind_ip(
+            &cfg.data_bind_device,
+            &cfg.rdma_bind_host,
+            crate::config::RDMA_BIND_HOST,
+        )?;
+        let handler = Arc::new(WorkerHandler::new(
+            store.clone(),
+            metrics.clone(),
+            Some(&pool),
+            TransportKind::Ucx,
+        ));
+        let s = rcache_transport::listen(
+            TransportKind::Ucx,
+            SocketAddr::new(ip, cfg.rdma_port),
+            handler,
+            server_opts,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "UCX data listener (rcache.network.rdma.data.port={})",
+                cfg.rdma_port
+            )
+        })?;
+        ucx = Some(s);
+    }
+    let ports = BoundPorts {
+        data: tcp.local_addr().port(),
+        web: web.port(),
+        rdma: ucx.as_ref().map(|s| s.local_addr().port()),
+    };
+    tracing::info!(
+        cluster = %cfg.cluster, ufs = %ufs_describe(&store), tcp = %tcp.local_addr(),
+        ucx = ?ucx.as_ref().map(|s| s.local_addr()), web = %web, page_size = cfg.page_size,
+        mem_quota = cfg.mem_quota, ssd = ?cfg.ssd, "rcache worker serving"
+    );
+    if let Some(path) = &opts.ports_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&ports)?)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write ports file {}", path.display()))?;
+    }
+    metrics.set_ready(true);
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining SSD writes");
+    metrics.set_ready(false);
+    tcp.shutdown().await;
+    if let Some(s) = &ucx {
+        s.shutdown().await;
+    }
+    if tokio::time::timeout(Duration::from_secs(20), store.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("SSD writes still pending after 20s; exiting (they are redone on demand)");
+    }
+    Ok(())
+}
+
+fn ufs_describe(store: &PageStore) -> String {
+    store.ufs().describe()
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_interface_resolves_and_unknown_one_is_named() {
+        assert_eq!(interface_ipv4("lo").expect("lo"), Ipv4Addr::LOCALHOST);
+        let e = interface_ipv4("ib-nope").expect_err("missing").to_string();
+        assert!(e.contains("ib-nope") && e.contains("lo"), "{e}");
+    }
+
+    #[test]
+    fn memlock_check_names_the_keys_and_the_fix() {
+        let p = crate::config::Properties::from_pairs([
+            ("rcache.cluster.name", "c"),
+            ("rcache.ufs.uri", "file:///data"),
+            ("rcache.network.rdma.data.enabled", "true"),
+            ("rcache.network.rdma.data.buffer.pool.initial.size", "1TB"),
+            ("rcache.network.rdma.data.buffer.pool.prewarm.size", "0"),
+            ("rcache.network.rdma.data.buffer.pool.max.size", "2TB"),
+        ])
+        .expect("props");
+        let cfg = WorkerConfig::from_properties(&p).expect("cfg");
+        if memlock_limit().1 == u64::MAX {
+            return; // unlimited here: nothing to refuse
+        }
+        let e = check_memlock(&cfg).expect_err("too low").to_string();
+        assert!(
+            e.contains("RLIMIT_MEMLOCK") && e.contains("unlimited"),
+            "{e}"
+        );
+        assert!(e.contains(POOL_INITIAL), "{e}");
+    }
+}
