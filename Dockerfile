@@ -13,7 +13,8 @@
 # before it, so the prebuilt path comes before the Rust builder stage.
 
 ARG RUNTIME_BASE=debian:bookworm-slim
-ARG RUST_IMAGE=rust:1.89-bookworm
+# The toolchain the workspace is built and tested with (rust-version in Cargo.toml is the minimum).
+ARG RUST_IMAGE=rust:1.95-bookworm
 
 # ---------------------------------------------------------------------------------------------
 # runtime-base: what every rcache process needs at run time, no build tools.

@@ -12,6 +12,11 @@
 #      docker-archive under target/image/ for `docker load` / `podman load` / `kind load`.
 # Usage: scripts/build-image.sh            (env: RCACHE_IMAGE, RCACHE_IMAGE_PROFILE=release|dev,
 #                                           RCACHE_DEBIAN_MIRROR, RCACHE_IMAGE_CACHE)
+#        scripts/build-image.sh --full     builds the Dockerfile's full multi-stage path instead
+#   (`--target runtime`, cargo inside the builder stage). With no registry, the builder's Rust
+#   image is assembled locally from the debootstrap base + build-essential + the host's stable
+#   toolchain (localhost/rcache/rust:bookworm); crates come from crates.io. Slow (a full release
+#   build inside the container); it proves the Dockerfile a registry build would use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -27,6 +32,8 @@ cache=${RCACHE_IMAGE_CACHE:-$HOME/.cache/rcache/image}
 base_image=localhost/rcache/debian:bookworm-slim
 out_dir=${CARGO_TARGET_DIR:-$repo/target}/image
 binaries=(rcache-operator rcache-worker rcache-fuse)
+mode=prebuilt
+[ "${1:-}" = --full ] && mode=full
 
 # --- tools -----------------------------------------------------------------------------------
 need=()
@@ -50,26 +57,28 @@ if [ -z "$mirror" ]; then
 fi
 [ -n "$mirror" ] || die "no Debian mirror found in /etc/apt; set RCACHE_DEBIAN_MIRROR"
 
-# --- 1. binaries -----------------------------------------------------------------------------
-cargo_profile_flag=(--release); profile_dir=release
-[ "$profile" = dev ] && { cargo_profile_flag=(); profile_dir=debug; }
-pkgs=()
-for p in rcache-operator rcache-worker rcache-fuse; do
-  cargo metadata --no-deps --format-version 1 | grep -q "\"name\":\"$p\"" && pkgs+=(-p "$p")
-done
-log "cargo build ${cargo_profile_flag[*]} ${pkgs[*]} --bins"
-cargo build "${cargo_profile_flag[@]}" "${pkgs[@]}" --bins
+# --- 1. binaries (prebuilt mode) ---------------------------------------------------------------
 ctx=$(mktemp -d /tmp/rcache-image-ctx.XXXX)
 trap 'rm -rf "$ctx"' EXIT
-mkdir -p "$ctx/prebuilt"
 built=()
-for b in "${binaries[@]}"; do
-  f=${CARGO_TARGET_DIR:-$repo/target}/$profile_dir/$b
-  if [ -x "$f" ]; then cp "$f" "$ctx/prebuilt/"; built+=("$b"); fi
-done
-[ -x "$ctx/prebuilt/rcache-worker" ] || die "target/$profile_dir/rcache-worker was not built"
-log "binaries: ${built[*]}"
-cp Dockerfile "$ctx/Dockerfile"
+if [ "$mode" = prebuilt ]; then
+  cargo_profile_flag=(--release); profile_dir=release
+  [ "$profile" = dev ] && { cargo_profile_flag=(); profile_dir=debug; }
+  pkgs=()
+  for p in rcache-operator rcache-worker rcache-fuse; do
+    cargo metadata --no-deps --format-version 1 | grep -q "\"name\":\"$p\"" && pkgs+=(-p "$p")
+  done
+  log "cargo build ${cargo_profile_flag[*]} ${pkgs[*]} --bins"
+  cargo build "${cargo_profile_flag[@]}" "${pkgs[@]}" --bins
+  mkdir -p "$ctx/prebuilt"
+  for b in "${binaries[@]}"; do
+    f=${CARGO_TARGET_DIR:-$repo/target}/$profile_dir/$b
+    if [ -x "$f" ]; then cp "$f" "$ctx/prebuilt/"; built+=("$b"); fi
+  done
+  [ -x "$ctx/prebuilt/rcache-worker" ] || die "target/$profile_dir/rcache-worker was not built"
+  log "binaries: ${built[*]}"
+  cp Dockerfile "$ctx/Dockerfile"
+fi
 
 # --- 2. base image from debootstrap ------------------------------------------------------------
 if ! buildah inspect --type image "$base_image" >/dev/null 2>&1; then
@@ -106,19 +115,50 @@ CFG
 fi
 
 # --- 3. the image ------------------------------------------------------------------------------
-log "buildah bud --target runtime-prebuilt -> $image"
-buildah bud --isolation chroot --pull=false --layers \
-  --build-arg RUNTIME_BASE="$base_image" \
-  --target runtime-prebuilt -t "$image" -f "$ctx/Dockerfile" "$ctx"
+if [ "$mode" = prebuilt ]; then
+  log "buildah bud --target runtime-prebuilt -> $image"
+  buildah bud --isolation chroot --pull=false --layers \
+    --build-arg RUNTIME_BASE="$base_image" \
+    --target runtime-prebuilt -t "$image" -f "$ctx/Dockerfile" "$ctx"
+else
+  rust_image=localhost/rcache/rust:bookworm
+  if ! buildah inspect --type image "$rust_image" >/dev/null 2>&1; then
+    toolchain=$(rustc --print sysroot)
+    log "assembling $rust_image from $base_image + build-essential + $toolchain"
+    ctr=$(buildah from --pull=false "$base_image")
+    buildah run --isolation chroot "$ctr" -- sh -c 'apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends build-essential ca-certificates >/dev/null &&
+      rm -rf /var/lib/apt/lists/*'
+    mnt=$(buildah mount "$ctr")
+    mkdir -p "$mnt/usr/local/rustup/toolchains/stable" "$mnt/usr/local/cargo/bin"
+    cp -a "$toolchain/." "$mnt/usr/local/rustup/toolchains/stable/"
+    for t in cargo rustc rustdoc; do ln -sf "/usr/local/rustup/toolchains/stable/bin/$t" "$mnt/usr/local/cargo/bin/$t"; done
+    buildah unmount "$ctr" >/dev/null
+    buildah config --env CARGO_HOME=/usr/local/cargo \
+      --env PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
+    buildah commit --quiet --rm "$ctr" "$rust_image" >/dev/null
+  fi
+  log "buildah bud --target runtime (full multi-stage build, cargo inside) -> $image"
+  buildah bud --isolation chroot --pull=false --layers \
+    --build-arg RUNTIME_BASE="$base_image" --build-arg RUST_IMAGE="$rust_image" \
+    --target runtime -t "$image" -f Dockerfile .
+fi
 
 # --- 4. check it starts ------------------------------------------------------------------------
 log "checking $image"
 ctr=$(buildah from --pull=false "$image")
 trap 'rm -rf "$ctx"; buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
+if [ "$mode" = full ]; then
+  for b in "${binaries[@]}"; do
+    if buildah run --isolation chroot "$ctr" -- test -x "/usr/local/bin/$b"; then built+=("$b"); fi
+  done
+  [[ " ${built[*]} " == *" rcache-worker "* ]] || die "rcache-worker is missing from the image"
+fi
 uid=$(buildah run --isolation chroot "$ctr" -- id -u)
 [ "$uid" = 65532 ] || die "image runs as uid $uid, want 65532"
 for b in "${built[@]}"; do
   v=$(buildah run --isolation chroot "$ctr" -- "$b" --version) || die "$b --version failed in the image"
+  [[ $v == *"$version"* ]] || die "$b --version printed '$v', expected it to name version $version"
   log "  $b --version: $v"
   missing=$(buildah run --isolation chroot "$ctr" -- ldd "/usr/local/bin/$b" | grep 'not found' || true)
   [ -z "$missing" ] || die "$b has unresolved libraries in the image: $missing"
