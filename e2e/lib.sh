@@ -22,7 +22,6 @@ E2E_FIXTURES=$E2E_DIR/fixtures
 E2E_SUITE=$(basename "${0%.sh}")
 E2E_PASSED=0
 E2E_FAILED=0
-E2E_EXIT_HOOKS=()
 
 # e2e_log <msg...>: timestamped progress line on stderr.
 e2e_log() { printf '[%s %s] %s\n' "$E2E_SUITE" "$(date +%H:%M:%S)" "$*" >&2; }
@@ -65,18 +64,20 @@ wait_for() {
   done
 }
 
+# E2E_TMP: scratch dir for manifests (retries need a file, not a consumed stdin); removed at exit.
+E2E_TMP=$(mktemp -d "${TMPDIR:-/tmp}/e2e-$E2E_SUITE.XXXXXX")
+
 # e2e_on_exit <cmd string>: run at suite exit (last registered runs first), even on failure.
-e2e_on_exit() { E2E_EXIT_HOOKS=("$1" "${E2E_EXIT_HOOKS[@]}"); }
+# Hooks live in a file, so registering works from a subshell too (e.g. ns=$(e2e_ns_create x)).
+e2e_on_exit() { printf '%s\n' "$1" >>"$E2E_TMP/.exit-hooks"; }
 _e2e_run_exit_hooks() {
-  local rc=$? h
-  for h in "${E2E_EXIT_HOOKS[@]}"; do eval "$h" >/dev/null 2>&1 || true; done
+  local rc=$? h hooks=()
+  [ ! -f "$E2E_TMP/.exit-hooks" ] || mapfile -t hooks < <(tac "$E2E_TMP/.exit-hooks")
+  for h in "${hooks[@]}"; do eval "$h" </dev/null >/dev/null 2>&1 || true; done
+  rm -rf "$E2E_TMP"
   return $rc
 }
 trap _e2e_run_exit_hooks EXIT
-
-# E2E_TMP: scratch dir for manifests (retries need a file, not a consumed stdin); removed at exit.
-E2E_TMP=$(mktemp -d "${TMPDIR:-/tmp}/e2e-$E2E_SUITE.XXXXXX")
-e2e_on_exit "rm -rf '$E2E_TMP'"
 
 # e2e_ns_create <prefix>: creates namespace <prefix>-<random>, labelled rcache.io/e2e=<suite>,
 # prints its name, and deletes it (without waiting) when the suite exits.
