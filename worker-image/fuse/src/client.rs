@@ -1,11 +1,49 @@
-//! The cluster's cache client as a [`FileSource`](crate::FileSource). Interim: the client
-//! library of `rcache-worker` is not available yet, so connecting reports that clearly.
+//! The cluster as a [`FileSource`]: the cache client of `rcache-worker` (block placement on the
+//! consistent-hash ring, failover to the next owner, TCP fallback). Its errors keep the worker's
+//! name in the message and map to errno through `ClientError::errno`.
 
-use crate::config::Props;
-use crate::source::LocalDirSource;
+use bytes::Bytes;
+use rcache_transport::protocol::{DirEntry, FileStat};
+use rcache_worker::client::{CacheClient, ClientError};
+use rcache_worker::config::Properties;
 
-pub fn connect(_props: &Props, _rt: &tokio::runtime::Handle) -> anyhow::Result<LocalDirSource> {
-    anyhow::bail!(
-        "this build of rcache-fuse has no cache client yet; use --local-dir for development"
-    )
+use crate::source::{FileSource, SourceError};
+
+pub struct ClusterSource {
+    client: CacheClient,
+}
+
+impl ClusterSource {
+    pub fn new(client: CacheClient) -> Self {
+        Self { client }
+    }
+
+    /// A client from the properties (membership file, block size, timeouts, fallback).
+    pub async fn from_properties(props: &Properties) -> anyhow::Result<Self> {
+        let client = CacheClient::from_properties(props)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the cache client: {e}"))?;
+        Ok(Self::new(client))
+    }
+}
+
+fn source_error(e: ClientError) -> SourceError {
+    SourceError::new(e.errno(), e.to_string())
+}
+
+impl FileSource for ClusterSource {
+    async fn stat(&self, path: &str) -> Result<FileStat, SourceError> {
+        self.client.stat(path).await.map_err(source_error)
+    }
+
+    async fn list(&self, path: &str) -> Result<Vec<DirEntry>, SourceError> {
+        self.client.list(path).await.map_err(source_error)
+    }
+
+    async fn read(&self, path: &str, offset: u64, len: u32) -> Result<Bytes, SourceError> {
+        self.client
+            .read(path, offset, len)
+            .await
+            .map_err(source_error)
+    }
 }

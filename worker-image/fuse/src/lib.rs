@@ -6,7 +6,6 @@
 //! - [`mount`]: mount point preparation (stale mounts), mounting, clean unmount.
 
 pub mod client;
-pub mod config;
 pub mod fs;
 pub mod inodes;
 pub mod mount;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use rcache_fuse::client::ClusterSource;
 use rcache_fuse::{FuseOptions, LocalDirSource, MountedFs};
 
 #[derive(Parser)]
@@ -44,6 +45,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
@@ -60,7 +62,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the tokio runtime")?;
-            let props = rcache_fuse::config::load(&config)?;
+            let props = rcache_worker::config::Properties::load(&config)?;
             let mut opts = FuseOptions::from_properties(&props)?;
             if let Some(mp) = mount_point {
                 opts.mount_point = mp;
@@ -71,8 +73,8 @@ fn main() -> anyhow::Result<()> {
                     rcache_fuse::mount(LocalDirSource::new(dir), &opts, rt.handle().clone())?
                 }
                 None => {
-                    let client = rcache_fuse::client::connect(&props, rt.handle())?;
-                    rcache_fuse::mount(client, &opts, rt.handle().clone())?
+                    let source = rt.block_on(ClusterSource::from_properties(&props))?;
+                    rcache_fuse::mount(source, &opts, rt.handle().clone())?
                 }
             };
             tracing::info!(mount_point = %opts.mount_point.display(), "mounted");

@@ -99,14 +99,12 @@ fn unescape_mountinfo(s: &str) -> String {
 pub fn mounted_fs_type(path: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_string_lossy();
-    info.lines()
-        .rev()
-        .find_map(|line| {
-            let mut fields = line.split(' ');
-            let mount_point = unescape_mountinfo(fields.nth(4)?);
-            let fstype = line.split(" - ").nth(1)?.split(' ').next()?.to_owned();
-            (mount_point == want).then_some(fstype)
-        })
+    info.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ');
+        let mount_point = unescape_mountinfo(fields.nth(4)?);
+        let fstype = line.split(" - ").nth(1)?.split(' ').next()?.to_owned();
+        (mount_point == want).then_some(fstype)
+    })
 }
 
 /// Makes `path` a plain directory ready to mount on: creates it when missing, and detaches a
@@ -210,7 +208,9 @@ pub fn mount<S: FileSource>(
     config.mount_options = vec![
         MountOption::RO,
         MountOption::FSName("rcache".into()),
-        MountOption::Subtype(FS_SUBTYPE.into()),
+        // A kernel option (not `Subtype`, which only fusermount applies): /proc/mounts shows
+        // `fuse.rcache` whichever way we mounted.
+        MountOption::CUSTOM(format!("subtype={FS_SUBTYPE}")),
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,

@@ -368,7 +368,11 @@ mod tests {
         assert_eq!(&b[..], &expect(10, src.len)[..]);
         let mut offs: Vec<u64> = src.reads().iter().map(|r| r.0).collect();
         offs.sort();
-        assert_eq!(offs, vec![0, PS, 2 * PS, 3 * PS], "each part fetched once, nothing else");
+        assert_eq!(
+            offs,
+            vec![0, PS, 2 * PS, 3 * PS],
+            "each part fetched once, nothing else"
+        );
     }
 
     #[tokio::test]

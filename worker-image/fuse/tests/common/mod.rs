@@ -1,0 +1,240 @@
+//! Shared helpers of the mount tests: FUSE availability, a test tree, tree comparison, and a
+//! guard around a running `rcache-fuse` process that always unmounts.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `Err(reason)` when this machine cannot mount FUSE (not root, no /dev/fuse).
+pub fn fuse_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        return Some(format!("cannot open /dev/fuse: {e}"));
+    }
+    None
+}
+
+/// Skips the calling test (returns from it) with a clear message when FUSE is unavailable.
+#[macro_export]
+macro_rules! require_fuse {
+    () => {
+        if let Some(why) = common::fuse_unavailable() {
+            eprintln!("SKIPPED: FUSE mount tests need root and /dev/fuse ({why})");
+            return;
+        }
+    };
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The tree every mount test reads: small, exactly a page, many pages (not aligned), empty,
+/// nested directories, an empty directory.
+pub fn make_tree(root: &Path) {
+    let files: &[(&str, usize)] = &[
+        ("small.txt", 100),
+        ("page.bin", 4096),
+        ("many-pages.bin", 3 * 1024 * 1024 + 123),
+        ("empty", 0),
+        ("nested/a/b/deep.bin", 70_000),
+        ("nested/a/sibling.txt", 5),
+        ("nested/two-parts.bin", 2 * 1024 * 1024),
+    ];
+    for (i, (name, len)) in files.iter().enumerate() {
+        let p = root.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, pattern(*len, i as u64 + 1)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("nested/empty-dir")).unwrap();
+}
+
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Walks `ufs` and asserts `mnt` has the same names, types, sizes and every byte; also reads
+/// each file at a few unaligned offsets (the random-read path). Returns the bytes compared.
+pub fn assert_same_tree(ufs: &Path, mnt: &Path) -> u64 {
+    let mut total = 0;
+    assert_eq!(
+        sorted_names(ufs),
+        sorted_names(mnt),
+        "listing of {}",
+        mnt.display()
+    );
+    for name in sorted_names(ufs) {
+        let (u, m) = (ufs.join(&name), mnt.join(&name));
+        let (um, mm) = (
+            std::fs::metadata(&u).unwrap(),
+            std::fs::metadata(&m).unwrap(),
+        );
+        assert_eq!(um.is_dir(), mm.is_dir(), "type of {}", m.display());
+        if um.is_dir() {
+            total += assert_same_tree(&u, &m);
+            continue;
+        }
+        assert_eq!(um.len(), mm.len(), "size of {}", m.display());
+        let want = std::fs::read(&u).unwrap();
+        let mut got = Vec::new();
+        std::fs::File::open(&m)
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap_or_else(|e| panic!("read {}: {e}", m.display()));
+        assert!(got == want, "content of {} differs", m.display());
+        let f = std::fs::File::open(&m).unwrap();
+        for off in [want.len() / 2 + 1, want.len().saturating_sub(10), 4095, 1] {
+            let mut buf = vec![0u8; 5000];
+            let n = f.read_at(&mut buf, off as u64).unwrap();
+            let end = want.len().min(off + 5000).max(off.min(want.len()));
+            assert_eq!(
+                &buf[..n],
+                &want[off.min(want.len())..end],
+                "pread {} at {off}",
+                m.display()
+            );
+        }
+        total += want.len() as u64;
+    }
+    total
+}
+
+/// The filesystem type mounted exactly at `path`, if any.
+pub fn mount_type(path: &Path) -> Option<String> {
+    rcache_fuse::mount::mounted_fs_type(path)
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A running `rcache-fuse mount`; dropping it stops the process and detaches the mount.
+pub struct FuseProcess {
+    pub child: Option<Child>,
+    pub mount_point: PathBuf,
+    pub log: PathBuf,
+}
+
+impl FuseProcess {
+    /// Starts `rcache-fuse mount` with `args` appended and waits until the mount is up.
+    pub fn start(config: &Path, mount_point: &Path, log: &Path, args: &[&str]) -> Self {
+        let log_file = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_rcache-fuse"))
+            .arg("mount")
+            .arg("--config")
+            .arg(config)
+            .arg("--mount-point")
+            .arg(mount_point)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn rcache-fuse");
+        let mut p = Self {
+            child: Some(child),
+            mount_point: mount_point.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if mount_type(mount_point).as_deref() == Some("fuse.rcache")
+                && std::fs::read_dir(mount_point).is_ok()
+            {
+                break;
+            }
+            if let Some(st) = p.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "rcache-fuse exited with {st} before mounting:\n{}",
+                    p.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rcache-fuse did not mount in 20s:\n{}",
+                p.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        p
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends `sig` and waits for the exit; returns the exit status.
+    pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("process already stopped");
+        // SAFETY: kill with our child's pid.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "rcache-fuse did not exit within 15s of signal {sig}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for FuseProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill with our child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if mount_type(&self.mount_point).is_some() {
+            let _ = rcache_fuse::mount::lazy_unmount(&self.mount_point);
+        }
+    }
+}

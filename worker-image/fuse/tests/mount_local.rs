@@ -1,0 +1,143 @@
+//! Mount tests over a local directory source: the filesystem layer (lookup, readdir, reads with
+//! prefetch and whole-file fetch, EROFS) and the process lifecycle (SIGTERM, stale mounts)
+//! without workers. Need root and /dev/fuse; skipped with a message otherwise.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use rcache_fuse::{FuseOptions, LocalDirSource};
+
+fn mount_local(
+    ufs: &std::path::Path,
+    mnt: &std::path::Path,
+    opts: FuseOptions,
+) -> (tokio::runtime::Runtime, rcache_fuse::MountedFs) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let opts = FuseOptions {
+        mount_point: mnt.to_path_buf(),
+        ..opts
+    };
+    let m = rcache_fuse::mount(LocalDirSource::new(ufs), &opts, rt.handle().clone()).unwrap();
+    (rt, m)
+}
+
+#[test]
+fn every_byte_of_the_tree_reads_back_with_default_prefetch() {
+    require_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
+    common::make_tree(&ufs);
+    let (_rt, m) = mount_local(&ufs, &mnt, FuseOptions::default());
+    let n = common::assert_same_tree(&ufs, &mnt);
+    assert!(n > 5 << 20);
+    // A second pass (page cache kept across opens of unchanged files) reads the same bytes.
+    common::assert_same_tree(&ufs, &mnt);
+    m.unmount().unwrap();
+    assert_eq!(common::mount_type(&mnt), None);
+}
+
+#[test]
+fn every_byte_reads_back_with_whole_file_fetch_stat_cache_and_small_parts() {
+    require_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
+    common::make_tree(&ufs);
+    let opts = FuseOptions {
+        whole_file_threshold: 100_000,
+        stat_cache_enabled: true,
+        stat_cache_max: 3,
+        part_size: 64 << 10,
+        prefetch_parts: 2,
+        ..FuseOptions::default()
+    };
+    let (_rt, m) = mount_local(&ufs, &mnt, opts);
+    common::assert_same_tree(&ufs, &mnt);
+    m.unmount().unwrap();
+}
+
+#[test]
+fn missing_paths_are_enoent_and_writes_are_erofs() {
+    require_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
+    common::make_tree(&ufs);
+    let (_rt, m) = mount_local(&ufs, &mnt, FuseOptions::default());
+    let erofs = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    assert_eq!(
+        std::fs::metadata(mnt.join("no/such")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    erofs(std::fs::write(mnt.join("new.txt"), b"x"), "create");
+    erofs(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("small.txt"))
+            .map(drop),
+        "open for append",
+    );
+    erofs(std::fs::create_dir(mnt.join("d")), "mkdir");
+    erofs(std::fs::remove_file(mnt.join("small.txt")), "unlink");
+    erofs(
+        std::fs::rename(mnt.join("small.txt"), mnt.join("s2")),
+        "rename",
+    );
+    assert_eq!(
+        std::fs::read(ufs.join("small.txt")).unwrap().len(),
+        100,
+        "UFS untouched"
+    );
+    m.unmount().unwrap();
+}
+
+#[test]
+fn a_stale_mount_left_by_a_killed_client_is_recovered_and_sigterm_unmounts() {
+    require_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
+    common::make_tree(&ufs);
+    let config = dir.path().join("rcache.properties");
+    std::fs::write(
+        &config,
+        "rcache.cluster.name=test\nrcache.ufs.uri=file:///unused\n",
+    )
+    .unwrap();
+    let local = ["--local-dir", ufs.to_str().unwrap()];
+
+    let mut first =
+        common::FuseProcess::start(&config, &mnt, &dir.path().join("fuse1.log"), &local);
+    first.signal_and_wait(libc::SIGKILL);
+    // The dead client left its mount behind: "Transport endpoint is not connected" (once the
+    // kernel's cached attributes of the root expire).
+    common::wait_until("ENOTCONN on the dead mount", Duration::from_secs(5), || {
+        std::fs::read_dir(&mnt).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
+    });
+    assert_eq!(common::mount_type(&mnt).as_deref(), Some("fuse.rcache"));
+
+    let mut second =
+        common::FuseProcess::start(&config, &mnt, &dir.path().join("fuse2.log"), &local);
+    assert!(
+        second.log_text().contains("detaching"),
+        "{}",
+        second.log_text()
+    );
+    common::assert_same_tree(&ufs, &mnt);
+
+    let status = second.signal_and_wait(libc::SIGTERM);
+    assert!(status.success(), "exit {status}:\n{}", second.log_text());
+    common::wait_until("the mount to go away", Duration::from_secs(5), || {
+        common::mount_type(&mnt).is_none()
+    });
+    assert!(
+        std::fs::read_dir(&mnt).unwrap().next().is_none(),
+        "plain empty dir again"
+    );
+}
