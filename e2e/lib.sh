@@ -18,6 +18,7 @@
 set -euo pipefail
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck disable=SC2034  # used by the suites that source this file
 E2E_FIXTURES=$E2E_DIR/fixtures
 E2E_SUITE=$(basename "${0%.sh}")
 E2E_PASSED=0
@@ -72,10 +73,14 @@ E2E_TMP=$(mktemp -d "${TMPDIR:-/tmp}/e2e-$E2E_SUITE.XXXXXX")
 e2e_on_exit() { printf '%s\n' "$1" >>"$E2E_TMP/.exit-hooks"; }
 _e2e_run_exit_hooks() {
   local rc=$? h hooks=()
+  if [ "${E2E_FINISHED:-0}" != 1 ]; then
+    echo "$E2E_SUITE: aborted (exit $rc) before e2e_finish: $E2E_PASSED passed, $((E2E_FAILED + 1)) failed"
+    [ "$rc" -ne 0 ] || rc=1
+  fi
   [ ! -f "$E2E_TMP/.exit-hooks" ] || mapfile -t hooks < <(tac "$E2E_TMP/.exit-hooks")
   for h in "${hooks[@]}"; do eval "$h" </dev/null >/dev/null 2>&1 || true; done
   rm -rf "$E2E_TMP"
-  return $rc
+  exit "$rc"
 }
 trap _e2e_run_exit_hooks EXIT
 
@@ -110,6 +115,7 @@ crd_established() {
 
 # e2e_finish: prints "<suite>: N passed, N failed" and exits 1 if anything failed.
 e2e_finish() {
+  E2E_FINISHED=1
   echo "$E2E_SUITE: $E2E_PASSED passed, $E2E_FAILED failed"
   [ "$E2E_FAILED" -eq 0 ] && [ "$E2E_PASSED" -gt 0 ]
   exit $?

@@ -2,7 +2,9 @@
 # Smoke suite: proves the local control plane is real Kubernetes built from our pinned modules
 # and that everything later suites rely on works: version, CRDs, scheduling onto kwok nodes,
 # pod readiness, the NAD API, RDMA resources on nodes, helm install/uninstall.
+# shellcheck source=e2e/lib.sh
 . "$(dirname "$0")/../lib.sh"
+# shellcheck source=e2e/tools/versions.env
 . "$E2E_DIR/tools/versions.env"
 
 ns=$(e2e_ns_create smoke)
