@@ -29,7 +29,7 @@ pub const CONTAINER: &str = "fuse";
 
 /// Command the FUSE container runs.
 pub fn command() -> String {
-    format!("rcache-fuse --config {PROPERTIES_PATH}")
+    format!("rcache-fuse mount --config {PROPERTIES_PATH}")
 }
 
 /// The FUSE DaemonSet.
