@@ -24,35 +24,11 @@ pub const DEFAULT_IMAGE: &str = "rcache/rcache:0.1.0";
     status = "CacheClusterStatus",
     derive = "PartialEq",
     doc = "CacheCluster is an RDMA-enabled cache: worker pods that cache pages of an under storage (UFS) and FUSE pods that mount the cache on nodes, wired to InfiniBand/RoCE secondary networks.",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
-        description = "Whether workers, FUSE and network are all ready"
-    ),
-    printcolumn(
-        name = "Workers",
-        type_ = "string",
-        json_path = ".status.workers",
-        description = "Ready/desired cache workers"
-    ),
-    printcolumn(
-        name = "FUSE",
-        type_ = "string",
-        json_path = ".status.fuse",
-        description = "Ready/desired FUSE pods"
-    ),
-    printcolumn(
-        name = "Transport",
-        type_ = "string",
-        json_path = ".status.transport",
-        description = "Data transport: ucx (RDMA) or tcp"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether workers, FUSE and network are all ready"}"#,
+    printcolumn = r#"{"name":"Workers","type":"string","jsonPath":".status.workers","description":"Ready/desired cache workers"}"#,
+    printcolumn = r#"{"name":"FUSE","type":"string","jsonPath":".status.fuse","description":"Ready/desired FUSE pods"}"#,
+    printcolumn = r#"{"name":"Transport","type":"string","jsonPath":".status.transport","description":"Data transport: ucx (RDMA) or tcp"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CacheClusterSpec {
@@ -275,7 +251,7 @@ pub struct SecretRef {
 }
 
 /// Data network.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.mode != 'rdma' || self.hostNetwork || has(self.rdma.resourceName)").message("spec.network: mode rdma needs spec.network.rdma.resourceName (an RDMA device-plugin resource such as rdma/hca_shared_devices_a) or spec.network.hostNetwork: true"),
@@ -616,18 +592,6 @@ impl Default for OpenStatusCache {
     }
 }
 
-impl Default for NetworkSpec {
-    fn default() -> Self {
-        NetworkSpec {
-            mode: NetworkMode::default(),
-            attachments: Vec::new(),
-            bind_device: None,
-            host_network: false,
-            rdma: RdmaSpec::default(),
-            fallback: Fallback::default(),
-        }
-    }
-}
 
 impl Default for RdmaSpec {
     fn default() -> Self {

@@ -4,9 +4,14 @@
 
 pub mod build;
 pub mod crd;
+pub mod leader;
+pub mod metrics;
 pub mod quantity;
+pub mod reconcile;
+pub mod run;
 pub mod status;
 pub mod validate;
+pub mod web;
 
 pub use crd::{CacheCluster, CacheClusterSpec, CacheClusterStatus};
 

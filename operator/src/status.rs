@@ -118,8 +118,8 @@ fn network_condition(o: &Observed) -> ClusterCondition {
         );
     }
     let msg = match &o.resource {
-        Some((name, n)) => format!("attachments present; {n} node(s) advertise {name}"),
-        None => "attachments present".to_string(),
+        Some((name, n)) => format!("network attachments found; {n} node(s) advertise {name}"),
+        None => "network attachments found (or none needed)".to_string(),
     };
     cond(NETWORK_READY, true, reason::NETWORK_AVAILABLE, msg)
 }

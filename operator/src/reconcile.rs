@@ -1,0 +1,467 @@
+//! The reconcile of one CacheCluster: validate → build → apply → status. Only `apply` and
+//! `status` (and the observations feeding status) talk to the API server; validate and build are
+//! the pure functions of [`crate::validate`] and [`crate::build`].
+//!
+//! Apply uses server-side apply with one field manager (`rcache-operator`, forced) so
+//! re-applying an unchanged spec is a no-op for the apiserver (no resourceVersion bump); children
+//! the spec no longer wants are found by `app.kubernetes.io/instance` + `rcache.io/owner-uid`
+//! and deleted. Status is patched only when it differs from what is stored.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::Error;
+use crate::build::{self, FIELD_MANAGER, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_OWNER_UID};
+use crate::crd::{CacheCluster, CacheClusterStatus};
+use crate::metrics::Metrics;
+use crate::status::{self, Observed};
+use crate::validate::{self, ClusterPlan};
+
+/// How often a healthy cluster is re-checked without any watch event.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Retry delay after a transient error.
+pub const RETRY: Duration = Duration::from_secs(10);
+
+/// The NetworkAttachmentDefinition resource (Multus CRD, not in k8s-openapi).
+pub fn nad_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition"),
+        "network-attachment-definitions",
+    )
+}
+
+/// Shared state of reconciles.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Publishes Events on CacheClusters.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Entry point for the controller: one reconcile, timed and counted.
+pub async fn reconcile(cc: Arc<CacheCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    let result = reconcile_cluster(&cc, &ctx).await;
+    ctx.metrics
+        .observe_reconcile(start.elapsed(), result.as_ref().err());
+    result
+}
+
+/// What the controller does after a failed reconcile: an invalid spec waits for a change, a
+/// transient error is retried soon.
+pub fn error_policy(cc: Arc<CacheCluster>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(cluster = %cc.name_any(), namespace = cc.namespace().unwrap_or_default(), error = %err, "reconcile failed");
+    match err {
+        Error::InvalidSpec { .. } => Action::await_change(),
+        _ => Action::requeue(RETRY),
+    }
+}
+
+fn ns_api<K>(client: &Client, ns: &str) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    Api::namespaced(client.clone(), ns)
+}
+
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    ns_api::<K>(client, ns)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .map_err(Error::kube(format!("apply {} {ns}/{name}", K::kind(&()))))
+}
+
+/// Deletes objects of kind K labelled for this cluster whose names are not in `keep`.
+async fn delete_orphans<K>(
+    client: &Client,
+    plan: &ClusterPlan,
+    keep: &[String],
+) -> Result<Vec<String>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api = ns_api::<K>(client, &plan.namespace);
+    let selector = format!(
+        "{LABEL_INSTANCE}={},{LABEL_OWNER_UID}={}",
+        plan.name, plan.uid
+    );
+    let kind = K::kind(&());
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube(format!(
+            "list {kind} in {} ({selector})",
+            plan.namespace
+        )))?;
+    let mut deleted = Vec::new();
+    for obj in list.items {
+        let name = obj.name_any();
+        if keep.contains(&name) || obj.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => deleted.push(format!("{kind} {name}")),
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => {
+                return Err(Error::kube(format!(
+                    "delete {kind} {}/{name}",
+                    plan.namespace
+                ))(e));
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+fn names_of<K: Resource>(objs: &[K]) -> Vec<String> {
+    objs.iter().filter_map(|o| o.meta().name.clone()).collect()
+}
+
+async fn publish(ctx: &Context, cc: &CacheCluster, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &cc.object_ref(&())).await {
+        warn!(cluster = %cc.name_any(), error = %e, "publishing event failed");
+    }
+}
+
+fn now() -> String {
+    let t = k8s_openapi::jiff::Timestamp::now();
+    k8s_openapi::jiff::Timestamp::from_second(t.as_second())
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// Writes status if it changed; returns the previous status for event decisions.
+async fn write_status(
+    client: &Client,
+    cc: &CacheCluster,
+    mut new: CacheClusterStatus,
+) -> Result<Option<CacheClusterStatus>, Error> {
+    let prev = cc.status.clone();
+    status::carry_transition_times(&mut new, prev.as_ref(), &now());
+    if prev.as_ref() == Some(&new) {
+        return Ok(prev);
+    }
+    let ns = cc.namespace().unwrap_or_default();
+    let name = cc.name_any();
+    ns_api::<CacheCluster>(client, &ns)
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": new })),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "patch status of CacheCluster {ns}/{name}"
+        )))?;
+    Ok(prev)
+}
+
+fn quantity_positive(q: &Quantity) -> bool {
+    crate::quantity::parse_bytes(&q.0).is_ok_and(|v| v > 0)
+}
+
+/// Nodes advertising `resource` as allocatable (> 0).
+async fn nodes_with_resource(client: &Client, resource: &str) -> Result<usize, Error> {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("list nodes"))?;
+    Ok(nodes
+        .items
+        .iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.allocatable.as_ref())
+                .and_then(|a| a.get(resource))
+                .is_some_and(quantity_positive)
+        })
+        .count())
+}
+
+/// NADs referenced by the plan that do not exist, as `namespace/name`.
+async fn missing_nads(client: &Client, plan: &ClusterPlan) -> Result<Vec<String>, Error> {
+    let ar = nad_resource();
+    let mut missing = Vec::new();
+    for a in &plan.attachments {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &a.namespace, &ar);
+        match api.get_opt(&a.name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => missing.push(a.key()),
+            // The Multus CRD itself is not installed: the NAD cannot exist.
+            Err(kube::Error::Api(s)) if s.is_not_found() => missing.push(a.key()),
+            Err(e) => {
+                return Err(Error::kube(format!(
+                    "get NetworkAttachmentDefinition {}",
+                    a.key()
+                ))(e));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+fn unschedulable_reason(pods: &[Pod]) -> Option<String> {
+    pods.iter().find_map(|p| {
+        p.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find_map(|c| {
+                (c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable"))
+                .then(|| {
+                    c.message
+                        .clone()
+                        .unwrap_or_else(|| "Unschedulable".to_string())
+                })
+            })
+    })
+}
+
+fn sts_rollout_pending(sts: &StatefulSet) -> bool {
+    let generation = sts.metadata.generation;
+    let Some(s) = &sts.status else { return true };
+    s.observed_generation != generation
+        || matches!((&s.current_revision, &s.update_revision), (Some(c), Some(u)) if c != u)
+}
+
+fn ds_rollout_pending(ds: &DaemonSet) -> bool {
+    let Some(s) = &ds.status else { return true };
+    s.observed_generation != ds.metadata.generation
+}
+
+async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, Error> {
+    if cc.metadata.deletion_timestamp.is_some() {
+        // Children carry controller owner references; the garbage collector removes them.
+        return Ok(Action::await_change());
+    }
+    let client = &ctx.client;
+    let generation = cc.metadata.generation.unwrap_or_default();
+    let transport = if cc.spec.network.mode == crate::crd::NetworkMode::Rdma {
+        "ucx"
+    } else {
+        "tcp"
+    };
+
+    // 1. validate
+    let plan = match validate::plan(cc) {
+        Ok(p) => p,
+        Err(err) => {
+            let observed = Observed {
+                generation,
+                spec_error: Some(err.to_string()),
+                workers_desired: cc.spec.worker.replicas,
+                transport: transport.to_string(),
+                ..Observed::default()
+            };
+            let prev = write_status(client, cc, status::compute(&observed)).await?;
+            let was_invalid = prev
+                .as_ref()
+                .and_then(|p| status::condition(p, status::READY))
+                .is_some_and(|c| c.reason == status::reason::INVALID_SPEC);
+            if !was_invalid {
+                publish(
+                    ctx,
+                    cc,
+                    EventType::Warning,
+                    status::reason::INVALID_SPEC,
+                    err.to_string(),
+                )
+                .await;
+            }
+            return Err(err);
+        }
+    };
+    let ns = plan.namespace.clone();
+
+    // Observe worker pods (membership and readiness).
+    let selector = format!(
+        "{LABEL_INSTANCE}={},{LABEL_COMPONENT}={},{LABEL_OWNER_UID}={}",
+        plan.name,
+        build::COMPONENT_WORKER,
+        plan.uid
+    );
+    let pods = ns_api::<Pod>(client, &ns)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube(format!("list worker pods in {ns}")))?
+        .items;
+    let membership = build::membership::members(&plan, &pods);
+    let prev_status = cc.status.clone().unwrap_or_default();
+    let mut membership_generation = prev_status.membership_generation;
+    if membership_generation == 0 || membership.members != prev_status.members {
+        membership_generation += 1;
+    }
+
+    // 2. build
+    let members_json = build::membership::render(&plan, membership_generation, &membership.members);
+    let children = build::children(&plan, &members_json);
+
+    // 3. apply
+    for cm in &children.config_maps {
+        apply(client, &ns, cm).await?;
+    }
+    for svc in &children.services {
+        apply(client, &ns, svc).await?;
+    }
+    let mut applied_sts = Vec::new();
+    for sts in &children.stateful_sets {
+        applied_sts.push(apply(client, &ns, sts).await?);
+    }
+    let mut applied_ds = Vec::new();
+    for ds in &children.daemon_sets {
+        applied_ds.push(apply(client, &ns, ds).await?);
+    }
+    for pdb in &children.pdbs {
+        apply(client, &ns, pdb).await?;
+    }
+    let mut deleted = Vec::new();
+    deleted.extend(
+        delete_orphans::<ConfigMap>(client, &plan, &names_of(&children.config_maps)).await?,
+    );
+    deleted.extend(delete_orphans::<Service>(client, &plan, &names_of(&children.services)).await?);
+    deleted.extend(
+        delete_orphans::<StatefulSet>(client, &plan, &names_of(&children.stateful_sets)).await?,
+    );
+    deleted.extend(
+        delete_orphans::<DaemonSet>(client, &plan, &names_of(&children.daemon_sets)).await?,
+    );
+    deleted.extend(
+        delete_orphans::<PodDisruptionBudget>(client, &plan, &names_of(&children.pdbs)).await?,
+    );
+    for d in &deleted {
+        info!(cluster = %plan.name, namespace = %ns, object = %d, "deleted child the spec no longer wants");
+        publish(
+            ctx,
+            cc,
+            EventType::Normal,
+            "ChildDeleted",
+            format!("deleted {d}: no longer wanted by the spec"),
+        )
+        .await;
+    }
+
+    // 4. status
+    let resource = match &plan.spec.network.rdma.resource_name {
+        Some(r) => Some((r.clone(), nodes_with_resource(client, r).await?)),
+        None => None,
+    };
+    let live_pods: Vec<Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .cloned()
+        .collect();
+    let workers_ready = live_pods
+        .iter()
+        .filter(|p| build::membership::pod_ready(p))
+        .count();
+    let (fuse_desired, fuse_ready, ds_pending) = match applied_ds.first() {
+        Some(ds) => {
+            let s = ds.status.clone().unwrap_or_default();
+            (
+                s.desired_number_scheduled,
+                s.number_ready,
+                ds_rollout_pending(ds),
+            )
+        }
+        None => (0, 0, false),
+    };
+    let observed = Observed {
+        generation,
+        spec_error: None,
+        workers_desired: plan.spec.worker.replicas,
+        workers_ready: i32::try_from(workers_ready).unwrap_or(i32::MAX),
+        workers_unschedulable: unschedulable_reason(&live_pods),
+        fuse_enabled: plan.spec.fuse.enabled,
+        fuse_desired,
+        fuse_ready,
+        rollout_pending: applied_sts.iter().any(sts_rollout_pending) || ds_pending,
+        missing_nads: missing_nads(client, &plan).await?,
+        resource,
+        missing_address: membership.missing_address.clone(),
+        bind_device: plan.bind_device.clone(),
+        transport: plan.transport.as_str().to_string(),
+        members: membership.members.clone(),
+        membership_generation,
+    };
+    let new_status = status::compute(&observed);
+    let prev = write_status(client, cc, new_status.clone()).await?;
+    announce_transitions(ctx, cc, prev.as_ref(), &new_status).await;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Events when Ready or NetworkReady change status or reason.
+async fn announce_transitions(
+    ctx: &Context,
+    cc: &CacheCluster,
+    prev: Option<&CacheClusterStatus>,
+    new: &CacheClusterStatus,
+) {
+    for type_ in [status::NETWORK_READY, status::READY] {
+        let Some(c) = status::condition(new, type_) else {
+            continue;
+        };
+        let before = prev.and_then(|p| status::condition(p, type_));
+        if before.is_some_and(|b| b.status == c.status && b.reason == c.reason) {
+            continue;
+        }
+        let (kind, reason) = if c.status == "True" {
+            (EventType::Normal, c.reason.clone())
+        } else {
+            (EventType::Warning, c.reason.clone())
+        };
+        info!(cluster = %cc.name_any(), condition = type_, status = %c.status, reason = %c.reason, message = %c.message, "condition changed");
+        publish(
+            ctx,
+            cc,
+            kind,
+            &reason,
+            format!("{type_}={}: {}", c.status, c.message),
+        )
+        .await;
+    }
+}

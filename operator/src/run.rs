@@ -1,0 +1,323 @@
+//! The operator process: web endpoints, leader election, and the controller with its watches
+//! (CacheClusters; owned ConfigMaps, Services, StatefulSets, DaemonSets, PDBs; worker pods;
+//! NetworkAttachmentDefinitions; Nodes). Shuts down gracefully on SIGTERM/SIGINT: in-flight
+//! reconciles finish, the Lease is released, the web server stops.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::build::{
+    COMPONENT_WORKER, FIELD_MANAGER, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY,
+};
+use crate::crd::CacheCluster;
+use crate::leader::{LeaderElector, RENEW_DEADLINE, RETRY_PERIOD};
+use crate::metrics::Metrics;
+use crate::reconcile::{self, Context, nad_resource};
+use crate::web::{self, WebState};
+
+/// Runtime options (flags/env of the binary).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Address of /metrics, /healthz, /readyz.
+    pub metrics_addr: SocketAddr,
+    /// Run leader election.
+    pub leader_elect: bool,
+    /// Namespace of the Lease.
+    pub lease_namespace: String,
+    /// Lease name.
+    pub lease_name: String,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+    /// Only this namespace (None: all namespaces).
+    pub watch_namespace: Option<String>,
+}
+
+fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the operator");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+/// Runs until SIGTERM/SIGINT (Ok) or until leadership is lost (Err, so the pod restarts as a
+/// fresh candidate).
+pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let client = Client::try_default().await.map_err(|e| {
+        format!("cannot build a Kubernetes client (KUBECONFIG or in-cluster service account): {e}")
+    })?;
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(WebState {
+        metrics: metrics.clone(),
+        ready: false.into(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            info!("shutdown signal received");
+            let _ = stop_tx.send(true);
+        });
+    }
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let web_task = tokio::spawn(web::serve(
+        opts.metrics_addr,
+        state.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    info!(addr = %opts.metrics_addr, "serving /metrics /healthz /readyz");
+
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| format!("API server not reachable: {e}"))?;
+    state.ready.store(true, Ordering::Relaxed);
+
+    let elector = opts.leader_elect.then(|| {
+        LeaderElector::new(
+            client.clone(),
+            &opts.lease_namespace,
+            &opts.lease_name,
+            &opts.identity,
+        )
+    });
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(elector) = &elector {
+        info!(lease = %format!("{}/{}", opts.lease_namespace, opts.lease_name), identity = %opts.identity, "waiting for leadership");
+        loop {
+            if *stop_rx.borrow() {
+                let _ = web_task.await;
+                return Ok(());
+            }
+            match elector.try_acquire_or_renew().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "leader election round failed"),
+            }
+            let mut rx = stop_rx.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_PERIOD) => {},
+                _ = rx.changed() => {},
+            }
+        }
+        metrics.leader.set(1);
+        info!("became leader");
+        // Renew in the background; stop the controller when renewal fails past the deadline.
+        let elector2 = LeaderElector::new(
+            client.clone(),
+            &opts.lease_namespace,
+            &opts.lease_name,
+            &opts.identity,
+        );
+        let stop_tx = stop_tx.clone();
+        let lost = lost.clone();
+        let metrics = metrics.clone();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut last_ok = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY_PERIOD) => {},
+                    _ = rx.changed() => return,
+                }
+                match elector2.try_acquire_or_renew().await {
+                    Ok(true) => last_ok = tokio::time::Instant::now(),
+                    Ok(false) => {
+                        error!("leader Lease taken by another replica; stopping");
+                        break;
+                    }
+                    Err(e) => warn!(error = %e, "renewing leader Lease failed"),
+                }
+                if last_ok.elapsed() > RENEW_DEADLINE {
+                    error!("could not renew leader Lease within the deadline; stopping");
+                    break;
+                }
+            }
+            metrics.leader.set(0);
+            lost.store(true, Ordering::Relaxed);
+            let _ = stop_tx.send(true);
+        });
+    }
+
+    run_controller(
+        client.clone(),
+        &opts,
+        metrics.clone(),
+        stopped(stop_rx.clone()),
+    )
+    .await;
+    info!("controller stopped");
+    if let Some(elector) = &elector
+        && !lost.load(Ordering::Relaxed)
+    {
+        if let Err(e) = elector.release().await {
+            warn!(error = %e, "releasing leader Lease failed");
+        }
+        metrics.leader.set(0);
+    }
+    let _ = stop_tx.send(true);
+    let _ = web_task.await;
+    if lost.load(Ordering::Relaxed) {
+        return Err("lost leadership".into());
+    }
+    Ok(())
+}
+
+/// Fingerprint of the allocatable resources of a node (what the resource check reads).
+fn allocatable_fingerprint(node: &Node) -> String {
+    node.status
+        .as_ref()
+        .and_then(|s| s.allocatable.as_ref())
+        .map(|a| a.iter().map(|(k, v)| format!("{k}={};", v.0)).collect())
+        .unwrap_or_default()
+}
+
+async fn run_controller(
+    client: Client,
+    opts: &Options,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = &opts.watch_namespace;
+    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
+    let worker_pods = watcher::Config::default().labels(&format!(
+        "{LABEL_MANAGED_BY}={FIELD_MANAGER},{LABEL_COMPONENT}={COMPONENT_WORKER}"
+    ));
+    let controller = Controller::new(api::<CacheCluster>(&client, ns), watcher::Config::default())
+        .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(500)));
+    let store = controller.store();
+    let mut controller = controller
+        .owns(api::<ConfigMap>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .owns(api::<StatefulSet>(&client, ns), owned.clone())
+        .owns(api::<DaemonSet>(&client, ns), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
+        .watches(api::<Pod>(&client, ns), worker_pods, |pod: Pod| {
+            let ns = pod.namespace();
+            pod.labels().get(LABEL_INSTANCE).map(|name| {
+                ObjectRef::<CacheCluster>::new(name).within(ns.as_deref().unwrap_or_default())
+            })
+        });
+
+    // NADs: only watched when the Multus CRD exists (otherwise the watch would error forever;
+    // the reconcile still reports the attachment as missing).
+    let ar = nad_resource();
+    let nad_api: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    match nad_api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => {
+            let store = store.clone();
+            controller = controller.watches_with(
+                nad_api,
+                ar,
+                watcher::Config::default(),
+                move |nad: DynamicObject| {
+                    let nad_ns = nad.namespace().unwrap_or_default();
+                    let nad_name = nad.name_any();
+                    store
+                        .state()
+                        .into_iter()
+                        .filter(|cc| {
+                            let cc_ns = cc.namespace().unwrap_or_default();
+                            cc.spec.network.attachments.iter().any(|a| {
+                                a.name == nad_name
+                                    && a.namespace.as_deref().unwrap_or(&cc_ns) == nad_ns
+                            })
+                        })
+                        .map(|cc| ObjectRef::from_obj(&*cc))
+                        .collect::<Vec<_>>()
+                },
+            );
+        }
+        Err(e) => {
+            warn!(error = %e, "NetworkAttachmentDefinitions cannot be listed (Multus CRD missing?); not watching them")
+        }
+    }
+
+    // Nodes: only allocatable changes matter (heartbeats would otherwise re-trigger constantly).
+    let seen: Mutex<HashMap<String, String>> = Mutex::new(HashMap::new());
+    let node_store = store.clone();
+    controller = controller.watches(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        move |node: Node| {
+            let fp = allocatable_fingerprint(&node);
+            let changed = match seen.lock() {
+                Ok(mut m) => m.insert(node.name_any(), fp.clone()).as_ref() != Some(&fp),
+                Err(_) => true,
+            };
+            if !changed {
+                return Vec::new();
+            }
+            node_store
+                .state()
+                .into_iter()
+                .filter(|cc| cc.spec.network.rdma.resource_name.is_some())
+                .map(|cc| ObjectRef::from_obj(&*cc))
+                .collect::<Vec<_>>()
+        },
+    );
+
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.to_string(),
+        instance: Some(opts.identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics,
+    });
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => {
+                    tracing::debug!(cluster = %obj.name, namespace = ?obj.namespace, "reconciled")
+                }
+                Err(e) => warn!(error = %e, "controller event"),
+            }
+        })
+        .await;
+}
