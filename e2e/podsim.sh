@@ -59,21 +59,42 @@ podsim_annotate_network_status() {
   kubectl -n "$ns" annotate pod "$pod" --overwrite "k8s.v1.cni.cncf.io/network-status=$status" >/dev/null
 }
 
-# podsim_sync_configmaps <namespace> <pod>: write every ConfigMap volume's keys into
-# $PODSIM_DIR/<pod>/vol/<volume>/ (atomically per file, like kubelet's projection).
+# podsim_sync_configmaps <namespace> <pod>: write every ConfigMap volume's keys (plain
+# `configMap` volumes and `projected` volumes of configMap sources, with their `items`) into
+# $PODSIM_DIR/<pod>/vol/<volume>/, replacing a file only when it changed (kubelet's projection).
 podsim_sync_configmaps() {
-  local ns=$1 pod=$2 dir="$PODSIM_DIR/$2/vol" vol cm key tmp
+  local ns=$1 pod=$2 dir="$PODSIM_DIR/$2/vol" vol cm key path tmp
   kubectl -n "$ns" get pod "$pod" -o json >"$PODSIM_DIR/$pod/pod.json"
-  while IFS=$'\t' read -r vol cm; do
+  while IFS=$'\t' read -r vol cm key path; do
     [ -n "$vol" ] || continue
-    mkdir -p "$dir/$vol"
     kubectl -n "$ns" get configmap "$cm" -o json >"$PODSIM_DIR/$pod/cm-$cm.json" 2>/dev/null || continue
-    for key in $(jq -r '.data // {} | keys[]' "$PODSIM_DIR/$pod/cm-$cm.json"); do
-      tmp="$dir/$vol/.$key.tmp"
-      jq -j --arg k "$key" '.data[$k]' "$PODSIM_DIR/$pod/cm-$cm.json" >"$tmp"
-      if ! cmp -s "$tmp" "$dir/$vol/$key"; then mv "$tmp" "$dir/$vol/$key"; else rm -f "$tmp"; fi
+    if [ "$key" = "*" ]; then
+      mapfile -t keys < <(jq -r '.data // {} | keys[]' "$PODSIM_DIR/$pod/cm-$cm.json")
+    else
+      keys=("$key")
+    fi
+    for key in "${keys[@]}"; do
+      [ "$path" = "*" ] && p=$key || p=$path
+      mkdir -p "$(dirname "$dir/$vol/$p")"
+      tmp="$dir/$vol/$p.podsim-tmp"
+      jq -j --arg k "$key" '.data[$k] // ""' "$PODSIM_DIR/$pod/cm-$cm.json" >"$tmp"
+      if ! cmp -s "$tmp" "$dir/$vol/$p"; then mv "$tmp" "$dir/$vol/$p"; else rm -f "$tmp"; fi
     done
-  done < <(jq -r '.spec.volumes[]? | select(.configMap) | [.name, .configMap.name] | @tsv' "$PODSIM_DIR/$pod/pod.json")
+  done < <(jq -r '.spec.volumes[]? |
+      .name as $v
+      | ( (select(.configMap) | {cm: .configMap}), (.projected.sources[]? | select(.configMap) | {cm: .configMap}) )
+      | .cm as $c
+      | if ($c.items // []) | length > 0 then ($c.items[] | [$v, $c.name, .key, .path])
+        else [$v, $c.name, "*", "*"] end
+      | @tsv' "$PODSIM_DIR/$pod/pod.json")
+}
+
+# podsim_keep_synced <namespace> <pod> [interval]: re-project ConfigMaps every interval seconds
+# in the background (kubelet updates mounted ConfigMaps; the membership file changes that way).
+podsim_keep_synced() {
+  local ns=$1 pod=$2 every=${3:-2}
+  ( while sleep "$every"; do podsim_sync_configmaps "$ns" "$pod" 2>/dev/null || true; done ) &
+  echo $! >"$PODSIM_DIR/$pod/sync.pid"
 }
 
 # podsim_start <namespace> <pod> <container> <netns> [extra env KEY=VALUE ...]
@@ -92,11 +113,11 @@ podsim_start() {
     jq -r --slurpfile pod "$pdir/pod.json" --arg d "$pdir/vol" '
       .volumeMounts[]? as $m
       | ($pod[0].spec.volumes[] | select(.name == $m.name)) as $v
-      | (if $v.configMap then "\($d)/\($v.name)"
+      | (if ($v.configMap or $v.projected) then "\($d)/\($v.name)"
          elif $v.hostPath then $v.hostPath.path
          elif $v.emptyDir then "\($d)/\($v.name)"
          else empty end) as $src
-      | "mkdir -p \($src | @sh) \($m.mountPath | @sh); mount --bind \($src | @sh) \($m.mountPath | @sh)"' \
+      | "[ -e \($src | @sh) ] || mkdir -p \($src | @sh); [ -e \($m.mountPath | @sh) ] || mkdir -p \($m.mountPath | @sh); mount --bind \($src | @sh) \($m.mountPath | @sh)"' \
       <<<"$spec"
     # Environment: plain values and the downward-API fields kubelet would fill.
     jq -r --slurpfile pod "$pdir/pod.json" '
