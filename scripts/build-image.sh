@@ -139,7 +139,12 @@ else
     buildah commit --quiet --rm "$ctr" "$rust_image" >/dev/null
   fi
   log "buildah bud --target runtime (full multi-stage build, cargo inside) -> $image"
-  buildah bud --isolation chroot --pull=false --layers \
+  # cargo in the builder fetches crates over TLS: lend it the host's trust store (RUN-time
+  # mount only, nothing lands in a layer) so it also works behind a TLS-inspecting proxy.
+  ca_mount=()
+  [ -f /etc/ssl/certs/ca-certificates.crt ] &&
+    ca_mount=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+  buildah bud --isolation chroot --pull=false --layers "${ca_mount[@]}" \
     --build-arg RUNTIME_BASE="$base_image" --build-arg RUST_IMAGE="$rust_image" \
     --target runtime -t "$image" -f Dockerfile .
 fi

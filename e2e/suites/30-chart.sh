@@ -32,15 +32,26 @@ assert_eq "install.yaml contains the CRD" 1 \
 
 # ---------------------------------------------------------------------------------------------
 e2e_log "kubectl install path: manifests/install.yaml"
-kubectl delete crd "$crd" --ignore-not-found >/dev/null
-check "install.yaml applies (server-side)" \
-  kubectl apply --server-side --field-manager=e2e-install -f "$repo/manifests/install.yaml"
-check "CRD from install.yaml becomes Established" wait_for 60 crd_established "$crd"
-check "operator Deployment from install.yaml becomes Available" \
-  kubectl -n rcache-system wait --for=condition=Available --timeout=90s deployment/rcache-operator
-check "install.yaml deletes cleanly" \
-  kubectl delete -f "$repo/manifests/install.yaml" --ignore-not-found --wait=true --timeout=120s
-check "CRD gone after kubectl delete" wait_for 60 bash -c "! kubectl get crd $crd"
+# This suite needs the cluster-scoped pieces to itself; it never deletes what others left.
+if kubectl get crd "$crd" >/dev/null 2>&1; then
+  if [ -n "$(kubectl get cacheclusters.rcache.io -A -o name 2>/dev/null)" ]; then
+    fail "no CacheClusters left by an earlier suite" "$(kubectl get cacheclusters.rcache.io -A 2>&1)"
+    e2e_finish
+  fi
+  kubectl delete crd "$crd" --wait=true --timeout=60s >/dev/null
+fi
+if kubectl get namespace rcache-system >/dev/null 2>&1; then
+  fail "namespace rcache-system is free for install.yaml" "it exists already (left by an earlier suite?)"
+else
+  check "install.yaml applies (server-side)" \
+    kubectl apply --server-side --field-manager=e2e-install -f "$repo/manifests/install.yaml"
+  check "CRD from install.yaml becomes Established" wait_for 60 crd_established "$crd"
+  check "operator Deployment from install.yaml becomes Available" \
+    kubectl -n rcache-system wait --for=condition=Available --timeout=90s deployment/rcache-operator
+  check "install.yaml deletes cleanly" \
+    kubectl delete -f "$repo/manifests/install.yaml" --ignore-not-found --wait=true --timeout=120s
+  check "CRD gone after kubectl delete" wait_for 60 bash -c "! kubectl get crd $crd"
+fi
 
 # ---------------------------------------------------------------------------------------------
 e2e_log "helm install"
