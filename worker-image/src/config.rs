@@ -170,16 +170,30 @@ pub enum ConfigError {
     Read { path: String, reason: String },
     #[error("{origin}: `{text}` is not `key=value`; write one `rcache.some.key=value` per line")]
     Syntax { origin: Origin, text: String },
-    #[error("{key} = \"{value}\" ({origin}) is invalid: {reason}; accepted: {accepted}")]
-    BadValue {
-        key: String,
-        value: String,
-        origin: Origin,
-        reason: String,
-        accepted: String,
-    },
+    #[error("{0}")]
+    BadValue(Box<BadValue>),
     #[error("{key} is required: {hint}")]
     Missing { key: String, hint: String },
+}
+
+/// A value that does not fit its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadValue {
+    pub key: String,
+    pub value: String,
+    pub origin: Origin,
+    pub reason: String,
+    pub accepted: String,
+}
+
+impl std::fmt::Display for BadValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} = \"{}\" ({}) is invalid: {}; accepted: {}",
+            self.key, self.value, self.origin, self.reason, self.accepted
+        )
+    }
 }
 
 /// A validated value.
@@ -214,14 +228,16 @@ impl Properties {
         Self::default()
     }
 
-    /// Reads a properties file and applies `RCACHE_*` environment overrides.
+    /// Reads a properties file and applies `RCACHE_*` environment overrides (an override
+    /// replaces the file's value before it is checked).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let mut props = Self::parse(&text, &path.display().to_string())?;
-        props.apply_env(std::env::vars())?;
+        let mut raw = parse_raw(&text, &path.display().to_string())?;
+        raw.extend(env_raw(std::env::vars()));
+        let props = Self::from_raw(raw)?;
         props.warn_unknown();
         Ok(props)
     }
@@ -229,31 +245,18 @@ impl Properties {
     /// Parses properties text (`key=value` or `key: value`, `#`/`!` comments). `source` names
     /// the text in error messages.
     pub fn parse(text: &str, source: &str) -> Result<Self, ConfigError> {
+        Self::from_raw(parse_raw(text, source)?)
+    }
+
+    fn from_raw(raw: Vec<(String, String, Origin)>) -> Result<Self, ConfigError> {
+        // Later entries win: keep only the last of each key, then check it.
+        let mut last: BTreeMap<String, (String, Origin)> = BTreeMap::new();
+        for (k, v, o) in raw {
+            last.insert(k, (v, o));
+        }
         let mut props = Self::new();
-        for (i, line) in text.lines().enumerate() {
-            let trimmed = line.trim();
-            if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('!') {
-                continue;
-            }
-            let origin = Origin::File {
-                path: source.to_string(),
-                line: i + 1,
-            };
-            let Some(pos) = trimmed.find(['=', ':']) else {
-                return Err(ConfigError::Syntax {
-                    origin,
-                    text: trimmed.to_string(),
-                });
-            };
-            let key = trimmed[..pos].trim();
-            let value = trimmed[pos + 1..].trim();
-            if key.is_empty() {
-                return Err(ConfigError::Syntax {
-                    origin,
-                    text: trimmed.to_string(),
-                });
-            }
-            props.set_with_origin(key, value, origin)?;
+        for (k, (v, o)) in last {
+            props.set_with_origin(&k, &v, o)?;
         }
         Ok(props)
     }
@@ -274,12 +277,8 @@ impl Properties {
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
-        let vars: BTreeMap<String, String> = vars.into_iter().collect();
-        for spec in KEYS {
-            let var = env_name(spec.key);
-            if let Some(v) = vars.get(&var) {
-                self.set_with_origin(spec.key, v.trim(), Origin::Env { var })?;
-            }
+        for (k, v, o) in env_raw(vars) {
+            self.set_with_origin(&k, &v, o)?;
         }
         Ok(())
     }
@@ -299,12 +298,14 @@ impl Properties {
             self.unknown.insert(key.to_string(), value.to_string());
             return Ok(());
         };
-        let parsed = parse_value(spec, value).map_err(|reason| ConfigError::BadValue {
-            key: key.to_string(),
-            value: value.to_string(),
-            origin: origin.clone(),
-            reason,
-            accepted: spec.kind.accepted(),
+        let parsed = parse_value(spec, value).map_err(|reason| {
+            ConfigError::BadValue(Box::new(BadValue {
+                key: key.to_string(),
+                value: value.to_string(),
+                origin: origin.clone(),
+                reason,
+                accepted: spec.kind.accepted(),
+            }))
         })?;
         self.entries.insert(
             key.to_string(),
@@ -408,13 +409,13 @@ impl Properties {
                 Origin::Default,
             ),
         };
-        ConfigError::BadValue {
+        ConfigError::BadValue(Box::new(BadValue {
             key: key.to_string(),
             value,
             origin,
             reason: reason.into(),
             accepted: accepted.into(),
-        }
+        }))
     }
 
     /// A required text key.
@@ -424,6 +425,53 @@ impl Properties {
             hint: hint.to_string(),
         })
     }
+}
+
+/// `key=value` lines of properties text, unchecked.
+fn parse_raw(text: &str, source: &str) -> Result<Vec<(String, String, Origin)>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('!') {
+            continue;
+        }
+        let origin = Origin::File {
+            path: source.to_string(),
+            line: i + 1,
+        };
+        let syntax = || ConfigError::Syntax {
+            origin: origin.clone(),
+            text: trimmed.to_string(),
+        };
+        let pos = trimmed.find(['=', ':']).ok_or_else(syntax)?;
+        let key = trimmed[..pos].trim();
+        if key.is_empty() {
+            return Err(syntax());
+        }
+        out.push((
+            key.to_string(),
+            trimmed[pos + 1..].trim().to_string(),
+            origin,
+        ));
+    }
+    Ok(out)
+}
+
+/// `RCACHE_<KEY>` overrides of known keys, unchecked.
+fn env_raw(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String, Origin)> {
+    let vars: BTreeMap<String, String> = vars.into_iter().collect();
+    KEYS.iter()
+        .filter_map(|spec| {
+            let var = env_name(spec.key);
+            vars.get(&var).map(|v| {
+                (
+                    spec.key.to_string(),
+                    v.trim().to_string(),
+                    Origin::Env { var },
+                )
+            })
+        })
+        .collect()
 }
 
 fn parse_value(spec: &KeySpec, value: &str) -> Result<Value, String> {
@@ -602,7 +650,7 @@ impl WorkerConfig {
             ));
         }
         let block_size = p.size(BLOCK_SIZE);
-        if block_size < page_size || block_size % page_size != 0 {
+        if block_size < page_size || !block_size.is_multiple_of(page_size) {
             return Err(p.bad(
                 BLOCK_SIZE,
                 format!("must be a multiple of {PAGE_SIZE} ({page_size} bytes)"),
@@ -852,6 +900,18 @@ mod tests {
             m.contains("rcache.network.rdma.data.buffer.pool.max.size"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn env_override_replaces_a_bad_file_value_before_it_is_checked() {
+        let mut raw = parse_raw("rcache.worker.page.size=12XB\n", "t").expect("syntax ok");
+        raw.extend(env_raw(vec![(
+            "RCACHE_WORKER_PAGE_SIZE".to_string(),
+            "64KB".to_string(),
+        )]));
+        let p = Properties::from_raw(raw).expect("env wins");
+        assert_eq!(p.size(PAGE_SIZE), 64 << 10);
+        assert!(matches!(p.raw(PAGE_SIZE), Some((_, Origin::Env { .. }))));
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
     init_logs(cli.log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -76,8 +77,11 @@ fn main() -> std::process::ExitCode {
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("rcache-worker: {e:#}");
+            if json_logs {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("rcache-worker: {e:#}");
+            }
             std::process::ExitCode::from(2)
         }
     }

@@ -210,6 +210,8 @@ pub fn memlock_limit() -> (u64, u64) {
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
         return (0, 0);
     }
+    // rlim_t is u64 on Linux but not on every libc: keep the cast.
+    #[allow(clippy::unnecessary_cast)]
     let conv = |v: libc::rlim_t| {
         if v == libc::RLIM_INFINITY {
             u64::MAX

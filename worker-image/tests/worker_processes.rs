@@ -1,0 +1,506 @@
+//! Process-level tests: real `rcache-worker serve` processes on loopback (port 0, temp dirs),
+//! read through the client library; UFS use is counted through `/metrics`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rcache_worker::client::{CacheClient, ClientConfig, ClientError, Fallback, MembershipSource};
+use rcache_worker::cluster::{Member, MemberPorts, MemberTransport};
+
+const PAGE: u64 = 64 << 10;
+
+/// Deterministic pseudo-random bytes and ranges.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn file_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut r = Rng(seed);
+    (0..len).map(|_| r.next() as u8).collect()
+}
+
+struct Worker {
+    child: Option<Child>,
+    data: u16,
+    web: u16,
+    log: PathBuf,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Worker {
+    /// Starts a worker on `ufs` with extra properties; waits until it is ready.
+    fn start(dir: &Path, name: &str, ufs: &Path, extra: &[(&str, &str)]) -> Worker {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let props = dir.join(format!("{name}.properties"));
+        let mut text = format!(
+            "rcache.cluster.name=test\nrcache.ufs.uri=file://{}\nrcache.worker.data.port=0\n\
+             rcache.worker.web.port=0\nrcache.worker.data.bind.host=127.0.0.1\n\
+             rcache.worker.page.size=64KB\nrcache.cluster.placement.block.size=128KB\n\
+             rcache.network.rdma.data.buffer.pool.initial.size=4MB\n\
+             rcache.network.rdma.data.buffer.pool.prewarm.size=0\n\
+             rcache.network.rdma.data.buffer.pool.max.size=32MB\n\
+             rcache.worker.page.store.mem.quota=16MB\n",
+            ufs.display()
+        );
+        for (k, v) in extra {
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        std::fs::write(&props, text).expect("write props");
+        let ports = dir.join(format!("{name}.ports.json"));
+        let _ = std::fs::remove_file(&ports);
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_rcache-worker"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&props)
+            .arg("--ports-file")
+            .arg(&ports)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn rcache-worker");
+        let mut w = Worker {
+            child: Some(child),
+            data: 0,
+            web: 0,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ports)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                w.data = v["data"].as_u64().expect("data port") as u16;
+                w.web = v["web"].as_u64().expect("web port") as u16;
+                break;
+            }
+            if let Some(status) = w.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("worker {name} exited with {status}: {}", w.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {name} not ready: {}",
+                w.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn member(&self, id: &str) -> Member {
+        Member {
+            id: id.into(),
+            pod: None,
+            node: None,
+            data_address: "127.0.0.1".into(),
+            ports: MemberPorts {
+                data: self.data,
+                rdma: None,
+                web: Some(self.web),
+            },
+            transport: MemberTransport::Tcp,
+            ready: true,
+        }
+    }
+
+    fn http(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.web)).expect("connect web");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    /// A sample from `/metrics`, e.g. `rcache_cache_hits_total{tier="ssd"}`; 0 when absent.
+    fn metric(&self, sample: &str) -> f64 {
+        let text = self.http("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn ufs_bytes(&self) -> f64 {
+        self.metric("rcache_ufs_read_bytes_total")
+    }
+
+    /// Waits until a metric reaches `at_least`.
+    fn wait_metric(&self, sample: &str, at_least: f64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.metric(sample) < at_least {
+            assert!(Instant::now() < deadline, "{sample} stays below {at_least}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+async fn client(members: Vec<Member>, block_size: u64) -> CacheClient {
+    CacheClient::new(ClientConfig {
+        membership: MembershipSource::Fixed(members),
+        block_size,
+        request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+        max_request: 256 << 10,
+        ..ClientConfig::default()
+    })
+    .await
+    .expect("client")
+}
+
+fn ufs_with_file(dir: &Path, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+    let ufs = dir.join("ufs");
+    std::fs::create_dir_all(ufs.join("sub")).expect("mkdir");
+    let bytes = file_bytes(len, seed);
+    std::fs::write(ufs.join("sub/data.bin"), &bytes).expect("write");
+    (ufs, bytes)
+}
+
+async fn check_random_ranges(c: &CacheClient, bytes: &[u8], n: usize, seed: u64) {
+    let mut r = Rng(seed);
+    let total = bytes.len() as u64;
+    for _ in 0..n {
+        let off = r.below(total);
+        let len = 1 + r.below((3 * PAGE).min(total - off)) as u32;
+        let got = c.read("/sub/data.bin", off, len).await.expect("read");
+        let start = (off as usize).min(bytes.len());
+        let stop = (off as usize + len as usize).min(bytes.len());
+        assert_eq!(got.len(), stop - start, "length of {off}+{len}");
+        assert!(got[..] == bytes[start..stop], "bytes of {off}+{len}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_read_fills_from_ufs_and_hot_read_does_not_touch_it() {
+    let d = tempfile::tempdir().expect("tmp");
+    let len = (PAGE * 40 + 1234) as usize;
+    let (ufs, bytes) = ufs_with_file(d.path(), len, 7);
+    let w = Worker::start(d.path(), "w0", &ufs, &[]);
+    assert!(w.http("/healthz").contains("200 OK"));
+    assert!(w.http("/readyz").contains("200 OK"));
+    let c = client(vec![w.member("w-0")], 128 << 10).await;
+
+    let all = c
+        .read("sub/data.bin", 0, len as u32 + 100)
+        .await
+        .expect("cold read");
+    assert!(all[..] == bytes[..], "whole file");
+    assert_eq!(w.ufs_bytes(), len as f64, "cold read fills each page once");
+    assert_eq!(w.metric("rcache_cache_misses_total"), 41.0);
+
+    check_random_ranges(&c, &bytes, 200, 99).await;
+    assert_eq!(w.ufs_bytes(), len as f64, "hot reads do not touch the UFS");
+    assert_eq!(
+        w.metric("rcache_ufs_reads_total"),
+        41.0,
+        "no UFS read at all"
+    );
+    assert!(w.metric("rcache_cache_hits_total{tier=\"mem\"}") > 200.0);
+    let tail = c
+        .read("sub/data.bin", len as u64 - 10, 1000)
+        .await
+        .expect("eof");
+    assert!(tail[..] == bytes[len - 10..], "short read at EOF");
+    assert!(
+        c.read("sub/data.bin", len as u64 + 5, 10)
+            .await
+            .expect("past eof")
+            .is_empty()
+    );
+    assert!(w.metric("rcache_bytes_served_total{transport=\"tcp\"}") > len as f64);
+
+    let st = c.stat("/sub/data.bin").await.expect("stat");
+    assert_eq!(st.size, len as u64);
+    let names: Vec<String> = c
+        .list("")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec!["sub"]);
+    let e = c.stat("sub/missing").await.expect_err("missing");
+    assert!(matches!(e, ClientError::NotFound { .. }), "{e}");
+    assert_eq!(e.errno(), libc::ENOENT);
+    let e = c.read("../etc/passwd", 0, 10).await.expect_err("traversal");
+    assert_eq!(e.errno(), libc::EINVAL, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_evict_under_their_quotas() {
+    let d = tempfile::tempdir().expect("tmp");
+    let pages = 24u64;
+    let len = (PAGE * pages) as usize;
+    let (ufs, bytes) = ufs_with_file(d.path(), len, 11);
+    let ssd_quota = 8 * (PAGE + 64);
+    let w = Worker::start(
+        d.path(),
+        "w0",
+        &ufs,
+        &[
+            ("rcache.worker.page.store.mem.quota", "256KB"),
+            (
+                "rcache.worker.page.store.ssd.dir",
+                &d.path().join("ssd").display().to_string(),
+            ),
+            ("rcache.worker.page.store.ssd.quota", &ssd_quota.to_string()),
+        ],
+    );
+    let c = client(vec![w.member("w-0")], 128 << 10).await;
+    for p in 0..pages {
+        let got = c
+            .read("sub/data.bin", p * PAGE, PAGE as u32)
+            .await
+            .expect("read");
+        assert!(got[..] == bytes[(p * PAGE) as usize..((p + 1) * PAGE) as usize]);
+    }
+    w.wait_metric("rcache_cache_ssd_writes_total", pages as f64);
+    assert_eq!(w.metric("rcache_cache_pages{tier=\"mem\"}"), 4.0);
+    assert_eq!(
+        w.metric("rcache_cache_evictions_total{tier=\"mem\"}"),
+        (pages - 4) as f64
+    );
+    assert!(w.metric("rcache_cache_evictions_total{tier=\"ssd\"}") >= (pages - 8) as f64);
+    assert!(w.metric("rcache_cache_bytes{tier=\"ssd\"}") <= ssd_quota as f64);
+    let on_disk: u64 = walk(&d.path().join("ssd/pages"))
+        .iter()
+        .map(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        on_disk <= ssd_quota,
+        "{on_disk} bytes on disk over the quota {ssd_quota}"
+    );
+    // The first pages were evicted from both tiers: reading them again goes to the UFS.
+    let before = w.ufs_bytes();
+    c.read("sub/data.bin", 0, PAGE as u32).await.expect("read");
+    assert_eq!(w.ufs_bytes(), before + PAGE as f64);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_restart_serves_from_disk_and_drops_a_torn_page() {
+    let d = tempfile::tempdir().expect("tmp");
+    let pages = 12u64;
+    let len = (PAGE * pages - 100) as usize;
+    let (ufs, bytes) = ufs_with_file(d.path(), len, 23);
+    let ssd = d.path().join("ssd").display().to_string();
+    let extra = [("rcache.worker.page.store.ssd.dir", ssd.as_str())];
+    {
+        let w = Worker::start(d.path(), "w0", &ufs, &extra);
+        let c = client(vec![w.member("w-0")], 128 << 10).await;
+        let got = c.read("sub/data.bin", 0, len as u32).await.expect("cold");
+        assert!(got[..] == bytes[..]);
+        w.wait_metric("rcache_cache_ssd_writes_total", pages as f64);
+        // Drop (SIGKILL): a crash, not a graceful stop.
+    }
+    // Tear one page (as if the disk lost its tail) and leave a half-written temp file.
+    let files = walk(&d.path().join("ssd/pages"));
+    assert_eq!(files.len(), pages as usize);
+    let torn = &files[0];
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(torn)
+        .expect("open page");
+    f.set_len(f.metadata().expect("md").len() / 2)
+        .expect("truncate");
+    std::fs::write(d.path().join("ssd/tmp/half.tmp"), b"partial").expect("tmp");
+
+    let w = Worker::start(d.path(), "w0-restarted", &ufs, &extra);
+    let c = client(vec![w.member("w-0")], 128 << 10).await;
+    let got = c.read("sub/data.bin", 0, len as u32).await.expect("warm");
+    assert!(got[..] == bytes[..], "bytes after restart");
+    assert_eq!(w.metric("rcache_cache_torn_pages_dropped_total"), 1.0);
+    assert_eq!(
+        w.metric("rcache_cache_hits_total{tier=\"ssd\"}"),
+        (pages - 1) as f64
+    );
+    assert_eq!(
+        w.metric("rcache_ufs_reads_total"),
+        1.0,
+        "only the torn page is read again"
+    );
+    assert!(!d.path().join("ssd/tmp/half.tmp").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_survive_a_worker_killed_mid_loop() {
+    let d = tempfile::tempdir().expect("tmp");
+    let len = (PAGE * 64) as usize; // 4 MiB over 32 blocks of 128 KiB
+    let (ufs, bytes) = ufs_with_file(d.path(), len, 42);
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| Worker::start(d.path(), &format!("w{i}"), &ufs, &[]))
+        .collect();
+    let members: Vec<Member> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| w.member(&format!("w-{i}")))
+        .collect();
+    let c = client(members, 128 << 10).await;
+    let mut r = Rng(5);
+    for i in 0..300 {
+        if i == 100 {
+            for (n, w) in workers.iter().enumerate() {
+                assert!(
+                    w.ufs_bytes() > 0.0,
+                    "worker {n} got no blocks before the kill"
+                );
+            }
+            workers[1].kill();
+        }
+        let off = r.below(len as u64);
+        let l = 1 + r.below(400 << 10) as u32;
+        let got = c
+            .read("sub/data.bin", off, l)
+            .await
+            .unwrap_or_else(|e| panic!("read {i} ({off}+{l}) failed: {e}"));
+        let stop = (off as usize + l as usize).min(len);
+        assert!(got[..] == bytes[off as usize..stop], "read {i} bytes");
+    }
+    let served: f64 = [0, 2]
+        .iter()
+        .map(|&n| workers[n].metric("rcache_bytes_served_total{transport=\"tcp\"}"))
+        .sum();
+    assert!(served > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_ucx_port_fails_naming_the_worker_or_falls_back_to_tcp() {
+    let d = tempfile::tempdir().expect("tmp");
+    let (ufs, bytes) = ufs_with_file(d.path(), 1000, 3);
+    let w = Worker::start(d.path(), "w0", &ufs, &[]);
+    // A port nothing listens on: bind, note it, close.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut m = w.member("w-ucx");
+    m.transport = MemberTransport::Ucx;
+    m.ports.rdma = Some(closed);
+    let mk = |fallback| {
+        let m = m.clone();
+        async move {
+            CacheClient::new(ClientConfig {
+                membership: MembershipSource::Fixed(vec![m]),
+                fallback,
+                connect_timeout: Duration::from_secs(3),
+                request_timeout: Duration::from_secs(5),
+                ..ClientConfig::default()
+            })
+            .await
+            .expect("client")
+        }
+    };
+    let e = mk(Fallback::None)
+        .await
+        .read("sub/data.bin", 0, 100)
+        .await
+        .expect_err("no fallback");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("w-ucx") && msg.contains("fallback=none"),
+        "{msg}"
+    );
+    assert_eq!(e.errno(), libc::EIO);
+    let got = mk(Fallback::Tcp)
+        .await
+        .read("sub/data.bin", 0, 100)
+        .await
+        .expect("tcp fallback");
+    assert!(got[..] == bytes[..100]);
+}
+
+#[test]
+fn bad_property_stops_the_worker_naming_key_value_and_accepted_forms() {
+    let d = tempfile::tempdir().expect("tmp");
+    let props = d.path().join("p.properties");
+    std::fs::write(
+        &props,
+        "rcache.cluster.name=t\nrcache.ufs.uri=file:///tmp\nrcache.worker.page.size=12XB\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_rcache-worker"))
+        .args(["serve", "--config"])
+        .arg(&props)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rcache.worker.page.size") && err.contains("12XB"),
+        "{err}"
+    );
+    assert!(err.contains("accepted") && err.contains("MB"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_rcache-worker"))
+        .args(["serve", "--config"])
+        .arg(&props)
+        .env("RCACHE_WORKER_PAGE_SIZE", "1MB")
+        .env("RCACHE_WORKER_DATA_PORT", "http")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("RCACHE_WORKER_DATA_PORT") && err.contains("rcache.worker.data.port"),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rcache-worker"))
+        .arg("--version")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
