@@ -413,6 +413,55 @@ async fn reads_survive_a_worker_killed_mid_loop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_is_skipped_after_the_request_timeout() {
+    let d = tempfile::tempdir().expect("tmp");
+    let len = (PAGE * 32) as usize;
+    let (ufs, bytes) = ufs_with_file(d.path(), len, 8);
+    let workers: Vec<Worker> = (0..2)
+        .map(|i| Worker::start(d.path(), &format!("w{i}"), &ufs, &[]))
+        .collect();
+    let members = vec![workers[0].member("w-0"), workers[1].member("w-1")];
+    let c = CacheClient::new(ClientConfig {
+        membership: MembershipSource::Fixed(members),
+        block_size: 128 << 10,
+        request_timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_millis(300),
+        ..ClientConfig::default()
+    })
+    .await
+    .expect("client");
+    let got = c
+        .read("sub/data.bin", 0, len as u32)
+        .await
+        .expect("warm-up");
+    assert!(got[..] == bytes[..]);
+    // SIGSTOP: the process keeps its sockets open but answers nothing (a hung or slow worker).
+    let pid = workers[0].child.as_ref().expect("child").id() as i32;
+    // SAFETY: signalling a child process we started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let started = Instant::now();
+    for b in 0..16u64 {
+        let off = b * (128 << 10);
+        let got = c
+            .read("sub/data.bin", off, 128 << 10)
+            .await
+            .unwrap_or_else(|e| panic!("block {b} failed: {e}"));
+        assert!(
+            got[..] == bytes[off as usize..off as usize + (128 << 10)],
+            "block {b}"
+        );
+    }
+    // The stalled worker costs one timeout, then is asked last for `down_for` (2 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // SAFETY: as above; SIGKILL in Drop works on a stopped process too.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_ucx_port_fails_naming_the_worker_or_falls_back_to_tcp() {
     let d = tempfile::tempdir().expect("tmp");
     let (ufs, bytes) = ufs_with_file(d.path(), 1000, 3);
