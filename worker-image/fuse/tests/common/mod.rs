@@ -2,6 +2,8 @@
 //! guard around a running `rcache-fuse` process that always unmounts.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
