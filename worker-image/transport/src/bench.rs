@@ -48,6 +48,9 @@ pub struct BenchArgs {
     /// Local IP the server binds to (default: all addresses).
     #[arg(long)]
     pub local_ip: Option<IpAddr>,
+    /// Interface whose IPv4 address the server binds to (e.g. ib0); overrides --local-ip.
+    #[arg(long)]
+    pub bind_device: Option<String>,
     /// Local port of the server (0 picks a free one and prints it).
     #[arg(long, default_value_t = 20600)]
     pub local_port: u16,
@@ -186,29 +189,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn run_server(args: BenchArgs) -> anyhow::Result<()> {
+    // One registered pool: the first chunk is the read source (up to the largest payload),
+    // the others receive writes.
     let pool = BufferPool::new(PoolConfig {
         chunk_size: SERVER_MAX,
-        initial: SERVER_MAX,
+        initial: 8 * SERVER_MAX,
         prewarm: SERVER_MAX,
-        max: 2 * SERVER_MAX,
-    })?;
-    let recv_pool = BufferPool::new(PoolConfig {
-        chunk_size: 1 << 20,
-        initial: 64 << 20,
-        prewarm: 64 << 20,
-        max: 512 << 20,
+        max: 64 * SERVER_MAX,
     })?;
     let handler = Arc::new(BenchHandler::new(
         &pool,
         Duration::from_micros(args.delay_us),
     )?);
-    let ip = args.local_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let host = args.local_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let ip = crate::binding::listen_ip(args.bind_device.as_deref(), host)?;
     let addr = SocketAddr::new(ip, args.local_port);
     let opts = ServerOptions {
         pool: Some(pool.clone()),
         ..Default::default()
     };
-    let _ = recv_pool; // TODO: receive pool for writes once options carry two pools.
     let server = crate::listen(args.transport, addr, handler, opts).await?;
     println!(
         "[INFO] rcache bench server ({}) running on {} with Delay {} us. Press Ctrl+C to exit.",

@@ -64,6 +64,19 @@ pub struct UcxConfig {
     pub net_devices: Option<String>,
 }
 
+/// True when `UCX_TLS` allows shared-memory transports (unset, `all`, `sm`, `mm`, `posix`, `sysv`).
+fn tls_include_mm() -> bool {
+    match std::env::var("UCX_TLS") {
+        Err(_) => true,
+        Ok(v) => v.split(',').any(|t| {
+            matches!(
+                t.trim().trim_start_matches('^'),
+                "all" | "sm" | "shm" | "mm" | "posix" | "sysv"
+            )
+        }),
+    }
+}
+
 /// A UCP context (`ucp_init`). Features: active messages, RMA, wakeup.
 pub struct Context {
     h: sys::ucp_context_h,
@@ -86,7 +99,7 @@ impl Context {
         };
         // Pitfall 4: listener endpoints with peer error handling drop shared memory unless
         // the mm transports handle errors too. The environment wins if it says otherwise.
-        if std::env::var_os("UCX_MM_ERROR_HANDLING").is_none() {
+        if std::env::var_os("UCX_MM_ERROR_HANDLING").is_none() && tls_include_mm() {
             let s = set("MM_ERROR_HANDLING", "y");
             if s != st::UCS_OK {
                 tracing::debug!(status = %status_text(s), "UCX does not know MM_ERROR_HANDLING");

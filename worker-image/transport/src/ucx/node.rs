@@ -507,6 +507,25 @@ impl Node {
         }
     }
 
+    /// Debug aid (`RCACHE_UCX_PRINT_EP=1`): after wire-up, print the endpoint's lanes
+    /// (`ucp_ep_print_info`; `ucp_ep_query` cannot report transports before UCX 1.14).
+    fn print_ep_after_wireup(&self) {
+        let ep = match &self.st.borrow().role {
+            Role::Client { ep: Some(ep), .. } => *ep,
+            _ => return,
+        };
+        self.worker
+            .progress_until(Duration::from_millis(300), || false);
+        // SAFETY: fd 2 duplicated into a FILE that is flushed and closed here.
+        unsafe {
+            let f = libc::fdopen(libc::dup(2), c"w".as_ptr());
+            if !f.is_null() {
+                sys::ucp_ep_print_info(ep, f as *mut sys::FILE);
+                libc::fclose(f);
+            }
+        }
+    }
+
     /// Closes every endpoint (flush, then force) before the worker goes.
     fn close_all(&self) {
         let eps: Vec<usize> = match &mut self.st.borrow_mut().role {
@@ -516,10 +535,11 @@ impl Node {
         for ep in eps {
             // SAFETY: live endpoint of this worker, not used afterwards.
             let r = unsafe { ep_close(ep as sys::ucp_ep_h, false) };
-            if self
+            // A reset peer makes the flush fail: that is a close too. Force only on timeout.
+            if let Err(e) = self
                 .worker
                 .wait("ucp_ep_close_nbx", r, Duration::from_secs(2))
-                .is_err()
+                && e.status == st::UCS_ERR_TIMED_OUT
             {
                 let r = unsafe { ep_close(ep as sys::ucp_ep_h, true) };
                 let _ = self
@@ -887,6 +907,9 @@ pub(crate) async fn connect(
                 }
             }
             let _ = ready_tx.send(Ok(()));
+            if std::env::var_os("RCACHE_UCX_PRINT_EP").is_some() {
+                node.print_ep_after_wireup();
+            }
             node.run(&rx);
             node.close_all();
         })
@@ -979,5 +1002,188 @@ impl Connection for UcxConnection {
 
     fn kind(&self) -> TransportKind {
         TransportKind::Ucx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bufpool::{BufferPool, PoolConfig};
+    use crate::protocol::{DirEntry, ErrorCode, FileStat};
+    use crate::{
+        ClientOptions, Handler, Request, Response, ServerOptions, TransportKind, connect, listen,
+    };
+    use bytes::Bytes;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    struct Served {
+        pool_bytes: Bytes,
+    }
+
+    #[async_trait::async_trait]
+    impl Handler for Served {
+        async fn handle(&self, req: Request) -> Response {
+            match req {
+                Request::Ping => Response::Pong,
+                Request::BenchRead { len } => Response::Data(self.pool_bytes.slice(..len as usize)),
+                Request::BenchWrite { payload } => {
+                    if payload
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &b)| b == (i % 251) as u8)
+                    {
+                        Response::Ack
+                    } else {
+                        Response::error(ErrorCode::InvalidRequest, "payload corrupted")
+                    }
+                }
+                Request::List { .. } => {
+                    // Metadata far beyond an AM header: travels in the AM data.
+                    let st = FileStat {
+                        size: 1,
+                        is_dir: false,
+                        mode: 0o100644,
+                        mtime_ns: 0,
+                    };
+                    Response::List(
+                        (0..5000)
+                            .map(|i| DirEntry {
+                                name: format!("file-{i:05}"),
+                                stat: st.clone(),
+                            })
+                            .collect(),
+                    )
+                }
+                Request::Stat { .. } => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Response::Stat(FileStat::default())
+                }
+                Request::Read { .. } => Response::error(ErrorCode::NotFound, "no such file"),
+            }
+        }
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Server and client in one process over whatever transports UCX picks here (shared
+    /// memory and tcp); the process-level tests pin UCX_TLS.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ucx_serves_registered_memory_pipelined_large_metadata_and_async_handlers() {
+        let pool = BufferPool::new(PoolConfig {
+            chunk_size: 2 << 20,
+            initial: 8 << 20,
+            prewarm: 2 << 20,
+            max: 16 << 20,
+        })
+        .unwrap();
+        let mut c = pool.alloc().unwrap();
+        let n = c.capacity();
+        c.as_mut_slice().copy_from_slice(&pattern(n));
+        let h = Arc::new(Served {
+            pool_bytes: c.freeze(n),
+        });
+        let opts = ServerOptions {
+            pool: Some(pool.clone()),
+            ..Default::default()
+        };
+        let s = listen(TransportKind::Ucx, "127.0.0.1:0".parse().unwrap(), h, opts)
+            .await
+            .unwrap();
+        assert_ne!(s.local_addr().port(), 0);
+        let cpool = BufferPool::new(PoolConfig {
+            chunk_size: 1 << 20,
+            initial: 8 << 20,
+            prewarm: 0,
+            max: 8 << 20,
+        })
+        .unwrap();
+        let copts = ClientOptions {
+            pool: Some(cpool),
+            ..Default::default()
+        };
+        let conn = connect(TransportKind::Ucx, s.local_addr(), copts)
+            .await
+            .unwrap();
+        assert_eq!(conn.kind(), TransportKind::Ucx);
+
+        let mut tasks = Vec::new();
+        for i in 0..32usize {
+            let conn = conn.clone();
+            tasks.push(tokio::spawn(async move {
+                let len = [100, 4096, 65536, 1 << 20, (2 << 20) - 7][i % 5];
+                match conn
+                    .call(Request::BenchRead { len: len as u32 })
+                    .await
+                    .unwrap()
+                {
+                    Response::Data(d) => assert_eq!(&d[..], &pattern(len)[..], "read of {len}"),
+                    other => panic!("unexpected {other:?}"),
+                }
+                let w = Bytes::from(pattern(len));
+                assert_eq!(
+                    conn.call(Request::BenchWrite { payload: w }).await.unwrap(),
+                    Response::Ack
+                );
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        match conn.call(Request::List { path: "".into() }).await.unwrap() {
+            Response::List(v) => {
+                assert_eq!(v.len(), 5000);
+                assert_eq!(v[4999].name, "file-04999");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            conn.call(Request::Stat { path: "x".into() }).await.unwrap(),
+            Response::Stat(FileStat::default())
+        );
+        assert!(matches!(
+            conn.call(Request::Read {
+                path: "a".into(),
+                offset: 0,
+                len: 1
+            })
+            .await
+            .unwrap(),
+            Response::Error {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        ));
+        s.shutdown().await;
+        let mut failed = false;
+        for _ in 0..100 {
+            if conn.call(Request::Ping).await.is_err() {
+                failed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(failed, "calls must fail once the server is gone");
+    }
+
+    #[tokio::test]
+    async fn connecting_to_a_closed_port_fails_with_the_address() {
+        // Bind and drop a TCP listener to get a port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let opts = ClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let e = match connect(TransportKind::Ucx, addr, opts).await {
+            Ok(_) => panic!("connected to a closed port"),
+            Err(e) => e,
+        };
+        assert!(e.to_string().contains(&port.to_string()), "{e}");
     }
 }
