@@ -144,7 +144,7 @@ pub fn rdma_device_for_interface(interface: &str, sysfs: &Path) -> Result<String
         });
     }
     let ib_dir = net.join("device/infiniband");
-    for dev in list_dir(&ib_dir) {
+    if let Some(dev) = list_dir(&ib_dir).into_iter().next() {
         let by_gid = ports_naming(sysfs, &dev, interface);
         if let Some(port) = by_gid.first() {
             return Ok(format!("{dev}:{port}"));

@@ -149,7 +149,7 @@ impl BufferPool {
     /// Maps `initial` bytes (touching the first `prewarm`) and validates the sizes.
     pub fn new(cfg: PoolConfig) -> Result<BufferPool, PoolError> {
         let page = page_size();
-        if cfg.chunk_size == 0 || cfg.chunk_size % page != 0 {
+        if cfg.chunk_size == 0 || !cfg.chunk_size.is_multiple_of(page) {
             return Err(PoolError::InvalidConfig {
                 key: "rcache.worker.page.size",
                 reason: format!(
@@ -467,7 +467,7 @@ mod tests {
     #[test]
     fn pointer_outside_the_pool_has_no_region() {
         let pool = BufferPool::new(cfg(4096, 4096, 4096)).unwrap();
-        let v = vec![0u8; 10];
+        let v = [0u8; 10];
         assert!(pool.region_of(v.as_ptr(), v.len()).is_none());
     }
 }

@@ -489,11 +489,14 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// One decoded frame: header, metadata, payload.
+pub type RawFrame = (FrameHeader, Bytes, Bytes);
+/// A decode failure with the request id when the header carried one.
+pub type FrameError = (Option<u64>, CodecError);
+
 /// Splits one complete frame off the front of `buf`: header, metadata, payload. Returns `Ok(None)`
 /// when more bytes are needed. Used by tests and by tools; the TCP transport reads incrementally.
-pub fn split_frame(
-    buf: &mut BytesMut,
-) -> Result<Option<(FrameHeader, Bytes, Bytes)>, (Option<u64>, CodecError)> {
+pub fn split_frame(buf: &mut BytesMut) -> Result<Option<RawFrame>, FrameError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }

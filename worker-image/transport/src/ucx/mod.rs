@@ -317,7 +317,10 @@ impl Worker {
     }
 
     /// Waits for a request from a non-blocking call to finish (progressing), then frees it.
-    pub fn wait(
+    ///
+    /// # Safety
+    /// `req` is the untouched return value of a UCP non-blocking call on this worker.
+    pub unsafe fn wait(
         &self,
         op: &'static str,
         req: sys::ucs_status_ptr_t,

@@ -433,9 +433,11 @@ impl Node {
         for ep in dead {
             // SAFETY: endpoint of this worker, removed from the live set above.
             let r = unsafe { ep_close(ep as sys::ucp_ep_h, true) };
-            let _ = self
-                .worker
-                .wait("ucp_ep_close_nbx", r, Duration::from_secs(1));
+            // SAFETY: r is ep_close's request on this worker.
+            let _ = unsafe {
+                self.worker
+                    .wait("ucp_ep_close_nbx", r, Duration::from_secs(1))
+            };
         }
     }
 
@@ -536,15 +538,17 @@ impl Node {
             // SAFETY: live endpoint of this worker, not used afterwards.
             let r = unsafe { ep_close(ep as sys::ucp_ep_h, false) };
             // A reset peer makes the flush fail: that is a close too. Force only on timeout.
-            if let Err(e) = self
-                .worker
-                .wait("ucp_ep_close_nbx", r, Duration::from_secs(2))
-                && e.status == st::UCS_ERR_TIMED_OUT
+            // SAFETY: r is ep_close's request on this worker.
+            if let Err(e) = unsafe {
+                self.worker
+                    .wait("ucp_ep_close_nbx", r, Duration::from_secs(2))
+            } && e.status == st::UCS_ERR_TIMED_OUT
             {
                 let r = unsafe { ep_close(ep as sys::ucp_ep_h, true) };
-                let _ = self
-                    .worker
-                    .wait("ucp_ep_close_nbx(force)", r, Duration::from_secs(1));
+                let _ = unsafe {
+                    self.worker
+                        .wait("ucp_ep_close_nbx(force)", r, Duration::from_secs(1))
+                };
             }
         }
         self.fail_client("connection closed".into());
