@@ -36,10 +36,10 @@ journey_install_chart() {
 # operator makes is checked against the chart's RBAC.
 journey_sa_kubeconfig() {
   local ns=$1 sa=$2 out=$3 user token
-  kubectl config view --minify --raw --flatten >"$out"
-  user=$(kubectl --kubeconfig "$out" config view -o jsonpath='{.contexts[0].context.user}')
-  kubectl --kubeconfig "$out" config unset "users.$user" >/dev/null
-  token=$(kubectl -n "$ns" create token "$sa" --duration=2h)
+  kubectl config view --minify --raw --flatten >"$out" || return 1
+  user=$(kubectl --kubeconfig "$out" config view -o jsonpath='{.contexts[0].context.user}') || return 1
+  kubectl --kubeconfig "$out" config unset "users.$user" >/dev/null || return 1
+  token=$(kubectl -n "$ns" create token "$sa" --duration=2h) || return 1
   kubectl --kubeconfig "$out" config set-credentials "$user" --token="$token" >/dev/null
 }
 
@@ -49,7 +49,7 @@ journey_sa_kubeconfig() {
 journey_start_operator() {
   local ns=$1 rel=$2 dir=$3 i
   mkdir -p "$dir"
-  journey_sa_kubeconfig "$ns" "$rel" "$dir/sa.kubeconfig"
+  journey_sa_kubeconfig "$ns" "$rel" "$dir/sa.kubeconfig" || { jlog "no token for ServiceAccount $ns/$rel"; return 1; }
   JOURNEY_OP_PORT=$((20000 + RANDOM % 20000))
   KUBECONFIG=$dir/sa.kubeconfig POD_NAME=journey-operator-0 POD_NAMESPACE=$ns RCACHE_LEADER_ELECT=true \
     RUST_LOG=${RUST_LOG:-info} "$JOURNEY_BIN/rcache-operator" --metrics-addr "127.0.0.1:$JOURNEY_OP_PORT" \
