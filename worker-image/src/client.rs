@@ -151,11 +151,44 @@ impl From<ConfigError> for ClientError {
     }
 }
 
-/// One member's connection state.
-#[derive(Default)]
+/// One member's connection state; replaced when the member's addresses change.
 struct Slot {
+    addr: (String, u16, Option<u16>, MemberTransport),
     conn: tokio::sync::Mutex<Option<SharedConnection>>,
     down_until: Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    fn new(m: &Member) -> Slot {
+        Slot {
+            addr: (
+                m.data_address.clone(),
+                m.ports.data,
+                m.ports.rdma,
+                m.transport,
+            ),
+            conn: tokio::sync::Mutex::new(None),
+            down_until: Mutex::new(None),
+        }
+    }
+
+    fn matches(&self, m: &Member) -> bool {
+        self.addr.0 == m.data_address
+            && self.addr.1 == m.ports.data
+            && self.addr.2 == m.ports.rdma
+            && self.addr.3 == m.transport
+    }
+
+    fn is_down(&self, now: Instant) -> bool {
+        self.down_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t > now)
+    }
+
+    fn set_down(&self, until: Option<Instant>) {
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
 }
 
 struct Inner {
@@ -312,7 +345,7 @@ impl CacheClient {
             path: path.into(),
             message: e.to_string(),
         })?;
-        let owners: Vec<Member> = ring.owners(&key_path, block).into_iter().cloned().collect();
+        let owners = ring.owners(&key_path, block);
         if owners.is_empty() {
             return Err(ClientError::NoWorkers {
                 source_hint: self.inner.source_hint.clone(),
@@ -320,34 +353,26 @@ impl CacheClient {
         }
         // Members that failed recently go last, but are still tried.
         let now = Instant::now();
-        let (up, down): (Vec<_>, Vec<_>) = owners.into_iter().partition(|m| {
-            let slot = self.slot(m);
-            let d = *slot.down_until.lock().unwrap_or_else(|p| p.into_inner());
-            d.is_none_or(|t| t <= now)
-        });
+        let slots: Vec<(&Member, Arc<Slot>)> =
+            owners.into_iter().map(|m| (m, self.slot(m))).collect();
+        let order = slots
+            .iter()
+            .filter(|(_, s)| !s.is_down(now))
+            .chain(slots.iter().filter(|(_, s)| s.is_down(now)));
         let mut last = None;
-        for m in up.into_iter().chain(down) {
-            match self.attempt(&m, req.clone(), path).await {
+        for (m, slot) in order {
+            match self.attempt(m, slot, req.clone(), path).await {
                 Attempt::Done(r) => {
-                    *self
-                        .slot(&m)
-                        .down_until
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = None;
+                    slot.set_down(None);
                     return Ok(r);
                 }
                 Attempt::Final(e) => return Err(e),
                 Attempt::Next { reason, down } => {
-                    tracing::debug!(worker = %describe(&m), %reason, path, "failing over to the next owner");
+                    tracing::debug!(worker = %describe(m), %reason, path, "failing over to the next owner");
                     if down {
-                        *self
-                            .slot(&m)
-                            .down_until
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner()) =
-                            Some(Instant::now() + self.inner.cfg.down_for);
+                        slot.set_down(Some(Instant::now() + self.inner.cfg.down_for));
                     }
-                    last = Some((describe(&m), reason));
+                    last = Some((describe(m), reason));
                 }
             }
         }
@@ -360,21 +385,18 @@ impl CacheClient {
     }
 
     fn slot(&self, m: &Member) -> Arc<Slot> {
-        let key = format!(
-            "{}@{}:{}:{:?}:{:?}",
-            m.id, m.data_address, m.ports.data, m.ports.rdma, m.transport
-        );
-        self.inner
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone()
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        match slots.get(m.id.as_str()) {
+            Some(s) if s.matches(m) => s.clone(),
+            _ => {
+                let s = Arc::new(Slot::new(m));
+                slots.insert(m.id.clone(), s.clone());
+                s
+            }
+        }
     }
 
-    async fn attempt(&self, m: &Member, req: Request, path: &str) -> Attempt {
-        let slot = self.slot(m);
+    async fn attempt(&self, m: &Member, slot: &Slot, req: Request, path: &str) -> Attempt {
         let conn = {
             let mut guard = slot.conn.lock().await;
             match guard.as_ref() {

@@ -7,6 +7,7 @@
 //! - [`server`]: the transport `Handler` that serves reads, stat and list from the cache.
 //! - [`client`]: the client library (block placement, failover, TCP fallback) used by FUSE.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! - [`readbench`]: `read-bench`, reads through the client library for `scripts/bench-worker.sh`.
 
 pub mod cache;
 pub mod client;
@@ -14,5 +15,6 @@ pub mod cluster;
 pub mod config;
 pub mod hash;
 pub mod metrics;
+pub mod readbench;
 pub mod server;
 pub mod ufs;

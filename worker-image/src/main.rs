@@ -39,6 +39,8 @@ enum Cmd {
     },
     /// Transport benchmark (Alluxio rdmaBenchmark equivalent).
     Bench(rcache_transport::bench::BenchArgs),
+    /// Read a file through the client library and print ops/s, Gbps, latency percentiles.
+    ReadBench(rcache_worker::readbench::ReadBenchArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -72,6 +74,7 @@ fn main() -> std::process::ExitCode {
                 serve(cfg, ServeOptions { ports_file }).await
             }
             Cmd::Bench(args) => rcache_transport::bench::run(args).await,
+            Cmd::ReadBench(args) => rcache_worker::readbench::run(args).await,
         }
     });
     match res {

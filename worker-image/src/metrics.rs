@@ -47,6 +47,56 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(20e-6, 2.0, 20))
 }
 
+/// Request kinds with their own counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Ping,
+    Read,
+    Stat,
+    List,
+    Bench,
+}
+
+impl Op {
+    pub const ALL: [Op; 5] = [Op::Ping, Op::Read, Op::Stat, Op::List, Op::Bench];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Ping => "ping",
+            Op::Read => "read",
+            Op::Stat => "stat",
+            Op::List => "list",
+            Op::Bench => "bench",
+        }
+    }
+}
+
+/// Counters of one operation on one transport.
+#[derive(Clone)]
+pub struct OpMetrics {
+    ok: Counter,
+    error: Counter,
+    latency: Histogram,
+}
+
+/// Counters of one transport.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    bytes: Counter,
+    ops: [OpMetrics; 5],
+}
+
+impl RequestMetrics {
+    pub fn record(&self, op: Op, ok: bool, bytes: u64, took: Duration) {
+        let m = &self.ops[op as usize];
+        if ok { &m.ok } else { &m.error }.inc();
+        if bytes > 0 {
+            self.bytes.inc_by(bytes);
+        }
+        m.latency.observe(took.as_secs_f64());
+    }
+}
+
 /// The worker's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -88,24 +138,36 @@ impl Metrics {
         })
     }
 
-    pub fn record(&self, op: &str, transport: &str, ok: bool, bytes: u64, took: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                op: op.into(),
-                transport: transport.into(),
-                result: if ok { "ok" } else { "error" }.into(),
-            })
-            .inc();
-        if bytes > 0 {
-            self.bytes_served
+    /// Pre-resolved counters for one transport, so the request path does no label lookups.
+    pub fn handles(&self, transport: &str) -> RequestMetrics {
+        let op = |op: &str| {
+            let c = |result: &str| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        op: op.into(),
+                        transport: transport.into(),
+                        result: result.into(),
+                    })
+                    .clone()
+            };
+            OpMetrics {
+                ok: c("ok"),
+                error: c("error"),
+                latency: self
+                    .latency
+                    .get_or_create(&OpLabel { op: op.into() })
+                    .clone(),
+            }
+        };
+        RequestMetrics {
+            bytes: self
+                .bytes_served
                 .get_or_create(&TransportLabel {
                     transport: transport.into(),
                 })
-                .inc_by(bytes);
+                .clone(),
+            ops: Op::ALL.map(|o| op(o.name())),
         }
-        self.latency
-            .get_or_create(&OpLabel { op: op.into() })
-            .observe(took.as_secs_f64());
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -352,7 +414,8 @@ mod tests {
     #[test]
     fn request_metrics_are_exported_with_labels() {
         let m = Metrics::new(None, None);
-        m.record("read", "tcp", true, 4096, Duration::from_micros(300));
+        m.handles("tcp")
+            .record(Op::Read, true, 4096, Duration::from_micros(300));
         let text = m.encode();
         assert!(
             text.contains("rcache_bytes_served_total{transport=\"tcp\"} 4096"),

@@ -19,7 +19,7 @@ use crate::cache::{CacheError, PageAllocator, PageBufMut, PageStore, StoreConfig
 use crate::config::{
     POOL_INITIAL, POOL_MAX, POOL_PREWARM, RDMA_ENABLED, WORKER_BIND_DEVICE, WorkerConfig,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Op, RequestMetrics};
 use crate::ufs::{LocalUfs, UfsError, normalize};
 
 /// Pages in the registered pool (a pool chunk is one page).
@@ -50,9 +50,8 @@ impl PageAllocator for PoolAllocator {
 /// Serves one transport's requests from the shared store.
 pub struct WorkerHandler {
     store: Arc<PageStore>,
-    metrics: Arc<Metrics>,
+    metrics: RequestMetrics,
     bench: Option<rcache_transport::bench::BenchHandler>,
-    transport: &'static str,
 }
 
 impl WorkerHandler {
@@ -67,22 +66,18 @@ impl WorkerHandler {
             pool.and_then(|p| rcache_transport::bench::BenchHandler::new(p, Duration::ZERO).ok());
         WorkerHandler {
             store,
-            metrics,
+            metrics: metrics.handles(&transport.to_string()),
             bench,
-            transport: match transport {
-                TransportKind::Tcp => "tcp",
-                TransportKind::Ucx => "ucx",
-            },
         }
     }
 
-    async fn answer(&self, req: Request) -> (&'static str, Response) {
+    async fn answer(&self, req: Request) -> (Op, Response) {
         match req {
-            Request::Ping => ("ping", Response::Pong),
+            Request::Ping => (Op::Ping, Response::Pong),
             Request::Read { path, offset, len } => {
                 if len > MAX_PAYLOAD {
                     return (
-                        "read",
+                        Op::Read,
                         Response::error(
                             ErrorCode::TooLarge,
                             format!(
@@ -96,8 +91,8 @@ impl WorkerHandler {
                     Err(e) => Err(CacheError::Ufs(e)),
                 };
                 match res {
-                    Ok(b) => ("read", Response::Data(b)),
-                    Err(e) => ("read", cache_error(e)),
+                    Ok(b) => (Op::Read, Response::Data(b)),
+                    Err(e) => (Op::Read, cache_error(e)),
                 }
             }
             Request::Stat { path } => {
@@ -106,8 +101,8 @@ impl WorkerHandler {
                     Err(e) => Err(e),
                 };
                 match res {
-                    Ok(s) => ("stat", Response::Stat(s)),
-                    Err(e) => ("stat", ufs_error(e)),
+                    Ok(s) => (Op::Stat, Response::Stat(s)),
+                    Err(e) => (Op::Stat, ufs_error(e)),
                 }
             }
             Request::List { path } => {
@@ -116,14 +111,14 @@ impl WorkerHandler {
                     Err(e) => Err(e),
                 };
                 match res {
-                    Ok(l) => ("list", Response::List(l)),
-                    Err(e) => ("list", ufs_error(e)),
+                    Ok(l) => (Op::List, Response::List(l)),
+                    Err(e) => (Op::List, ufs_error(e)),
                 }
             }
             req @ (Request::BenchRead { .. } | Request::BenchWrite { .. }) => match &self.bench {
-                Some(b) => ("bench", b.handle(req).await),
+                Some(b) => (Op::Bench, b.handle(req).await),
                 None => (
-                    "bench",
+                    Op::Bench,
                     Response::error(
                         ErrorCode::Unsupported,
                         "this worker has no buffer pool for bench requests",
@@ -155,8 +150,7 @@ impl Handler for WorkerHandler {
             Response::Error { .. } => (false, 0),
             _ => (true, 0),
         };
-        self.metrics
-            .record(op, self.transport, ok, bytes, start.elapsed());
+        self.metrics.record(op, ok, bytes, start.elapsed());
         resp
     }
 }
