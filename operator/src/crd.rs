@@ -255,8 +255,8 @@ pub struct SecretRef {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.mode != 'rdma' || self.hostNetwork || has(self.rdma.resourceName)").message("spec.network: mode rdma needs spec.network.rdma.resourceName (an RDMA device-plugin resource such as rdma/hca_shared_devices_a) or spec.network.hostNetwork: true"),
-    validation = Rule::new("self.mode != 'ipoib' || self.hostNetwork || size(self.attachments) > 0").message("spec.network: mode ipoib needs spec.network.attachments (an IPoIB NetworkAttachmentDefinition) or spec.network.hostNetwork: true"),
-    validation = Rule::new("!self.hostNetwork || size(self.attachments) == 0").message("spec.network.attachments must be empty when spec.network.hostNetwork is true (Multus does not attach host-network pods)")
+    validation = Rule::new("self.mode != 'ipoib' || self.hostNetwork || (has(self.attachments) && size(self.attachments) > 0)").message("spec.network: mode ipoib needs spec.network.attachments (an IPoIB NetworkAttachmentDefinition) or spec.network.hostNetwork: true"),
+    validation = Rule::new("!self.hostNetwork || !has(self.attachments) || size(self.attachments) == 0").message("spec.network.attachments must be empty when spec.network.hostNetwork is true (Multus does not attach host-network pods)")
 )]
 pub struct NetworkSpec {
     /// Transport mode: rdma (data over UCX on InfiniBand/RoCE), ipoib (TCP over an IPoIB
@@ -591,7 +591,6 @@ impl Default for OpenStatusCache {
         }
     }
 }
-
 
 impl Default for RdmaSpec {
     fn default() -> Self {

@@ -201,16 +201,7 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
     };
     let network = network_condition(o);
     let network_ok = network.status == "True";
-    let not_ready: Vec<&str> = [
-        (&workers, workers_ok),
-        (&fuse, fuse_ok),
-        (&network, network_ok),
-    ]
-    .iter()
-    .filter(|(_, ok)| !ok)
-    .map(|(c, _)| c.type_.as_str())
-    .collect();
-    let ready = if not_ready.is_empty() {
+    let ready = if workers_ok && fuse_ok && network_ok {
         cond(
             READY,
             true,
@@ -218,16 +209,23 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
             "workers, FUSE and network are ready".to_string(),
         )
     } else {
-        let first = [&network, &workers, &fuse]
+        let failing: Vec<&ClusterCondition> = [&network, &workers, &fuse]
             .into_iter()
-            .find(|c| c.status == "False")
+            .filter(|c| c.status == "False")
+            .collect();
+        let first = failing
+            .first()
             .map(|c| c.reason.clone())
             .unwrap_or_default();
+        let details: Vec<String> = failing
+            .iter()
+            .map(|c| format!("{}: {}", c.type_, c.message))
+            .collect();
         cond(
             READY,
             false,
             &first,
-            format!("not ready: {}", not_ready.join(", ")),
+            format!("not ready: {}", details.join("; ")),
         )
     };
     let progressing = if o.rollout_pending || !workers_ok || !fuse_ok {
