@@ -44,12 +44,15 @@ journey_sa_kubeconfig() {
 }
 
 # journey_start_operator <namespace> <release> <workdir>: runs target's rcache-operator as a host
-# process with the ServiceAccount kubeconfig; sets JOURNEY_OP_PID and JOURNEY_OP_PORT; waits for
+# process with a kubeconfig of the release Deployment's ServiceAccount; sets JOURNEY_OP_PID and JOURNEY_OP_PORT; waits for
 # /readyz. Log: <workdir>/operator.log
 journey_start_operator() {
   local ns=$1 rel=$2 dir=$3 i
   mkdir -p "$dir"
-  journey_sa_kubeconfig "$ns" "$rel" "$dir/sa.kubeconfig" || { jlog "no token for ServiceAccount $ns/$rel"; return 1; }
+  local sa
+  sa=$(kubectl -n "$ns" get deployments -l "app.kubernetes.io/instance=$rel" \
+    -o jsonpath='{.items[0].spec.template.spec.serviceAccountName}')
+  journey_sa_kubeconfig "$ns" "$sa" "$dir/sa.kubeconfig" || { jlog "no token for ServiceAccount $ns/$sa"; return 1; }
   JOURNEY_OP_PORT=$((20000 + RANDOM % 20000))
   KUBECONFIG=$dir/sa.kubeconfig POD_NAME=journey-operator-0 POD_NAMESPACE=$ns RCACHE_LEADER_ELECT=true \
     RUST_LOG=${RUST_LOG:-info} "$JOURNEY_BIN/rcache-operator" --metrics-addr "127.0.0.1:$JOURNEY_OP_PORT" \
