@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Operator suite: builds rcache-operator, installs the CacheCluster CRD, runs the operator as a
+# local process against the cluster (leader election on a Lease in a throwaway namespace), then
+#  1. runs the Rust cluster tests (e2e/tests/operator.rs: bad specs refused with their messages,
+#     children, Ready via kwok, NetworkAttachmentNotFound, ResourceNotAllocatable, scaling,
+#     deletion) with RCACHE_E2E=1;
+#  2. checks `kubectl explain` and the `kubectl get rcc` columns;
+#  3. restarts the operator and proves no child's resourceVersion changed;
+#  4. checks /healthz, /readyz, /metrics and a graceful SIGTERM (Lease released, exit 0).
+. "$(dirname "$0")/../lib.sh"
+repo=$(cd "$E2E_DIR/.." && pwd)
+target=${CARGO_TARGET_DIR:-$repo/target}
+op_bin=$target/debug/rcache-operator
+
+e2e_log "building rcache-operator"
+(cd "$repo" && cargo build -q -p rcache-operator --bins)
+(cd "$repo" && cargo test -q -p rcache-e2e --test operator --no-run 2>/dev/null) || true
+
+kubectl apply -f "$repo/crds/cacheclusters.rcache.io.yaml" >/dev/null
+check "CacheCluster CRD is Established" wait_for 30 crd_established cacheclusters.rcache.io
+
+lease_ns=$(e2e_ns_create op-lease)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+base=http://127.0.0.1:$port
+op_log=$E2E_TMP/operator.log
+op_pid=
+
+start_operator() {
+  "$op_bin" --metrics-addr "127.0.0.1:$port" --leader-election-namespace "$lease_ns" \
+    --lease-name rcache-operator-e2e >>"$op_log" 2>&1 &
+  op_pid=$!
+  echo "$op_pid" >"$E2E_TMP/operator.pid"
+}
+# stop_operator: SIGTERM, wait up to 20s (then SIGKILL); sets op_rc to the exit status.
+op_rc=
+stop_operator() {
+  local pid=$op_pid
+  op_rc=none
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  op_rc=0
+  wait "$pid" 2>/dev/null || op_rc=$?
+  op_pid=
+}
+# On any exit, stop the operator this suite started (by its pid only).
+e2e_on_exit "[ -f '$E2E_TMP/operator.pid' ] && kill -TERM \$(cat '$E2E_TMP/operator.pid') 2>/dev/null; sleep 1"
+leader() { curl -fsS "$base/metrics" | grep -q '^rcache_operator_leader 1'; }
+reconciled() { curl -fsS "$base/metrics" | grep -Eq '^rcache_operator_reconciles_total\{result="ok"\} [1-9]'; }
+
+start_operator
+check "operator /readyz answers" wait_for 60 curl -fsS "$base/readyz"
+check "operator becomes leader" wait_for 60 leader
+
+# 1. Rust cluster tests.
+e2e_log "cargo test -p rcache-e2e --test operator (RCACHE_E2E=1)"
+if (cd "$repo" && RCACHE_E2E=1 cargo test -q -p rcache-e2e --test operator) >"$E2E_TMP/cargo-test.log" 2>&1; then
+  pass "operator cluster tests ($(grep -Eo '[0-9]+ passed' "$E2E_TMP/cargo-test.log" | tail -1))"
+else
+  fail "operator cluster tests" "$(tail -n 60 "$E2E_TMP/cargo-test.log")" "operator log tail:" "$(tail -n 20 "$op_log")"
+fi
+
+# 2. kubectl views.
+ns=$(e2e_ns_create op)
+cat >"$E2E_TMP/demo.yaml" <<'EOF'
+apiVersion: rcache.io/v1alpha1
+kind: CacheCluster
+metadata: {name: demo}
+spec:
+  ufs: {uri: 'file:///data'}
+  worker: {replicas: 2}
+EOF
+check "sample CacheCluster applies" wait_for 15 kubectl -n "$ns" apply -f "$E2E_TMP/demo.yaml"
+check "sample CacheCluster turns Ready" wait_for 90 \
+  kubectl -n "$ns" wait --for=condition=Ready --timeout=5s cachecluster/demo
+assert_eq "kubectl get rcc columns" "NAME READY WORKERS FUSE TRANSPORT AGE" \
+  "$(kubectl -n "$ns" get rcc | head -1 | tr -s ' ')"
+assert_contains "kubectl get rcc row" "demo True 2/2 3/3 tcp" "$(kubectl -n "$ns" get rcc demo --no-headers | tr -s ' ')"
+assert_contains "kubectl explain spec.network documents mode" "Transport mode: rdma" \
+  "$(kubectl explain cachecluster.spec.network 2>&1 | tr -s ' \n' ' ')"
+assert_contains "kubectl explain documents the attachment interface" "Interface name inside the pod" \
+  "$(kubectl explain cachecluster.spec.network.attachments.interface 2>&1 | tr -s ' \n' ' ')"
+assert_contains "kubectl explain documents the buffer pool" "prewarm" \
+  "$(kubectl explain cachecluster.spec.network.rdma.bufferPool 2>&1)"
+
+# 3. Restarting the operator changes no child's resourceVersion (server-side apply of an
+#    unchanged spec is a no-op; status is not rewritten when unchanged).
+versions() {
+  kubectl -n "$ns" get configmap,service,statefulset,daemonset,poddisruptionbudget,cachecluster \
+    -l app.kubernetes.io/instance=demo -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}={.metadata.resourceVersion}{"\n"}{end}'
+  kubectl -n "$ns" get cachecluster demo -o jsonpath='CacheCluster/demo={.metadata.resourceVersion}{"\n"}'
+}
+# Wait until nothing changes for 3s (controllers finish their status updates first), so a
+# difference afterwards can only come from the restarted operator.
+stable_versions() {
+  local prev cur
+  prev=$(versions)
+  for _ in $(seq 1 10); do
+    sleep 3
+    cur=$(versions)
+    [ "$cur" = "$prev" ] && { echo "$cur"; return 0; }
+    prev=$cur
+  done
+  echo "$cur"
+}
+before=$(stable_versions)
+stop_operator
+assert_eq "graceful stop exits 0" 0 "$op_rc"
+assert_contains "Lease released on SIGTERM" "released leader Lease" "$(cat "$op_log")"
+start_operator
+check "restarted operator becomes leader" wait_for 60 leader
+check "restarted operator reconciled" wait_for 60 reconciled
+sleep 5
+after=$(versions)
+assert_eq "children's resourceVersions unchanged after restart" "$before" "$after"
+if [ "$(grep -c . <<<"$before")" -ge 6 ]; then pass "restart check covered 6+ objects"; else fail "restart check covered 6+ objects" "$before"; fi
+
+# 4. Endpoints.
+assert_eq "/healthz" ok "$(curl -fsS "$base/healthz")"
+assert_contains "/metrics has reconcile counters" "rcache_operator_reconcile_duration_seconds" "$(curl -fsS "$base/metrics")"
+check "Events recorded on the CacheCluster" bash -c \
+  "kubectl -n $ns get events --field-selector involvedObject.name=demo -o name | grep -q ."
+stop_operator
+assert_eq "final graceful stop exits 0" 0 "$op_rc"
+rm -f "$E2E_TMP/operator.pid"
+
+e2e_finish
