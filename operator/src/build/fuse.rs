@@ -181,6 +181,16 @@ mod tests {
     }
 
     #[test]
+    fn fuse_container_runs_rcache_fuse_mount_with_the_properties_file() {
+        let p = pod("ufs: {uri: 'file:///data'}");
+        let cmd = p.containers[0].command.clone().unwrap();
+        assert_eq!(
+            cmd[2],
+            "exec rcache-fuse mount --config /etc/rcache/rcache.properties"
+        );
+    }
+
+    #[test]
     fn pre_stop_unmounts_lazily_and_drains_within_the_grace_period() {
         let p = pod("ufs: {uri: 'file:///data'}");
         let cmd = p.containers[0]

@@ -276,6 +276,10 @@ mod tests {
         let c = &spec.template.spec.unwrap().containers[0];
         assert_eq!(c.image.as_deref(), Some("r/x:1"));
         assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(
+            c.command.as_ref().unwrap()[2],
+            "exec rcache-worker serve --config /etc/rcache/rcache.properties"
+        );
     }
 
     #[test]
