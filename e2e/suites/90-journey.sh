@@ -19,6 +19,7 @@ rel=rcache
 sys=$(e2e_ns_create rcache-system)
 app=$(e2e_ns_create journey)
 e2e_on_exit "kubectl delete crd $crd --ignore-not-found --wait=false"
+e2e_on_exit "helm uninstall $rel -n $sys --wait --timeout 60s"
 e2e_on_exit "kubectl -n $app get $crd -o name | xargs -r kubectl -n $app patch --type=merge -p '{\"metadata\":{\"finalizers\":null}}'"
 e2e_on_exit "podsim_cleanup"
 e2e_on_exit "journey_stop_operator"
