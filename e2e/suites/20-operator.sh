@@ -121,8 +121,27 @@ assert_eq "/healthz" ok "$(curl -fsS "$base/healthz")"
 assert_contains "/metrics has reconcile counters" "rcache_operator_reconcile_duration_seconds" "$(curl -fsS "$base/metrics")"
 check "Events recorded on the CacheCluster" bash -c \
   "kubectl -n $ns get events --field-selector involvedObject.name=demo -o name | grep -q ."
+
+# 5. Leader election: a second replica waits while the first holds the Lease and takes over
+#    once the first stops (it releases the Lease on SIGTERM).
+port2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$op_bin" --metrics-addr "127.0.0.1:$port2" --leader-election-namespace "$lease_ns" \
+  --lease-name rcache-operator-e2e >>"$E2E_TMP/operator2.log" 2>&1 &
+op2_pid=$!
+e2e_on_exit "kill -TERM $op2_pid 2>/dev/null; sleep 1"
+check "second replica is ready" wait_for 60 curl -fsS "http://127.0.0.1:$port2/readyz"
+sleep 4
+assert_eq "second replica stands by while the first leads" "rcache_operator_leader 0" \
+  "$(curl -fsS "http://127.0.0.1:$port2/metrics" | grep '^rcache_operator_leader ')"
 stop_operator
 assert_eq "final graceful stop exits 0" 0 "$op_rc"
 rm -f "$E2E_TMP/operator.pid"
+check "second replica takes over the Lease" wait_for 30 \
+  bash -c "curl -fsS http://127.0.0.1:$port2/metrics | grep -q '^rcache_operator_leader 1'"
+assert_contains "Lease holder is the second replica" "_$op2_pid" \
+  "$(kubectl -n "$lease_ns" get lease rcache-operator-e2e -o jsonpath='{.spec.holderIdentity}')"
+kill -TERM "$op2_pid"
+rc2=0; wait "$op2_pid" || rc2=$?
+assert_eq "second replica stops gracefully" 0 "$rc2"
 
 e2e_finish

@@ -26,17 +26,18 @@ struct Args {
     watch_namespace: Option<String>,
 }
 
+/// Lease identity: the pod name in a cluster (unique per replica); elsewhere hostname plus pid,
+/// so two local processes never share an identity (and so never both believe they lead).
 fn identity() -> String {
-    std::env::var("POD_NAME")
+    if let Some(pod) = std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()) {
+        return pod;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
         .ok()
         .filter(|s| !s.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|s| s.trim().to_string())
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("rcache-operator-{}", std::process::id()))
+        .unwrap_or_else(|| "rcache-operator".to_string());
+    format!("{host}_{}", std::process::id())
 }
 
 #[tokio::main]
