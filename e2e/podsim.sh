@@ -53,9 +53,9 @@ podsim_netns() {
 # Writes what Multus writes after attaching the secondary network (a stand-in for Multus).
 podsim_annotate_network_status() {
   local ns=$1 pod=$2 nad=$3 ifname=$4 ip=$5 status
-  status=$(jq -cn --arg nad "$nad" --arg if "$ifname" --arg ip "$ip" \
+  status=$(jq -cn --arg nad "$nad" --arg ifn "$ifname" --arg ip "$ip" \
     '[{"name":"cbr0","interface":"eth0","ips":[],"default":true},
-      {"name":$nad,"interface":$if,"ips":[$ip],"dns":{}}]')
+      {"name":$nad,"interface":$ifn,"ips":[$ip],"dns":{}}]')
   kubectl -n "$ns" annotate pod "$pod" --overwrite "k8s.v1.cni.cncf.io/network-status=$status" >/dev/null
 }
 

@@ -53,8 +53,11 @@ check "2 worker pods Ready (kwok)" wait_for 90 pods_ready "$app" "app.kubernetes
 sts=$(kubectl -n "$app" get statefulset ipoib-worker -o json)
 assert_contains "worker pods carry the Multus annotation with the interface" '"interface":"ib0"' \
   "$(jq -r '.spec.template.metadata.annotations["k8s.v1.cni.cncf.io/networks"]' <<<"$sts" | tr -d ' ')"
-assert_contains "worker container has IPC_LOCK" IPC_LOCK \
-  "$(jq -c '.spec.template.spec.containers[0].securityContext.capabilities.add' <<<"$sts")"
+rdma=$(kubectl -n "$app" get statefulset rdma-ib-worker -o json)
+assert_contains "rdma sample: worker container has IPC_LOCK" IPC_LOCK \
+  "$(jq -c '.spec.template.spec.containers[0].securityContext.capabilities.add' <<<"$rdma")"
+assert_contains "rdma sample: device-plugin resource in limits" nvidia.com/mlnxnics \
+  "$(jq -c '.spec.template.spec.containers[0].resources.limits' <<<"$rdma")"
 props=$(kubectl -n "$app" get configmap ipoib-properties -o jsonpath='{.data.rcache\.properties}')
 assert_contains "properties bind the worker data path to ib0" "rcache.worker.data.bind.device=ib0" "$props"
 assert_contains "properties bind the client data path to ib0" "rcache.user.network.data.bind.device=ib0" "$props"
