@@ -466,7 +466,9 @@ impl Node {
                 continue;
             }
             if idle.elapsed() < spin {
-                std::hint::spin_loop();
+                // Yield rather than burn the core: on small machines the thread that must run
+                // next (the caller's tokio worker, the peer) may be waiting for this CPU.
+                std::thread::yield_now();
                 continue;
             }
             match self.worker.arm() {

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Transport benchmark (not a test): measures the limits of this machine and rcache's `bench` in
+# the same run and prints each rcache figure as a ratio of its limit.
+#   limits: ucx_perftest ucp_am_bw 1 MiB and tag_lat 4 KiB (same UCX_TLS, UCX_NET_DEVICES=lo),
+#           iperf3 -l 1M on loopback
+#   rcache: bench stress-read 1 MiB over ucx/tcp, ucx/shared memory and tcp; latency 4 KiB
+# Targets (issue 4): stress-read 1 MiB >= 0.90 x ucp_am_bw over tcp, >= 0.85 over shared memory,
+# tcp stress-read 1 MiB >= 0.90 x iperf3, latency 4 KiB P50 <= 1.5 x tag_lat.
+# Env: DURATION (s per measurement, default 5), RCACHE_BENCH_BIN (prebuilt bench binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+BIN=${RCACHE_BENCH_BIN:-}
+if [[ -z "$BIN" ]]; then
+  cargo build --release -q -p rcache-transport --bin rcache-transport-bench
+  BIN=$CARGO_TARGET_DIR/release/rcache-transport-bench
+fi
+for t in ucx_perftest iperf3 jq; do
+  command -v "$t" >/dev/null || { echo "missing $t: run scripts/install-deps.sh" >&2; exit 1; }
+done
+
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# perftest TLS TEST SIZE ITERS -> prints the "Final:" line's fields
+perftest() {
+  local tls=$1 test=$2 size=$3 iters=$4 port
+  port=$(free_port)
+  UCX_TLS=$tls UCX_NET_DEVICES=lo ucx_perftest -p "$port" >"$TMP/pt-server.log" 2>&1 &
+  local spid=$!
+  sleep 1
+  UCX_TLS=$tls UCX_NET_DEVICES=lo timeout 120 ucx_perftest 127.0.0.1 -p "$port" -t "$test" -s "$size" \
+    -n "$iters" -w $((iters / 10)) >"$TMP/pt-client.log" 2>&1 || { tail -5 "$TMP/pt-client.log" >&2; return 1; }
+  wait "$spid" 2>/dev/null || true
+  grep '^Final:' "$TMP/pt-client.log" | tail -1
+}
+# Final: iters typical_lat avg_lat overall_lat avg_bw overall_bw avg_mr overall_mr
+am_bw_gbs() { perftest "$1" ucp_am_bw 1048576 "$2" | awk '{printf "%.3f", $7/1000*1.048576}'; }  # MB/s (2^20) -> GB/s
+tag_lat_us() { perftest "$1" tag_lat 4096 "$2" | awk '{printf "%.2f", $3}'; }
+
+iperf_gbs() {
+  local port
+  port=$(free_port)
+  iperf3 -s -1 -p "$port" >"$TMP/iperf-server.log" 2>&1 &
+  sleep 0.5
+  iperf3 -c 127.0.0.1 -p "$port" -l 1M -t "$DURATION" -J >"$TMP/iperf.json"
+  jq '.end.sum_received.bits_per_second / 8 / 1e9' "$TMP/iperf.json" | awk '{printf "%.3f", $1}'
+}
+
+# bench_run TRANSPORT CASE PAYLOAD [ENV...] -> JSON report path
+bench_run() {
+  local transport=$1 case=$2 payload=$3; shift 3
+  local log=$TMP/server-$transport-$RANDOM.log
+  env "$@" "$BIN" --mode server --transport "$transport" --local-ip 127.0.0.1 --local-port 0 >"$log" 2>&1 &
+  local spid=$!
+  PIDS+=("$spid")
+  local addr=""
+  for _ in $(seq 100); do
+    addr=$(grep -o 'running on [0-9.:]*' "$log" | awk '{print $3}' || true)
+    [[ -n "$addr" ]] && break
+    sleep 0.1
+  done
+  [[ -n "$addr" ]] || { cat "$log" >&2; return 1; }
+  local out=$TMP/bench-$transport-$case-$RANDOM.json
+  env "$@" timeout 300 "$BIN" --mode client --transport "$transport" --remote-ip "${addr%:*}" --remote-port "${addr##*:}" \
+    --case "$case" --payloads "$payload" --duration "$DURATION" --json >"$out" 2>"$out.log" || { cat "$out.log" >&2; return 1; }
+  kill "$spid" 2>/dev/null || true
+  wait "$spid" 2>/dev/null || true
+  echo "$out"
+}
+stress_read_gbs() { jq '.stress[0].bytes_per_sec / 1e9' "$(bench_run "$@")" | awk '{printf "%.3f", $1}'; }
+latency_p50_us() { jq '[.latency[] | select(.op=="read")][0].p50_us' "$(bench_run "$@")" | awk '{printf "%.2f", $1}'; }
+
+UCX_TCP=(UCX_TLS=tcp UCX_NET_DEVICES=lo)
+# Shared memory: posix carries the active messages; UCX's client/server wire-up needs tcp too.
+# CMA has no peer error handling on UCX 1.13, so rendezvous uses cma only in error mode NONE.
+SHM_TLS=posix,cma,self,tcp
+UCX_SHM=(UCX_TLS=$SHM_TLS UCX_NET_DEVICES=lo RCACHE_UCX_ERROR_MODE=${SHM_ERROR_MODE:-none})
+
+echo "== limits" >&2
+L_AM_TCP=$(am_bw_gbs tcp 4000)
+L_AM_SHM=$(am_bw_gbs "$SHM_TLS" 10000)
+L_LAT_TCP=$(tag_lat_us tcp 20000)
+L_LAT_SHM=$(tag_lat_us "$SHM_TLS" 20000)
+L_IPERF=$(iperf_gbs)
+echo "== rcache bench" >&2
+R_UCX_TCP=$(stress_read_gbs ucx stress-read 1048576 "${UCX_TCP[@]}")
+R_UCX_SHM=$(stress_read_gbs ucx stress-read 1048576 "${UCX_SHM[@]}")
+R_TCP=$(stress_read_gbs tcp stress-read 1048576)
+R_LAT_UCX_TCP=$(latency_p50_us ucx latency 4096 "${UCX_TCP[@]}")
+R_LAT_UCX_SHM=$(latency_p50_us ucx latency 4096 "${UCX_SHM[@]}")
+R_LAT_TCP=$(latency_p50_us tcp latency 4096)
+
+row() { # name rcache unit limit-name limit op target
+  awk -v n="$1" -v r="$2" -v u="$3" -v ln="$4" -v l="$5" -v op="$6" -v t="$7" 'BEGIN {
+    ratio = (l > 0) ? r / l : 0
+    ok = (op == ">=") ? (ratio >= t) : (ratio <= t)
+    printf "| %-34s | %9.2f %-4s | %-30s | %9.2f | %6.2f | %s %.2f %s |\n", n, r, u, ln, l, ratio, op, t, ok ? "ok" : "MISS" }'
+}
+echo
+echo "| rcache measure                     |  rcache        | limit                          |     limit |  ratio | target       |"
+echo "| ---------------------------------- | -------------- | ------------------------------ | --------- | ------ | ------------ |"
+row "stress-read 1 MiB, ucx (UCX_TLS=tcp)" "$R_UCX_TCP" GB/s "ucp_am_bw 1 MiB, tcp" "$L_AM_TCP" ">=" 0.90
+row "stress-read 1 MiB, ucx ($SHM_TLS)" "$R_UCX_SHM" GB/s "ucp_am_bw 1 MiB, $SHM_TLS" "$L_AM_SHM" ">=" 0.85
+row "stress-read 1 MiB, tcp" "$R_TCP" GB/s "iperf3 -l 1M" "$L_IPERF" ">=" 0.90
+row "latency read 4 KiB P50, ucx (tcp)" "$R_LAT_UCX_TCP" us "tag_lat 4 KiB, tcp" "$L_LAT_TCP" "<=" 1.5
+row "latency read 4 KiB P50, ucx (shm)" "$R_LAT_UCX_SHM" us "tag_lat 4 KiB, $SHM_TLS" "$L_LAT_SHM" "<=" 1.5
+row "latency read 4 KiB P50, tcp" "$R_LAT_TCP" us "tag_lat 4 KiB, tcp" "$L_LAT_TCP" "<=" 1.5
+echo
+echo "tag_lat is ucx_perftest's one-way figure (half a busy-polled 4 KiB ping-pong); rcache's P50 is a"
+echo "whole request/response round trip (small request, 4 KiB reply) through the Connection API."
+echo "(machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), UCX $(ucx_info -v | sed -n 's/.*version=\([^ ]*\).*/\1/p' | head -1))"
