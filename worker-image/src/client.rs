@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use rcache_transport::{
-    ClientOptions, DirEntry, ErrorCode, FileStat, Request, Response, SharedConnection,
-    TransportKind,
+    BufferPool, ClientOptions, DirEntry, ErrorCode, FileStat, PoolConfig, Request, Response,
+    SharedConnection, TransportKind,
 };
 
 use crate::cluster::{Member, MemberTransport, MembershipWatch};
@@ -58,6 +58,9 @@ pub struct ClientConfig {
     pub parallel: usize,
     /// A member that failed is asked last for this long.
     pub down_for: Duration,
+    /// Pool that received payloads land in (registered with UCX; reused, so large reads do not
+    /// fault fresh heap pages in). `None`: the heap.
+    pub receive_pool: Option<PoolConfig>,
 }
 
 impl Default for ClientConfig {
@@ -71,6 +74,12 @@ impl Default for ClientConfig {
             max_request: 4 << 20,
             parallel: 8,
             down_for: Duration::from_secs(2),
+            receive_pool: Some(PoolConfig {
+                chunk_size: 4 << 20,
+                initial: 16 << 20,
+                prewarm: 0,
+                max: 256 << 20,
+            }),
         }
     }
 }
@@ -196,6 +205,7 @@ struct Inner {
     members: MembershipWatch,
     source_hint: String,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    pool: Option<BufferPool>,
 }
 
 /// A handle to the cache cluster; cheap to clone, safe to share.
@@ -237,8 +247,16 @@ impl CacheClient {
                 format!("{} (rcache.cluster.membership.file)", path.display()),
             ),
         };
+        let pool = match &cfg.receive_pool {
+            Some(p) => Some(
+                BufferPool::new(*p)
+                    .map_err(|e| ClientError::Config(format!("client receive pool: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(CacheClient {
             inner: Arc::new(Inner {
+                pool,
                 cfg,
                 members,
                 source_hint,
@@ -351,28 +369,34 @@ impl CacheClient {
                 source_hint: self.inner.source_hint.clone(),
             });
         }
-        // Members that failed recently go last, but are still tried.
-        let now = Instant::now();
+        // Members that failed recently go last, but are still tried. When every owner failed,
+        // one more round after a short pause rides out a blip (a restart, a loaded machine).
         let slots: Vec<(&Member, Arc<Slot>)> =
             owners.into_iter().map(|m| (m, self.slot(m))).collect();
-        let order = slots
-            .iter()
-            .filter(|(_, s)| !s.is_down(now))
-            .chain(slots.iter().filter(|(_, s)| s.is_down(now)));
         let mut last = None;
-        for (m, slot) in order {
-            match self.attempt(m, slot, req.clone(), path).await {
-                Attempt::Done(r) => {
-                    slot.set_down(None);
-                    return Ok(r);
-                }
-                Attempt::Final(e) => return Err(e),
-                Attempt::Next { reason, down } => {
-                    tracing::debug!(worker = %describe(m), %reason, path, "failing over to the next owner");
-                    if down {
-                        slot.set_down(Some(Instant::now() + self.inner.cfg.down_for));
+        for round in 0..2 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let now = Instant::now();
+            let order = slots
+                .iter()
+                .filter(|(_, s)| !s.is_down(now))
+                .chain(slots.iter().filter(|(_, s)| s.is_down(now)));
+            for (m, slot) in order {
+                match self.attempt(m, slot, req.clone(), path).await {
+                    Attempt::Done(r) => {
+                        slot.set_down(None);
+                        return Ok(r);
                     }
-                    last = Some((describe(m), reason));
+                    Attempt::Final(e) => return Err(e),
+                    Attempt::Next { reason, down } => {
+                        tracing::debug!(worker = %describe(m), %reason, path, "failing over to the next owner");
+                        if down {
+                            slot.set_down(Some(Instant::now() + self.inner.cfg.down_for));
+                        }
+                        last = Some((describe(m), reason));
+                    }
                 }
             }
         }
@@ -456,6 +480,7 @@ impl CacheClient {
         let opts = ClientOptions {
             connect_timeout: self.inner.cfg.connect_timeout,
             request_timeout: Some(self.inner.cfg.request_timeout),
+            pool: self.inner.pool.clone(),
             ..ClientOptions::default()
         };
         let tcp_addr = resolve(m, m.ports.data).await?;

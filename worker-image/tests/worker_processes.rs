@@ -424,8 +424,8 @@ async fn a_stalled_worker_is_skipped_after_the_request_timeout() {
     let c = CacheClient::new(ClientConfig {
         membership: MembershipSource::Fixed(members),
         block_size: 128 << 10,
-        request_timeout: Duration::from_millis(300),
-        connect_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_millis(1000),
+        connect_timeout: Duration::from_millis(1000),
         ..ClientConfig::default()
     })
     .await
