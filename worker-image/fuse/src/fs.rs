@@ -327,6 +327,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         let Some(file) = lock(&self.shared.files).get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
+        tracing::trace!(fh = fh.0, offset, size, "read");
         self.rt.spawn(async move {
             match file.read(offset, size).await {
                 Ok(data) => reply.data(&data),

@@ -276,6 +276,12 @@ impl MountedFs {
                 tracing::warn!(mount_point = %mp.display(), "mount busy; detaching lazily");
                 lazy_unmount(&mp).with_context(|| format!("cannot unmount {}", mp.display()))
             }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {
+                // Already detached (the DaemonSet's preStop runs `umount -l`); files still open
+                // lose their mount when we exit.
+                tracing::info!(mount_point = %mp.display(), "already unmounted");
+                Ok(())
+            }
             Err(e) => Err(e).with_context(|| format!("cannot unmount {}", mp.display())),
         }
     }

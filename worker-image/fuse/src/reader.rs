@@ -157,9 +157,10 @@ impl<S: FileSource> OpenFile<S> {
         let parts: Option<Vec<(u64, Arc<Part>)>> = {
             let mut w = self.lock();
             let window_bytes = ps * (self.policy.max_parts as u64 + 1);
-            // Concurrent kernel readahead requests arrive slightly out of order, so "sequential"
-            // means: starts within the prefetch window behind the frontier or one part past it.
-            let sequential = offset <= w.frontier + ps
+            // Concurrent kernel readahead requests arrive out of order (several threads, and
+            // the kernel issues its whole readahead window at once), so "sequential" means:
+            // starts within one prefetch window of the frontier, behind or ahead.
+            let sequential = offset <= w.frontier + window_bytes
                 && offset + window_bytes >= w.frontier
                 && (w.frontier > 0 || offset == 0);
             w.sequential = sequential;
@@ -353,6 +354,27 @@ mod tests {
         assert_eq!(&b[..], &expect(10 * PS, 10 * PS + 100)[..]);
         assert_eq!(src.reads(), vec![(50 * PS + 7, 4096), (10 * PS, 100)]);
         assert!(f.window_parts().is_empty());
+    }
+
+    #[tokio::test]
+    async fn out_of_order_readahead_requests_within_the_window_still_count_as_sequential() {
+        let src = Pattern::new(100 * PS, 0);
+        let f = OpenFile::open(src.clone(), "f".into(), src.len, policy(4, 0));
+        f.read(0, PS as u32).await.unwrap();
+        // The kernel's next readahead requests arrive in another order.
+        let b = f.read(3 * PS, PS as u32).await.unwrap();
+        assert_eq!(&b[..], &expect(3 * PS, 4 * PS)[..]);
+        let b = f.read(PS, PS as u32).await.unwrap();
+        assert_eq!(&b[..], &expect(PS, 2 * PS)[..]);
+        assert!(
+            f.window_parts().contains(&7),
+            "prefetched ahead: {:?}",
+            f.window_parts()
+        );
+        // A jump far away is random again: exact bytes, no new parts.
+        let before = f.window_parts();
+        f.read(90 * PS, 10).await.unwrap();
+        assert_eq!(f.window_parts(), before);
     }
 
     #[tokio::test]

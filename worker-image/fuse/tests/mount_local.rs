@@ -141,3 +141,25 @@ fn a_stale_mount_left_by_a_killed_client_is_recovered_and_sigterm_unmounts() {
         "plain empty dir again"
     );
 }
+
+#[test]
+fn a_lazy_unmount_from_outside_like_the_prestop_hook_ends_the_client_cleanly() {
+    require_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
+    common::make_tree(&ufs);
+    let config = dir.path().join("rcache.properties");
+    std::fs::write(&config, "rcache.cluster.name=test\n").unwrap();
+    let local = ["--local-dir", ufs.to_str().unwrap()];
+    let mut fuse = common::FuseProcess::start(&config, &mnt, &dir.path().join("fuse.log"), &local);
+    // A reader holds a file open across the detach and keeps reading it.
+    let open = std::fs::File::open(mnt.join("many-pages.bin")).unwrap();
+    rcache_fuse::mount::lazy_unmount(&mnt).unwrap();
+    assert_eq!(common::mount_type(&mnt), None);
+    let mut buf = vec![0u8; 4096];
+    use std::os::unix::fs::FileExt;
+    assert_eq!(open.read_at(&mut buf, 1 << 20).unwrap(), 4096);
+    drop(open);
+    let status = fuse.signal_and_wait(libc::SIGTERM);
+    assert!(status.success(), "exit {status}:\n{}", fuse.log_text());
+}

@@ -105,7 +105,12 @@ impl Cluster {
             let ports = dir.join(format!("worker-{i}.ports.json"));
             let log = dir.join(format!("worker-{i}.log"));
             let child = Command::new(&exe)
-                .args(["--exact", WORKER_ENTRY_TEST, "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    WORKER_ENTRY_TEST,
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(WORKER_CONFIG_ENV, &config)
                 .env(WORKER_PORTS_ENV, &ports)
                 .env("RUST_LOG", "info")
@@ -136,7 +141,11 @@ impl Cluster {
                         std::fs::read_to_string(&w.log).unwrap_or_default()
                     );
                 }
-                assert!(Instant::now() < deadline, "{} did not listen within 30s", w.id);
+                assert!(
+                    Instant::now() < deadline,
+                    "{} did not listen within 30s",
+                    w.id
+                );
                 std::thread::sleep(Duration::from_millis(25));
             };
             members.push(Member {
