@@ -523,3 +523,36 @@ async fn deleting_the_cluster_deletes_its_children() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn workers_the_scheduler_cannot_place_are_reported_with_the_schedulers_reason() {
+    let Some(client) = cluster_client("unschedulable").await else {
+        return;
+    };
+    let ns = test_ns(&client, "op-sched").await;
+    // Nodes advertise 10 rdma/hca_shared_devices_a; asking 11 per pod can never fit.
+    create_cc(
+        &client,
+        &ns.0,
+        "greedy",
+        json!({"ufs": {"uri": "file:///data"}, "fuse": {"enabled": false},
+               "network": {"mode": "rdma", "hostNetwork": true, "bindDevice": "ib0",
+                           "rdma": {"resourceName": "rdma/hca_shared_devices_a", "resourceCount": 11}}}),
+    )
+    .await
+    .expect("create");
+    let api: Api<CacheCluster> = Api::namespaced(client.clone(), &ns.0);
+    let s = wait_condition(
+        &api,
+        "greedy",
+        "WorkersReady",
+        "False",
+        Some("WorkersUnschedulable"),
+    )
+    .await;
+    let msg = &condition(&s, "WorkersReady").unwrap().message;
+    assert!(msg.contains("rdma/hca_shared_devices_a"), "{msg}");
+    assert_eq!(condition(&s, "Ready").unwrap().status, "False");
+    // The resource itself exists on two nodes, so the network is not blamed.
+    assert_eq!(condition(&s, "NetworkReady").unwrap().status, "True");
+}
