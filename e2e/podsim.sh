@@ -63,7 +63,7 @@ podsim_annotate_network_status() {
 # `configMap` volumes and `projected` volumes of configMap sources, with their `items`) into
 # $PODSIM_DIR/<pod>/vol/<volume>/, replacing a file only when it changed (kubelet's projection).
 podsim_sync_configmaps() {
-  local ns=$1 pod=$2 dir="$PODSIM_DIR/$2/vol" vol cm key path tmp
+  local ns=$1 pod=$2 dir="$PODSIM_DIR/$2/vol" vol cm key path tmp p keys
   kubectl -n "$ns" get pod "$pod" -o json >"$PODSIM_DIR/$pod/pod.json"
   while IFS=$'\t' read -r vol cm key path; do
     [ -n "$vol" ] || continue
