@@ -36,6 +36,16 @@ head -c "$((FILE_MB << 20))" /dev/urandom > "$work/ufs/bench.bin"
 rdma=false
 [[ "$TRANSPORT" == ucx ]] && rdma=true
 pool_mb=$((FILE_MB + 128))
+pool_max_mb=$((pool_mb * 2))
+if [[ "$TRANSPORT" == ucx ]]; then
+  # The pool is pinned with RDMA on: stay under RLIMIT_MEMLOCK (pages past the pool live on the
+  # heap and are copied when sent, which the figures then include).
+  memlock_kb=$(ulimit -l)
+  if [[ "$memlock_kb" != unlimited && $((memlock_kb / 1024)) -lt $pool_max_mb ]]; then
+    pool_mb=$((memlock_kb / 1024 / 2)); pool_max_mb=$pool_mb
+    echo "bench-worker: RLIMIT_MEMLOCK is ${memlock_kb} KiB: registered pool limited to ${pool_mb} MiB" >&2
+  fi
+fi
 cat > "$work/rcache.properties" <<EOF
 rcache.cluster.name=bench
 rcache.ufs.uri=file://$work/ufs
@@ -49,7 +59,7 @@ rcache.network.rdma.data.bind.host=127.0.0.1
 rcache.network.rdma.data.port=0
 rcache.network.rdma.data.buffer.pool.initial.size=${pool_mb}MB
 rcache.network.rdma.data.buffer.pool.prewarm.size=${pool_mb}MB
-rcache.network.rdma.data.buffer.pool.max.size=$((pool_mb * 2))MB
+rcache.network.rdma.data.buffer.pool.max.size=${pool_max_mb}MB
 EOF
 "$BIN" serve --config "$work/rcache.properties" --ports-file "$work/ports.json" 2>"$work/worker.log" &
 worker_pid=$!
@@ -71,7 +81,7 @@ echo "worker: tcp 127.0.0.1:$data_port, transport $TRANSPORT port $port, file ${
   --case latency --payloads 4096,1048576 --duration "$DURATION" --json >"$work/latency.json" 2>/dev/null
 
 rb() { # pattern io_size concurrency [--warm]
-  "$BIN" read-bench --worker "127.0.0.1:$data_port" --path bench.bin --pattern "$1" --io-size "$2" \
+  "$BIN" read-bench --worker "127.0.0.1:$data_port" --transport "$TRANSPORT" --rdma-port "$port" --path bench.bin --pattern "$1" --io-size "$2" \
     --concurrency "$3" --duration "$DURATION" --json "${@:4}"
 }
 rb random 4096 64 --warm >"$work/rand4k.json"

@@ -29,6 +29,12 @@ pub struct ReadBenchArgs {
     /// Worker TCP data address `host:port` (repeat for several; ignored with --membership).
     #[arg(long)]
     pub worker: Vec<SocketAddr>,
+    /// Transport the --worker members announce (ucx: reached on --rdma-port).
+    #[arg(long, value_enum, default_value_t = rcache_transport::TransportKind::Tcp)]
+    pub transport: rcache_transport::TransportKind,
+    /// UCX port of the --worker members.
+    #[arg(long, default_value_t = 59999)]
+    pub rdma_port: u16,
     /// Membership file (as the operator publishes it) instead of --worker.
     #[arg(long)]
     pub membership: Option<PathBuf>,
@@ -101,10 +107,13 @@ pub async fn run(args: ReadBenchArgs) -> anyhow::Result<()> {
                         data_address: a.ip().to_string(),
                         ports: MemberPorts {
                             data: a.port(),
-                            rdma: None,
+                            rdma: Some(args.rdma_port),
                             web: None,
                         },
-                        transport: MemberTransport::Tcp,
+                        transport: match args.transport {
+                            rcache_transport::TransportKind::Tcp => MemberTransport::Tcp,
+                            rcache_transport::TransportKind::Ucx => MemberTransport::Ucx,
+                        },
                         ready: true,
                     })
                     .collect(),
@@ -114,7 +123,7 @@ pub async fn run(args: ReadBenchArgs) -> anyhow::Result<()> {
     let client = CacheClient::new(ClientConfig {
         membership,
         block_size: args.block_size,
-        fallback: Fallback::Tcp,
+        fallback: Fallback::None,
         max_request: args.io_size.max(1 << 20),
         ..ClientConfig::default()
     })
