@@ -83,9 +83,11 @@ latency_p50_us() { jq '[.latency[] | select(.op=="read")][0].p50_us' "$(bench_ru
 
 UCX_TCP=(UCX_TLS=tcp UCX_NET_DEVICES=lo)
 # Shared memory: posix carries the active messages; UCX's client/server wire-up needs tcp too.
-# CMA has no peer error handling on UCX 1.13, so rendezvous uses cma only in error mode NONE.
+# UCX 1.13 puts no cma lane on endpoints made through a listener (in either error mode), so a
+# rendezvous would run over tcp's emulated get: send 1 MiB eagerly over posix instead
+# (UCX_RNDV_THRESH=inf). ucx_perftest (worker-address exchange, cma rendezvous) stays the limit.
 SHM_TLS=posix,cma,self,tcp
-UCX_SHM=(UCX_TLS=$SHM_TLS UCX_NET_DEVICES=lo RCACHE_UCX_ERROR_MODE=${SHM_ERROR_MODE:-none})
+UCX_SHM=(UCX_TLS=$SHM_TLS UCX_NET_DEVICES=lo UCX_RNDV_THRESH=${SHM_RNDV_THRESH:-inf})
 
 echo "== limits" >&2
 L_AM_TCP=$(am_bw_gbs tcp 4000)

@@ -36,6 +36,8 @@ use crate::{ClientOptions, Connection, Handler, ServerOptions, TransportError, T
 
 const AM_REQUEST: u32 = 1;
 const AM_REPLY: u32 = 2;
+/// Eager payloads at least this large are copied into a pool chunk rather than the heap.
+const EAGER_TO_CHUNK_MIN: usize = 32 << 10;
 /// Metadata larger than this travels in the AM data instead of the AM header.
 const INLINE_META_MAX: usize = 2048;
 
@@ -309,7 +311,14 @@ impl Node {
                     )),
                 }
             }
-            Role::Client { pending, .. } => {
+            Role::Client { pending, ep, .. } => {
+                if hdr.id == 1
+                    && let Some(ep) = ep
+                    && std::env::var_os("RCACHE_UCX_PRINT_EP").is_some()
+                {
+                    // The first reply (connect's ping) proves wire-up is done.
+                    print_ep(*ep);
+                }
                 let resp =
                     Response::decode(hdr.op, &meta, data).map_err(|e| TransportError::Protocol {
                         addr: self.peer,
@@ -511,25 +520,6 @@ impl Node {
         }
     }
 
-    /// Debug aid (`RCACHE_UCX_PRINT_EP=1`): after wire-up, print the endpoint's lanes
-    /// (`ucp_ep_print_info`; `ucp_ep_query` cannot report transports before UCX 1.14).
-    fn print_ep_after_wireup(&self) {
-        let ep = match &self.st.borrow().role {
-            Role::Client { ep: Some(ep), .. } => *ep,
-            _ => return,
-        };
-        self.worker
-            .progress_until(Duration::from_millis(300), || false);
-        // SAFETY: fd 2 duplicated into a FILE that is flushed and closed here.
-        unsafe {
-            let f = libc::fdopen(libc::dup(2), c"w".as_ptr());
-            if !f.is_null() {
-                sys::ucp_ep_print_info(ep, f as *mut sys::FILE);
-                libc::fclose(f);
-            }
-        }
-    }
-
     /// Closes every endpoint (flush, then force) before the worker goes.
     fn close_all(&self) {
         let eps: Vec<usize> = match &mut self.st.borrow_mut().role {
@@ -554,6 +544,19 @@ impl Node {
             }
         }
         self.fail_client("connection closed".into());
+    }
+}
+
+/// Debug aid (`RCACHE_UCX_PRINT_EP=1`): print an endpoint's lanes once wired up
+/// (`ucp_ep_print_info`; `ucp_ep_query` cannot report transports before UCX 1.14).
+fn print_ep(ep: sys::ucp_ep_h) {
+    // SAFETY: fd 2 duplicated into a FILE that is flushed and closed here; ep is live.
+    unsafe {
+        let f = libc::fdopen(libc::dup(2), c"w".as_ptr());
+        if !f.is_null() {
+            sys::ucp_ep_print_info(ep, f as *mut sys::FILE);
+            libc::fclose(f);
+        }
     }
 }
 
@@ -686,10 +689,25 @@ unsafe extern "C" fn am_recv(
         }
         return st::UCS_OK;
     }
+    // Eager data lives in UCX's receive buffer only during this call: copy it out, into a
+    // pool chunk when it is large (no allocation, pages already touched).
     let body = if length == 0 {
         Bytes::new()
     } else {
-        Bytes::copy_from_slice(unsafe { std::slice::from_raw_parts(data as *const u8, length) })
+        // SAFETY: UCX passes `length` readable bytes at `data` for the duration of the call.
+        let src = unsafe { std::slice::from_raw_parts(data as *const u8, length) };
+        match node
+            .pool
+            .as_ref()
+            .filter(|p| length >= EAGER_TO_CHUNK_MIN && length <= p.chunk_size())
+            .and_then(|p| p.alloc())
+        {
+            Some(mut c) => {
+                c.as_mut_slice()[..length].copy_from_slice(src);
+                c.freeze(length)
+            }
+            None => Bytes::copy_from_slice(src),
+        }
     };
     let (meta, data) = match meta {
         Some(m) => (m, body),
@@ -913,9 +931,6 @@ pub(crate) async fn connect(
                 }
             }
             let _ = ready_tx.send(Ok(()));
-            if std::env::var_os("RCACHE_UCX_PRINT_EP").is_some() {
-                node.print_ep_after_wireup();
-            }
             node.run(&rx);
             node.close_all();
         })
