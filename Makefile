@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export RCACHE_TOOLS ?= $(HOME)/.cache/rcache/tools
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: all deps tools build lint crds-check test test-rust test-e2e demo cluster-up cluster-down bench image clean
+.PHONY: all deps tools build lint crds-check test test-rust test-e2e demo demo-down cluster-up cluster-down bench image clean
 
 all: build
 
@@ -33,6 +33,9 @@ test: deps tools lint crds-check test-rust test-e2e ## everything CI runs
 
 demo: deps tools ## start the control plane, install the chart, serve and read data through the cache
 	e2e/demo.sh
+
+demo-down: ## stop the demo's processes and delete its cluster
+	e2e/demo.sh down
 
 cluster-up: tools
 	e2e/cluster up
