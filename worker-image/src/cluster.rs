@@ -177,15 +177,18 @@ impl Ring {
 #[derive(Clone)]
 pub struct MembershipWatch {
     rx: watch::Receiver<Arc<Ring>>,
+    /// Keeps a fixed membership's channel open (a file watch's sender lives in its task).
+    _fixed: Option<Arc<watch::Sender<Arc<Ring>>>>,
 }
 
 impl MembershipWatch {
     /// A fixed membership (tests, tools).
     pub fn fixed(members: Vec<Member>) -> MembershipWatch {
         let (tx, rx) = watch::channel(Arc::new(Ring::new(members)));
-        // Keep the channel open for the process lifetime: nothing will ever change it.
-        std::mem::forget(tx);
-        MembershipWatch { rx }
+        MembershipWatch {
+            rx,
+            _fixed: Some(Arc::new(tx)),
+        }
     }
 
     /// Loads `path` and polls it every `every`; a broken update keeps the last good ring.
@@ -224,7 +227,7 @@ impl MembershipWatch {
                 last = now;
             }
         });
-        Ok(MembershipWatch { rx })
+        Ok(MembershipWatch { rx, _fixed: None })
     }
 
     pub fn ring(&self) -> Arc<Ring> {
