@@ -52,7 +52,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub fallback: Fallback,
-    /// Largest single request; longer ranges are split (≤ the protocol's 16 MiB).
+    /// Largest single request; longer ranges are split at its multiples (≤ the protocol's
+    /// 16 MiB). Best equal to the workers' page size (`rcache.worker.page.size`, 1 MiB).
     pub max_request: u32,
     /// Requests of one read in flight at once.
     pub parallel: usize,
@@ -71,11 +72,11 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             fallback: Fallback::None,
-            max_request: 4 << 20,
+            max_request: 1 << 20,
             parallel: 8,
             down_for: Duration::from_secs(2),
             receive_pool: Some(PoolConfig {
-                chunk_size: 4 << 20,
+                chunk_size: 1 << 20,
                 initial: 16 << 20,
                 prewarm: 0,
                 max: 256 << 20,
@@ -111,6 +112,9 @@ impl ClientConfig {
             request_timeout,
             connect_timeout: request_timeout.min(Duration::from_secs(5)),
             fallback,
+            max_request: u32::try_from(p.size(config::PAGE_SIZE))
+                .unwrap_or(1 << 20)
+                .clamp(4 << 10, rcache_transport::protocol::MAX_PAYLOAD),
             ..ClientConfig::default()
         })
     }
@@ -249,8 +253,16 @@ impl CacheClient {
         };
         let pool = match &cfg.receive_pool {
             Some(p) => Some(
-                BufferPool::new(*p)
-                    .map_err(|e| ClientError::Config(format!("client receive pool: {e}")))?,
+                // Every payload (≤ max_request) must fit a chunk to land in the pool.
+                BufferPool::new(PoolConfig {
+                    chunk_size: p
+                        .chunk_size
+                        .max(cfg.max_request as usize)
+                        .next_multiple_of(4096),
+                    max: p.max.max(cfg.max_request as usize * 4),
+                    ..*p
+                })
+                .map_err(|e| ClientError::Config(format!("client receive pool: {e}")))?,
             ),
             None => None,
         };
@@ -309,7 +321,11 @@ impl CacheClient {
         let mut pos = offset;
         while pos < end {
             let block = pos / bs;
-            let stop = end.min((block + 1).saturating_mul(bs)).min(pos + max);
+            // Requests end on multiples of `max` too: with `max` = the worker's page size each
+            // request falls inside one page, which the worker sends without a copy.
+            let stop = end
+                .min((block + 1).saturating_mul(bs))
+                .min((pos / max + 1).saturating_mul(max));
             segs.push((pos, (stop - pos) as u32, block));
             pos = stop;
         }
