@@ -61,6 +61,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libucx-dev libclang-dev clang libfuse3-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# 1: drop DWARF debug info from the shipped binaries (profile.release keeps debug = 1 for local
+# profiling); symbols stay, so panics and backtraces still name functions.
+ARG STRIP_DEBUG=1
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
@@ -69,6 +72,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && for b in rcache-operator rcache-worker rcache-fuse; do \
       if [ -f "target/release/$b" ]; then install -m0755 "target/release/$b" /out/; fi; \
     done \
+ && if [ "$STRIP_DEBUG" = 1 ]; then strip --strip-debug /out/*; fi \
  && test -x /out/rcache-worker
 
 # ---------------------------------------------------------------------------------------------

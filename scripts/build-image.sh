@@ -11,7 +11,8 @@
 #      (buildah run, chroot isolation) and `ldd` for unresolved libraries, then saved as a
 #      docker-archive under target/image/ for `docker load` / `podman load` / `kind load`.
 # Usage: scripts/build-image.sh            (env: RCACHE_IMAGE, RCACHE_IMAGE_PROFILE=release|dev,
-#                                           RCACHE_DEBIAN_MIRROR, RCACHE_IMAGE_CACHE)
+#                                           RCACHE_DEBIAN_MIRROR, RCACHE_IMAGE_CACHE,
+#                                           RCACHE_IMAGE_STRIP_DEBUG=1|0)
 #        scripts/build-image.sh --full     builds the Dockerfile's full multi-stage path instead
 #   (`--target runtime`, cargo inside the builder stage). With no registry, the builder's Rust
 #   image is assembled locally from the debootstrap base + build-essential + the host's stable
@@ -76,6 +77,8 @@ if [ "$mode" = prebuilt ]; then
     if [ -x "$f" ]; then cp "$f" "$ctx/prebuilt/"; built+=("$b"); fi
   done
   [ -x "$ctx/prebuilt/rcache-worker" ] || die "target/$profile_dir/rcache-worker was not built"
+  # Same as the Dockerfile's builder (STRIP_DEBUG=1): no DWARF in the image, symbols kept.
+  [ "${RCACHE_IMAGE_STRIP_DEBUG:-1}" = 1 ] && strip --strip-debug "$ctx"/prebuilt/*
   log "binaries: ${built[*]}"
   cp Dockerfile "$ctx/Dockerfile"
 fi
