@@ -22,7 +22,7 @@ target_dir=${CARGO_TARGET_DIR:-$repo/target}
 
 # The CRD is cluster-scoped and kept by uninstall: this suite owns it while it runs and removes
 # it at the end, so later suites start from a cluster without it.
-e2e_on_exit "kubectl delete crd $crd --ignore-not-found --wait=false"
+e2e_on_exit "kubectl delete crd $crd --ignore-not-found --wait=true --timeout=60s"
 
 # ---------------------------------------------------------------------------------------------
 e2e_log "helm lint"
@@ -33,8 +33,11 @@ assert_eq "install.yaml contains the CRD" 1 \
 # ---------------------------------------------------------------------------------------------
 e2e_log "kubectl install path: manifests/install.yaml"
 # This suite needs the cluster-scoped pieces to itself; it never deletes what others left.
+# no_cacheclusters: true when no CacheCluster exists (those of earlier suites go with their
+# namespaces, which are deleted without waiting).
+no_cacheclusters() { [ -z "$(kubectl get cacheclusters.rcache.io -A -o name 2>&1)" ]; }
 if kubectl get crd "$crd" >/dev/null 2>&1; then
-  if [ -n "$(kubectl get cacheclusters.rcache.io -A -o name 2>/dev/null)" ]; then
+  if ! wait_for 120 no_cacheclusters; then
     fail "no CacheClusters left by an earlier suite" "$(kubectl get cacheclusters.rcache.io -A 2>&1)"
     e2e_finish
   fi
