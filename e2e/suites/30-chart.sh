@@ -5,8 +5,8 @@
 #   2. `helm install` of charts/rcache-operator; the operator binary then runs as a host process
 #      (kwok runs no containers) with a kubeconfig holding only the chart ServiceAccount's token
 #      (`kubectl create token`), so every API call it makes is checked against the chart's RBAC;
-#      it wins the Lease, reconciles every sample with no RBAC denial, and removes them again
-#      (finalizers).
+#      it wins the Lease, reconciles every sample with no RBAC denial, and the samples delete
+#      cleanly while it runs.
 #   3. RBAC is least privilege (`kubectl auth can-i --as` the ServiceAccount).
 #   4. Every sample in manifests/samples/ (with its NetworkAttachmentDefinition) is accepted by the
 #      apiserver's CRD validation.
@@ -200,7 +200,7 @@ if $op_up; then
   check "operator still running" kill -0 "$op_pid"
 fi
 
-# Deleting the CacheClusters goes through the operator (finalizers) with the same RBAC.
+# Deleting the CacheClusters while the operator runs (it sees the deletions) with the same RBAC.
 for n in "${names[@]}"; do kubectl -n "$sns" delete cacheclusters.rcache.io "$n" --wait=false >/dev/null; done
 check "sample CacheClusters are deleted" wait_for 90 bash -c \
   "[ -z \"\$(kubectl -n $sns get cacheclusters.rcache.io -o name)\" ]"
