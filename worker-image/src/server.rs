@@ -12,13 +12,11 @@ use anyhow::Context;
 use rcache_transport::protocol::MAX_PAYLOAD;
 use rcache_transport::{
     BufferPool, ChunkMut, ErrorCode, Handler, PoolConfig, Request, Response, ServerOptions,
-    TransportKind,
+    TransportKind, binding,
 };
 
 use crate::cache::{CacheError, PageAllocator, PageBufMut, PageStore, StoreConfig};
-use crate::config::{
-    POOL_INITIAL, POOL_MAX, POOL_PREWARM, RDMA_ENABLED, WORKER_BIND_DEVICE, WorkerConfig,
-};
+use crate::config::{POOL_INITIAL, POOL_MAX, POOL_PREWARM, RDMA_ENABLED, WorkerConfig};
 use crate::metrics::{Metrics, Op, RequestMetrics};
 use crate::ufs::{LocalUfs, UfsError, normalize};
 
@@ -155,45 +153,6 @@ impl Handler for WorkerHandler {
     }
 }
 
-/// The IPv4 address of interface `name` (the bind device, e.g. `ib0`).
-pub fn interface_ipv4(name: &str) -> anyhow::Result<Ipv4Addr> {
-    let mut found = None;
-    let mut names = Vec::new();
-    // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
-    unsafe {
-        let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut ifap) != 0 {
-            anyhow::bail!("getifaddrs failed: {}", std::io::Error::last_os_error());
-        }
-        let mut cur = ifap;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            let ifname = std::ffi::CStr::from_ptr(ifa.ifa_name)
-                .to_string_lossy()
-                .into_owned();
-            if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if ifname == name && found.is_none() {
-                    found = Some(ip);
-                }
-                names.push(ifname);
-            }
-            cur = ifa.ifa_next;
-        }
-        libc::freeifaddrs(ifap);
-    }
-    found.ok_or_else(|| {
-        names.sort();
-        names.dedup();
-        anyhow::anyhow!(
-            "interface {name} has no IPv4 address in this network namespace (interfaces with IPv4: {}); \
-             check the Multus attachment or {WORKER_BIND_DEVICE}",
-            names.join(", ")
-        )
-    })
-}
-
 /// RLIMIT_MEMLOCK as (soft, hard); `u64::MAX` is unlimited.
 pub fn memlock_limit() -> (u64, u64) {
     let mut r = libc::rlimit {
@@ -278,12 +237,30 @@ pub struct BoundPorts {
 }
 
 fn bind_ip(device: &Option<String>, host: &str, key: &str) -> anyhow::Result<IpAddr> {
-    match device {
-        Some(dev) => Ok(IpAddr::V4(interface_ipv4(dev)?)),
-        None => host
-            .parse()
-            .with_context(|| format!("{key} = {host:?} is not an IP address")),
-    }
+    let host: IpAddr = host
+        .parse()
+        .with_context(|| format!("{key} = {host:?} is not an IP address"))?;
+    Ok(binding::listen_ip(device.as_deref(), host)?)
+}
+
+/// `UCX_NET_DEVICES` for the UCX listener: the RDMA device from the property, else resolved
+/// from the bind interface through sysfs; an interface without an RDMA device (a veth in tests,
+/// UCX over tcp) leaves the choice to UCX on that interface.
+fn ucx_devices(cfg: &WorkerConfig) -> anyhow::Result<Option<String>> {
+    let iface = cfg.data_bind_device.as_deref();
+    let rdma = match binding::rdma_device(
+        cfg.rdma_bind_device.as_deref(),
+        iface,
+        &binding::sysfs_root(),
+    ) {
+        Ok(d) => d,
+        Err(e @ binding::BindError::NoRdmaDevice { .. }) => {
+            tracing::warn!(error = %e, "UCX will use the interface's own transports (tcp)");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(binding::ucx_net_devices(rdma.as_deref(), iface))
 }
 
 /// Runs the worker until SIGTERM/SIGINT.
@@ -349,7 +326,11 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
 
     let server_opts = ServerOptions {
         pool: Some(pool.clone()),
-        ucx_devices: cfg.rdma_bind_device.clone(),
+        ucx_devices: if cfg.rdma_enabled {
+            ucx_devices(&cfg)?
+        } else {
+            None
+        },
         ..ServerOptions::default()
     };
     let tcp_handler = Arc::new(WorkerHandler::new(
@@ -460,10 +441,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_interface_resolves_and_unknown_one_is_named() {
-        assert_eq!(interface_ipv4("lo").expect("lo"), Ipv4Addr::LOCALHOST);
-        let e = interface_ipv4("ib-nope").expect_err("missing").to_string();
-        assert!(e.contains("ib-nope") && e.contains("lo"), "{e}");
+    fn bind_device_wins_over_bind_host_and_unknown_device_is_named() {
+        let ip = bind_ip(&Some("lo".into()), "0.0.0.0", "k").expect("lo");
+        assert_eq!(ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let e = bind_ip(&Some("ib-nope".into()), "0.0.0.0", "k")
+            .expect_err("missing")
+            .to_string();
+        assert!(e.contains("ib-nope"), "{e}");
+        let e = bind_ip(&None, "not-an-ip", "rcache.worker.data.bind.host")
+            .expect_err("bad host")
+            .to_string();
+        assert!(e.contains("rcache.worker.data.bind.host"), "{e}");
     }
 
     #[test]

@@ -29,7 +29,13 @@ async fn cold_read_fills_from_ufs_and_hot_read_does_not_touch_it() {
     let d = tempfile::tempdir().expect("tmp");
     let len = (PAGE * 40 + 1234) as usize;
     let (ufs, bytes) = ufs_with_file(d.path(), len, 7);
-    let w = Worker::start(d.path(), "w0", &ufs, &[]);
+    // The data listener binds to the bind device's address (here `lo`, in a pod `ib0`).
+    let w = Worker::start(
+        d.path(),
+        "w0",
+        &ufs,
+        &[("rcache.worker.data.bind.device", "lo")],
+    );
     assert!(w.http("/healthz").contains("200 OK"));
     assert!(w.http("/readyz").contains("200 OK"));
     let c = client(vec![w.member("w-0")], 128 << 10).await;
