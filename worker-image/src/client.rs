@@ -59,6 +59,9 @@ pub struct ClientConfig {
     pub parallel: usize,
     /// A member that failed is asked last for this long.
     pub down_for: Duration,
+    /// When an owner has not answered after this long, the next owner is asked too (hedged
+    /// request); `None` waits for `request_timeout`.
+    pub hedge_after: Option<Duration>,
     /// Pool that received payloads land in (registered with UCX; reused, so large reads do not
     /// fault fresh heap pages in). `None`: the heap.
     pub receive_pool: Option<PoolConfig>,
@@ -75,6 +78,7 @@ impl Default for ClientConfig {
             max_request: 1 << 20,
             parallel: 8,
             down_for: Duration::from_secs(2),
+            hedge_after: Some(Duration::from_secs(3)),
             receive_pool: Some(PoolConfig {
                 chunk_size: 1 << 20,
                 initial: 16 << 20,
@@ -112,6 +116,9 @@ impl ClientConfig {
             request_timeout,
             connect_timeout: request_timeout.min(Duration::from_secs(5)),
             fallback,
+            hedge_after: Some(
+                (request_timeout / 10).clamp(Duration::from_millis(200), Duration::from_secs(3)),
+            ),
             max_request: u32::try_from(p.size(config::PAGE_SIZE))
                 .unwrap_or(1 << 20)
                 .clamp(4 << 10, rcache_transport::protocol::MAX_PAYLOAD),
@@ -395,23 +402,63 @@ impl CacheClient {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let now = Instant::now();
-            let order = slots
+            let order: Vec<&(&Member, Arc<Slot>)> = slots
                 .iter()
                 .filter(|(_, s)| !s.is_down(now))
-                .chain(slots.iter().filter(|(_, s)| s.is_down(now)));
-            for (m, slot) in order {
-                match self.attempt(m, slot, req.clone(), path).await {
-                    Attempt::Done(r) => {
-                        slot.set_down(None);
-                        return Ok(r);
+                .chain(slots.iter().filter(|(_, s)| s.is_down(now)))
+                .collect();
+            let req = &req;
+            let launch = |i: usize| {
+                let (m, slot) = order[i];
+                async move { (i, self.attempt(m, slot, req.clone(), path).await) }
+            };
+            let mut running = futures::stream::FuturesUnordered::new();
+            running.push(launch(0));
+            let mut next = 1;
+            let mut finished = vec![false; order.len()];
+            loop {
+                // A slow owner is hedged: past `hedge_after` the next owner is asked as well and
+                // the first answer wins.
+                let hedge = async {
+                    match self.inner.cfg.hedge_after {
+                        Some(d) if next < order.len() => tokio::time::sleep(d).await,
+                        _ => futures::future::pending::<()>().await,
                     }
-                    Attempt::Final(e) => return Err(e),
-                    Attempt::Next { reason, down } => {
-                        tracing::debug!(worker = %describe(m), %reason, path, "failing over to the next owner");
-                        if down {
-                            slot.set_down(Some(Instant::now() + self.inner.cfg.down_for));
+                };
+                tokio::select! {
+                    done = running.next() => {
+                        let Some((i, attempt)) = done else { break };
+                        let (m, slot) = order[i];
+                        finished[i] = true;
+                        match attempt {
+                            Attempt::Done(r) => {
+                                slot.set_down(None);
+                                // Owners still silent were hedged around: ask them last for a while.
+                                for (j, (_, s)) in order.iter().enumerate().take(next) {
+                                    if !finished[j] {
+                                        s.set_down(Some(Instant::now() + self.inner.cfg.down_for));
+                                    }
+                                }
+                                return Ok(r);
+                            }
+                            Attempt::Final(e) => return Err(e),
+                            Attempt::Next { reason, down } => {
+                                tracing::debug!(worker = %describe(m), %reason, path, "failing over to the next owner");
+                                if down {
+                                    slot.set_down(Some(Instant::now() + self.inner.cfg.down_for));
+                                }
+                                last = Some((describe(m), reason));
+                                if next < order.len() {
+                                    running.push(launch(next));
+                                    next += 1;
+                                }
+                            }
                         }
-                        last = Some((describe(m), reason));
+                    }
+                    _ = hedge => {
+                        tracing::debug!(worker = %describe(order[next].0), path, "owner slow; asking the next one too");
+                        running.push(launch(next));
+                        next += 1;
                     }
                 }
             }
