@@ -273,6 +273,60 @@ async fn a_stalled_worker_is_hedged_around_well_before_the_request_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_follows_the_membership_file_when_it_changes() {
+    let d = tempfile::tempdir().expect("tmp");
+    let (ufs, bytes) = ufs_with_file(d.path(), (PAGE * 4) as usize, 19);
+    let mut w0 = Worker::start(d.path(), "w0", &ufs, &[]);
+    let w1 = Worker::start(d.path(), "w1", &ufs, &[]);
+    let file = d.path().join("members.json");
+    let publish = |generation: u64, members: Vec<Member>| {
+        let m = rcache_worker::cluster::Membership {
+            cluster: "test".into(),
+            generation,
+            members,
+        };
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&m).expect("json")).expect("write");
+        std::fs::rename(&tmp, &file).expect("rename");
+    };
+    publish(1, vec![w0.member("w-0")]);
+    let c = CacheClient::new(ClientConfig {
+        membership: MembershipSource::File {
+            path: file.clone(),
+            poll: Duration::from_millis(50),
+        },
+        block_size: 128 << 10,
+        ..ClientConfig::default()
+    })
+    .await
+    .expect("client");
+    assert!(c.read("sub/data.bin", 0, 1000).await.expect("read")[..] == bytes[..1000]);
+    assert!(w0.ufs_bytes() > 0.0);
+    // The operator replaces w-0 by w-1 (w-0 not ready any more), then w-0 goes away.
+    let mut gone = w0.member("w-0");
+    gone.ready = false;
+    publish(2, vec![gone, w1.member("w-1")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c
+        .members()
+        .iter()
+        .map(|m| m.id.as_str())
+        .collect::<Vec<_>>()
+        != ["w-1"]
+    {
+        assert!(Instant::now() < deadline, "membership change not picked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w0.kill();
+    let got = c
+        .read("sub/data.bin", 0, (PAGE * 4) as u32)
+        .await
+        .expect("read via w-1");
+    assert!(got[..] == bytes[..]);
+    assert_eq!(w1.ufs_bytes(), (PAGE * 4) as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_ucx_port_fails_naming_the_worker_or_falls_back_to_tcp() {
     let d = tempfile::tempdir().expect("tmp");
     let (ufs, bytes) = ufs_with_file(d.path(), 1000, 3);
