@@ -195,8 +195,18 @@ impl MembershipWatch {
     /// Kubernetes updates a mounted ConfigMap by swapping a symlink, so the content is compared,
     /// not inotify events.
     pub fn watch_file(path: PathBuf, every: Duration) -> Result<MembershipWatch, MembershipError> {
-        let first = Membership::load(&path)?;
-        let text = std::fs::read(&path).unwrap_or_default();
+        // A missing file may still appear (the ConfigMap is published after the workers start):
+        // begin with no members and keep polling. A malformed one is an error now.
+        let (first, text) = match std::fs::read(&path) {
+            Ok(text) => (
+                Membership::parse(&String::from_utf8_lossy(&text), &path.display().to_string())?,
+                text,
+            ),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "membership file not readable yet; no workers until it appears");
+                (Membership::default(), Vec::new())
+            }
+        };
         let (tx, rx) = watch::channel(Arc::new(Ring::from_membership(&first)));
         tokio::spawn(async move {
             let mut last = text;
@@ -375,7 +385,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn membership_file_is_reloaded_when_it_changes() {
+    async fn membership_file_is_picked_up_when_it_appears_and_reloaded_when_it_changes() {
         let d = tempfile::tempdir().expect("tmp");
         let path = d.path().join("members.json");
         let write = |ids: &[&str]| {
