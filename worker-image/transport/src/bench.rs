@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// Print results as JSON on stdout (human text goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// UCX: poll for replies this many microseconds before parking (0: never). Used by the
+    /// latency case only; stress cases keep many requests in flight and never poll.
+    #[arg(long, default_value_t = 50)]
+    pub busy_poll_us: u64,
     /// Only these payload sizes in bytes (comma separated; default 4096,65536,1048576).
     #[arg(long, value_delimiter = ',')]
     pub payloads: Vec<usize>,
@@ -333,13 +337,20 @@ async fn run_client(args: BenchArgs) -> anyhow::Result<()> {
         out(json, "\n--- LATENCY TESTS (Sequential, Zero-Copy) ---");
         let per =
             Duration::from_secs_f64((args.duration as f64 / (2 * payloads.len()) as f64).max(0.2));
+        let lconn = if args.busy_poll_us > 0 && args.transport == TransportKind::Ucx {
+            let mut o = opts.clone();
+            o.busy_poll = Some(Duration::from_micros(args.busy_poll_us));
+            crate::connect(args.transport, remote, o).await?
+        } else {
+            conn.clone()
+        };
         for &p in &payloads {
             report
                 .latency
-                .push(latency(&conn, p, true, per, json).await?);
+                .push(latency(&lconn, p, true, per, json).await?);
             report
                 .latency
-                .push(latency(&conn, p, false, per, json).await?);
+                .push(latency(&lconn, p, false, per, json).await?);
             out(json, "");
         }
     }

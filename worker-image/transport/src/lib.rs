@@ -109,6 +109,9 @@ pub struct ClientOptions {
     pub socket_buffer: Option<usize>,
     /// UCX `NET_DEVICES` (e.g. `mlx5_0:1`, see `binding`); `None` keeps UCX's choice.
     pub ucx_devices: Option<String>,
+    /// UCX only: after sending, poll for the reply this long (yielding the CPU) before
+    /// parking the task. Cuts small-request latency; costs CPU. `None` (default) never polls.
+    pub busy_poll: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -119,6 +122,7 @@ impl Default for ClientOptions {
             pool: None,
             socket_buffer: None,
             ucx_devices: None,
+            busy_poll: None,
         }
     }
 }

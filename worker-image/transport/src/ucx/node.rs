@@ -880,6 +880,7 @@ pub(crate) struct UcxConnection {
     next_id: AtomicU64,
     closed: Arc<Mutex<Option<String>>>,
     timeout: Option<Duration>,
+    busy_poll: Option<Duration>,
 }
 
 impl Drop for UcxConnection {
@@ -952,6 +953,7 @@ pub(crate) async fn connect(
         next_id: AtomicU64::new(1),
         closed,
         timeout: opts.request_timeout,
+        busy_poll: opts.busy_poll,
     })
 }
 
@@ -996,6 +998,22 @@ impl Connection for UcxConnection {
             id,
             armed: true,
         };
+        // Opt-in busy polling: a parked tokio worker costs a futex wake per reply, which
+        // dominates small-message latency; poll the reply slot (yielding the CPU) for a while.
+        let mut rx = rx;
+        if let Some(limit) = self.busy_poll {
+            let start = Instant::now();
+            while start.elapsed() < limit {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        guard.armed = false;
+                        return r;
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
+                    Err(oneshot::error::TryRecvError::Closed) => break,
+                }
+            }
+        }
         let res = match self.timeout {
             Some(t) => match tokio::time::timeout(t, rx).await {
                 Ok(r) => r,
