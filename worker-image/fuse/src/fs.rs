@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -113,6 +114,16 @@ fn log_failure(op: &str, path: &str, e: &SourceError) {
         tracing::debug!(op, path, error = %e, "not found");
     } else {
         tracing::warn!(op, path, errno = e.errno, error = %e, "operation failed");
+    }
+}
+
+fn reply_read(reply: ReplyData, offset: u64, size: u32, res: Result<bytes::Bytes, SourceError>) {
+    match res {
+        Ok(data) => reply.data(&data),
+        Err(e) => {
+            tracing::warn!(offset, size, errno = e.errno, error = %e, "read failed");
+            reply.error(errno(&e));
+        }
     }
 }
 
@@ -328,15 +339,23 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
             return reply.error(Errno::EBADF);
         };
         tracing::trace!(fh = fh.0, offset, size, "read");
-        self.rt.spawn(async move {
-            match file.read(offset, size).await {
-                Ok(data) => reply.data(&data),
-                Err(e) => {
-                    tracing::warn!(offset, size, errno = e.errno, error = %e, "read failed");
-                    reply.error(errno(&e));
-                }
+        let mut read = Box::pin(async move { file.read(offset, size).await });
+        // Fast path: when the prefetcher already holds the bytes, answer on this FUSE thread
+        // and skip the hand-off to a runtime thread (two context switches per request). The
+        // first poll runs inside the runtime's context so it may start prefetch tasks; a
+        // pending read continues as a task, whose first poll registers the real waker.
+        let first = {
+            let _rt = self.rt.enter();
+            read.as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        };
+        match first {
+            std::task::Poll::Ready(res) => reply_read(reply, offset, size, res),
+            std::task::Poll::Pending => {
+                self.rt
+                    .spawn(async move { reply_read(reply, offset, size, read.await) });
             }
-        });
+        }
     }
 
     fn release(
