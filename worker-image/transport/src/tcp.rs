@@ -247,17 +247,42 @@ fn tune_socket(stream: &TcpStream, buf: Option<usize>) {
     }
 }
 
+/// A handler call whose panic becomes an `Io` error reply: a panicking handler must not kill
+/// the connection, nor abort the process when polled inside a UCX callback (FFI boundary).
+pub(crate) struct CatchPanic(Pin<Box<dyn Future<Output = Response> + Send + 'static>>);
+
+impl CatchPanic {
+    pub(crate) fn handle(handler: Arc<dyn Handler>, req: Request) -> CatchPanic {
+        CatchPanic(Box::pin(async move { handler.handle(req).await }))
+    }
+}
+
+impl Future for CatchPanic {
+    type Output = Response;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        let fut = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::error!("request handler panicked");
+                Poll::Ready(Response::error(
+                    crate::ErrorCode::Io,
+                    "the server's handler failed (panicked) on this request",
+                ))
+            }
+        }
+    }
+}
+
 /// Runs a handler future: polled once in place (most cache hits complete without waiting, and
 /// this saves a task spawn and a wake-up), spawned when it has to wait.
 pub(crate) fn dispatch<F>(handler: &Arc<dyn Handler>, req: Request, done: F)
 where
     F: FnOnce(Response) + Send + 'static,
 {
-    let h = handler.clone();
-    let mut fut: Pin<Box<dyn Future<Output = Response> + Send + 'static>> =
-        Box::pin(async move { h.handle(req).await });
+    let mut fut = CatchPanic::handle(handler.clone(), req);
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    match fut.as_mut().poll(&mut cx) {
+    match Pin::new(&mut fut).poll(&mut cx) {
         Poll::Ready(r) => done(r),
         Poll::Pending => {
             tokio::spawn(async move { done(fut.await) });
@@ -609,6 +634,7 @@ mod tests {
                     Response::Data(Bytes::from(vec![0xabu8; len as usize]))
                 }
                 Request::BenchWrite { .. } => Response::Ack,
+                Request::Stat { path } if path == "panic" => panic!("handler bug"),
                 Request::Stat { path } if path == "slow" => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     Response::Ack
@@ -663,6 +689,28 @@ mod tests {
             c.call(Request::BenchWrite { payload }).await.unwrap(),
             Response::Ack
         );
+    }
+
+    #[tokio::test]
+    async fn panicking_handler_becomes_an_error_reply() {
+        let (_s, c) = pair().await;
+        let r = c
+            .call(Request::Stat {
+                path: "panic".into(),
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                r,
+                Response::Error {
+                    code: ErrorCode::Io,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        assert_eq!(c.call(Request::Ping).await.unwrap(), Response::Pong);
     }
 
     #[tokio::test]

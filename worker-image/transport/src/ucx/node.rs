@@ -31,7 +31,7 @@ use super::{
 };
 use crate::bufpool::{BufferPool, ChunkMut};
 use crate::protocol::{FrameHeader, HEADER_LEN, Request, Response};
-use crate::tcp::{Frame, encode_into};
+use crate::tcp::{CatchPanic, Frame, encode_into};
 use crate::{ClientOptions, Connection, Handler, ServerOptions, TransportError, TransportKind};
 
 const AM_REQUEST: u32 = 1;
@@ -334,10 +334,9 @@ impl Node {
     /// Polls the handler once in place (cache hits finish without waiting); otherwise it
     /// continues on the tokio runtime and the reply comes back through the mailbox.
     fn dispatch(&self, handler: Arc<dyn Handler>, req: Request, ep: usize, id: u64) {
-        let mut fut: Pin<Box<dyn Future<Output = Response> + Send>> =
-            Box::pin(async move { handler.handle(req).await });
+        let mut fut = CatchPanic::handle(handler, req);
         let mut cx = TaskContext::from_waker(std::task::Waker::noop());
-        match fut.as_mut().poll(&mut cx) {
+        match Pin::new(&mut fut).poll(&mut cx) {
             Poll::Ready(resp) => self.st.borrow_mut().outq.push_back((ep, id, resp)),
             Poll::Pending => {
                 let mb = self.mailbox.clone();
