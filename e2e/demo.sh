@@ -66,7 +66,11 @@ kubectl -n "$NS" apply -f "$JOURNEY_REPO/manifests/samples/ipoib.yaml"
 kubectl -n "$NS" patch cacheclusters.rcache.io "$RCC" --type=merge \
   -p "{\"spec\":{\"ufs\":{\"hostPath\":\"$DEMO_DIR/ufs\"},\"worker\":{\"tiers\":[{\"medium\":\"MEM\",\"quota\":\"512Mi\"}]}}}" >/dev/null
 echo "waiting for the worker pods (kwok marks them Running/Ready)..."
-until pods_ready "$NS" "app.kubernetes.io/instance=$RCC,app.kubernetes.io/component=worker" 2 >/dev/null 2>&1; do sleep 1; done
+ready_workers() {
+  kubectl -n "$NS" get pods -l "app.kubernetes.io/instance=$RCC,app.kubernetes.io/component=worker" \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$' || true
+}
+for _ in $(seq 1 120); do [ "$(ready_workers)" -ge 2 ] && break; sleep 1; done
 # Multus' part: attach ib0 with a fabric address to each worker pod (podsim stands in for it).
 mapfile -t workers < <(journey_worker_pods "$NS" "$RCC")
 i=0
