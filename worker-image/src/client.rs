@@ -408,6 +408,25 @@ impl CacheClient {
                 .chain(slots.iter().filter(|(_, s)| s.is_down(now)))
                 .collect();
             let req = &req;
+            if order.len() == 1 || self.inner.cfg.hedge_after.is_none() {
+                // Nobody to hedge with: plain failover, no timers.
+                for (m, slot) in order.iter().copied() {
+                    match self.attempt(m, slot, req.clone(), path).await {
+                        Attempt::Done(r) => {
+                            slot.set_down(None);
+                            return Ok(r);
+                        }
+                        Attempt::Final(e) => return Err(e),
+                        Attempt::Next { reason, down } => {
+                            if down {
+                                slot.set_down(Some(Instant::now() + self.inner.cfg.down_for));
+                            }
+                            last = Some((describe(m), reason));
+                        }
+                    }
+                }
+                continue;
+            }
             let launch = |i: usize| {
                 let (m, slot) = order[i];
                 async move { (i, self.attempt(m, slot, req.clone(), path).await) }
