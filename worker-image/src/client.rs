@@ -59,6 +59,8 @@ pub struct ClientConfig {
     pub parallel: usize,
     /// A member that failed is asked last for this long.
     pub down_for: Duration,
+    /// Connections opened to each member (requests are spread over them round robin).
+    pub connections_per_member: usize,
     /// When an owner has not answered after this long, the next owner is asked too (hedged
     /// request); `None` waits for `request_timeout`.
     pub hedge_after: Option<Duration>,
@@ -79,6 +81,7 @@ impl Default for ClientConfig {
             parallel: 8,
             down_for: Duration::from_secs(2),
             hedge_after: Some(Duration::from_secs(3)),
+            connections_per_member: 2,
             receive_pool: Some(PoolConfig {
                 chunk_size: 1 << 20,
                 initial: 16 << 20,
@@ -174,7 +177,11 @@ impl From<ConfigError> for ClientError {
 /// One member's connection state; replaced when the member's addresses change.
 struct Slot {
     addr: (String, u16, Option<u16>, MemberTransport),
-    conn: tokio::sync::Mutex<Option<SharedConnection>>,
+    /// Open connections (up to `connections_per_member`), used round robin.
+    conns: Mutex<Vec<SharedConnection>>,
+    next: std::sync::atomic::AtomicUsize,
+    /// Serialises connection set-up to this member.
+    connecting: tokio::sync::Mutex<()>,
     down_until: Mutex<Option<Instant>>,
 }
 
@@ -187,7 +194,9 @@ impl Slot {
                 m.ports.rdma,
                 m.transport,
             ),
-            conn: tokio::sync::Mutex::new(None),
+            conns: Mutex::new(Vec::new()),
+            next: std::sync::atomic::AtomicUsize::new(0),
+            connecting: tokio::sync::Mutex::new(()),
             down_until: Mutex::new(None),
         }
     }
@@ -204,6 +213,23 @@ impl Slot {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|t| t > now)
+    }
+
+    /// A connection when `want` are open already (round robin).
+    fn pick(&self, want: usize) -> Option<SharedConnection> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.is_empty() || conns.len() < want {
+            return None;
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(conns[i % conns.len()].clone())
+    }
+
+    fn forget(&self, conn: &SharedConnection) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|c| !Arc::ptr_eq(c, conn));
     }
 
     fn set_down(&self, until: Option<Instant>) {
@@ -503,22 +529,35 @@ impl CacheClient {
     }
 
     async fn attempt(&self, m: &Member, slot: &Slot, req: Request, path: &str) -> Attempt {
-        let conn = {
-            let mut guard = slot.conn.lock().await;
-            match guard.as_ref() {
-                Some(c) => c.clone(),
-                None => match self.connect(m).await {
-                    Ok(c) => {
-                        *guard = Some(c.clone());
-                        c
-                    }
-                    Err(e) => {
-                        return Attempt::Next {
-                            reason: e.to_string(),
-                            down: true,
-                        };
-                    }
-                },
+        let want = self.inner.cfg.connections_per_member.max(1);
+        let conn = match slot.pick(want) {
+            Some(c) => c,
+            None => {
+                let _guard = slot.connecting.lock().await;
+                match slot.pick(want) {
+                    Some(c) => c,
+                    None => match self.connect(m).await {
+                        Ok(c) => {
+                            slot.conns
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(c.clone());
+                            c
+                        }
+                        Err(e) => {
+                            // With some connections still open, use one of them.
+                            match slot.pick(1) {
+                                Some(c) => c,
+                                None => {
+                                    return Attempt::Next {
+                                        reason: e.to_string(),
+                                        down: true,
+                                    };
+                                }
+                            }
+                        }
+                    },
+                }
             }
         };
         let timeout = self.inner.cfg.request_timeout;
@@ -549,10 +588,7 @@ impl CacheClient {
             Ok(r) => Attempt::Done(r),
             Err(reason) => {
                 // The connection may be broken: reconnect next time.
-                let mut guard = slot.conn.lock().await;
-                if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
-                    *guard = None;
-                }
+                slot.forget(&conn);
                 Attempt::Next { reason, down: true }
             }
         }
