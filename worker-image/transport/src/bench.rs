@@ -83,6 +83,9 @@ pub struct BenchArgs {
     /// latency case only; stress cases keep many requests in flight and never poll.
     #[arg(long, default_value_t = 50)]
     pub busy_poll_us: u64,
+    /// TCP: SO_SNDBUF/SO_RCVBUF in bytes (0: kernel autotuning).
+    #[arg(long, default_value_t = 0)]
+    pub socket_buffer: usize,
     /// Only these payload sizes in bytes (comma separated; default 4096,65536,1048576).
     #[arg(long, value_delimiter = ',')]
     pub payloads: Vec<usize>,
@@ -210,6 +213,7 @@ async fn run_server(args: BenchArgs) -> anyhow::Result<()> {
     let addr = SocketAddr::new(ip, args.local_port);
     let opts = ServerOptions {
         pool: Some(pool.clone()),
+        socket_buffer: (args.socket_buffer > 0).then_some(args.socket_buffer),
         ..Default::default()
     };
     let server = crate::listen(args.transport, addr, handler, opts).await?;
@@ -298,6 +302,7 @@ async fn run_client(args: BenchArgs) -> anyhow::Result<()> {
     let pool = client_pool(64 << 20)?;
     let opts = ClientOptions {
         pool: Some(pool),
+        socket_buffer: (args.socket_buffer > 0).then_some(args.socket_buffer),
         ..Default::default()
     };
     out(
