@@ -116,7 +116,7 @@ read_mbps() {  # prints MB/s of a sequential 1 MiB read of $1 through the mount
     awk '/copied/ {for (i = 1; i <= NF; i++) if ($i ~ /s,$/) t = $(i); print}' | tail -n 1
 }
 echo "cold read (fills the cache from the under-storage): $(read_mbps models/weights.bin)"
-echo "hot read  (served from the workers' memory tier):   $(read_mbps models/weights.bin)"
+echo "hot read  (cache warm: kernel page cache + workers' memory tier): $(read_mbps models/weights.bin)"
 if journey_in_fuse "$fusepod" cmp "/mnt/rcache/models/weights.bin" "$DEMO_DIR/ufs/models/weights.bin"; then
   echo "bytes read through FUSE are identical to the under-storage copy"
 fi
