@@ -81,7 +81,7 @@ impl Default for ClientConfig {
             parallel: 8,
             down_for: Duration::from_secs(2),
             hedge_after: Some(Duration::from_secs(3)),
-            connections_per_member: 2,
+            connections_per_member: 1,
             receive_pool: Some(PoolConfig {
                 chunk_size: 1 << 20,
                 initial: 16 << 20,

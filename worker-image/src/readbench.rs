@@ -58,6 +58,9 @@ pub struct ReadBenchArgs {
     /// Placement block size in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub block_size: u64,
+    /// Connections per worker.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -125,6 +128,7 @@ pub async fn run(args: ReadBenchArgs) -> anyhow::Result<()> {
         block_size: args.block_size,
         fallback: Fallback::None,
         max_request: args.io_size.max(1 << 20),
+        connections_per_member: args.connections,
         ..ClientConfig::default()
     })
     .await?;
