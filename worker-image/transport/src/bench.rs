@@ -174,6 +174,30 @@ impl Handler for BenchHandler {
     }
 }
 
+/// `YYYY-MM-DD HH:MM:SS` (UTC) without a date crate (days-to-civil, H. Hinnant).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 fn out(json: bool, line: impl AsRef<str>) {
     if json {
         eprintln!("{}", line.as_ref());
@@ -320,11 +344,15 @@ async fn run_client(args: BenchArgs) -> anyhow::Result<()> {
         json,
         "===============================================================",
     );
+    out(json, format!("[INFO] Test started at: {}", utc_now()));
     out(json, format!("[INFO] Connecting to {remote}..."));
     let conn = crate::connect(args.transport, remote, opts.clone())
         .await
         .with_context(|| format!("connecting to the bench server at {remote}"))?;
-    out(json, format!("\n[INFO] Test Case: {:?}", args.case));
+    let case_name = clap::ValueEnum::to_possible_value(&args.case)
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    out(json, format!("\n[INFO] Test Case: {case_name}"));
     out(json, format!("[INFO] Duration: {} seconds", args.duration));
     let mut report = Report {
         transport: args.transport,
@@ -670,4 +698,65 @@ async fn stress(
         ),
     );
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    #[test]
+    fn flags_have_the_seed_defaults() {
+        let a = Cli::parse_from(["bench"]).args;
+        assert_eq!(
+            (a.local_port, a.remote_port, a.duration, a.delay_us),
+            (20600, 20600, 10, 0)
+        );
+        assert_eq!((a.numjobs, a.iodepth), (-1, -1));
+        assert_eq!(a.case, Case::All);
+        assert_eq!(a.transport, TransportKind::Ucx);
+        assert_eq!(a.mode, None);
+        let a = Cli::parse_from([
+            "bench",
+            "--remote-ip",
+            "10.0.1.10",
+            "--case",
+            "stress-read",
+            "--numjobs",
+            "8",
+            "--iodepth",
+            "32",
+            "--transport",
+            "tcp",
+        ])
+        .args;
+        assert_eq!(a.case, Case::StressRead);
+        assert_eq!(
+            (a.numjobs, a.iodepth, a.transport),
+            (8, 32, TransportKind::Tcp)
+        );
+    }
+
+    #[test]
+    fn percentiles_pick_the_ceiling_rank() {
+        let v: Vec<u64> = (1..=1000).map(|i| i * 1000).collect();
+        assert_eq!(pct(&v, 0.0), 1.0);
+        assert_eq!(pct(&v, 0.5), 500.0);
+        assert_eq!(pct(&v, 0.99), 990.0);
+        assert_eq!(pct(&v, 0.999), 999.0);
+        assert_eq!(pct(&v, 1.0), 1000.0);
+    }
+
+    #[test]
+    fn utc_dates_format_like_the_seed() {
+        let s = utc_now();
+        assert_eq!(s.len(), 19, "{s}");
+        assert!(s.starts_with("20"), "{s}");
+    }
 }
