@@ -7,8 +7,9 @@
 //! the spec no longer wants are found by `app.kubernetes.io/instance` + `rcache.io/owner-uid`
 //! and deleted. Status is patched only when it differs from what is stored.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
@@ -37,6 +38,8 @@ use crate::validate::{self, ClusterPlan};
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// Retry delay after a transient error.
 pub const RETRY: Duration = Duration::from_secs(10);
+/// Most CacheClusters whose sweep generation [`Context`] remembers.
+pub const SWEPT_MAX: usize = 65_536;
 
 /// The NetworkAttachmentDefinition resource (Multus CRD, not in k8s-openapi).
 pub fn nad_resource() -> ApiResource {
@@ -54,6 +57,43 @@ pub struct Context {
     pub recorder: Recorder,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Which clusters' orphaned children this process already swept, at which generation.
+    pub swept: Swept,
+}
+
+/// CacheCluster uid → the generation whose orphaned children this process already deleted.
+/// The set of wanted children depends only on the spec, so the orphan LISTs (one per child kind)
+/// run once per generation, and once per cluster after a restart, instead of on every reconcile:
+/// at 200 clusters they were 40% of the operator's API requests.
+#[derive(Default)]
+pub struct Swept(Mutex<HashMap<String, i64>>);
+
+impl Swept {
+    /// Whether the orphans of cluster `uid` at `generation` still need deleting.
+    pub fn needed(&self, uid: &str, generation: i64) -> bool {
+        self.0
+            .lock()
+            .map_or(true, |m| m.get(uid) != Some(&generation))
+    }
+
+    /// Records a successful sweep of cluster `uid` at `generation`.
+    pub fn done(&self, uid: &str, generation: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            // Clusters deleted without a visible deletionTimestamp leave their entry behind;
+            // bound the map (forgetting only costs one more sweep per cluster).
+            if m.len() >= SWEPT_MAX {
+                m.clear();
+            }
+            m.insert(uid.to_string(), generation);
+        }
+    }
+
+    /// Forgets cluster `uid` (it is being deleted).
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(uid);
+        }
+    }
 }
 
 /// Entry point for the controller: one reconcile, timed and counted.
@@ -277,6 +317,9 @@ fn ds_rollout_pending(ds: &DaemonSet) -> bool {
 async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, Error> {
     if cc.metadata.deletion_timestamp.is_some() {
         // Children carry controller owner references; the garbage collector removes them.
+        if let Some(uid) = &cc.metadata.uid {
+            ctx.swept.forget(uid);
+        }
         return Ok(Action::await_change());
     }
     let client = &ctx.client;
@@ -360,19 +403,24 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
         apply(client, &ns, pdb).await?;
     }
     let mut deleted = Vec::new();
-    deleted.extend(
-        delete_orphans::<ConfigMap>(client, &plan, &names_of(&children.config_maps)).await?,
-    );
-    deleted.extend(delete_orphans::<Service>(client, &plan, &names_of(&children.services)).await?);
-    deleted.extend(
-        delete_orphans::<StatefulSet>(client, &plan, &names_of(&children.stateful_sets)).await?,
-    );
-    deleted.extend(
-        delete_orphans::<DaemonSet>(client, &plan, &names_of(&children.daemon_sets)).await?,
-    );
-    deleted.extend(
-        delete_orphans::<PodDisruptionBudget>(client, &plan, &names_of(&children.pdbs)).await?,
-    );
+    if ctx.swept.needed(&plan.uid, generation) {
+        deleted.extend(
+            delete_orphans::<ConfigMap>(client, &plan, &names_of(&children.config_maps)).await?,
+        );
+        deleted
+            .extend(delete_orphans::<Service>(client, &plan, &names_of(&children.services)).await?);
+        deleted.extend(
+            delete_orphans::<StatefulSet>(client, &plan, &names_of(&children.stateful_sets))
+                .await?,
+        );
+        deleted.extend(
+            delete_orphans::<DaemonSet>(client, &plan, &names_of(&children.daemon_sets)).await?,
+        );
+        deleted.extend(
+            delete_orphans::<PodDisruptionBudget>(client, &plan, &names_of(&children.pdbs)).await?,
+        );
+        ctx.swept.done(&plan.uid, generation);
+    }
     for d in &deleted {
         info!(cluster = %plan.name, namespace = %ns, object = %d, "deleted child the spec no longer wants");
         publish(
@@ -463,5 +511,51 @@ async fn announce_transitions(
             format!("{type_}={}: {}", c.status, c.message),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orphans_are_swept_once_per_generation_and_again_after_a_spec_change() {
+        let swept = Swept::default();
+        assert!(
+            swept.needed("uid-a", 1),
+            "a cluster never swept needs a sweep"
+        );
+        swept.done("uid-a", 1);
+        assert!(
+            !swept.needed("uid-a", 1),
+            "same generation: no second sweep"
+        );
+        assert!(
+            swept.needed("uid-a", 2),
+            "a spec change can make children unwanted"
+        );
+        assert!(
+            swept.needed("uid-b", 1),
+            "another cluster is tracked on its own"
+        );
+        swept.forget("uid-a");
+        assert!(
+            swept.needed("uid-a", 1),
+            "a forgotten cluster is swept again"
+        );
+    }
+
+    #[test]
+    fn swept_memory_is_bounded_and_forgetting_only_costs_a_sweep() {
+        let swept = Swept::default();
+        for i in 0..SWEPT_MAX {
+            swept.done(&format!("uid-{i}"), 1);
+        }
+        swept.done("one-more", 1);
+        assert!(!swept.needed("one-more", 1));
+        assert!(
+            swept.needed("uid-0", 1),
+            "older entries were dropped, so swept again"
+        );
     }
 }

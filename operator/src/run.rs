@@ -307,6 +307,7 @@ async fn run_controller(
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
+        swept: reconcile::Swept::default(),
     });
     controller
         .graceful_shutdown_on(shutdown)
