@@ -26,8 +26,8 @@ crds-check: ## the committed CRD must match the Rust types
 test-rust: deps ## unit and process-level integration tests
 	cargo test --workspace --no-fail-fast
 
-test-e2e: deps tools ## suites against the local real control plane (e2e/suites/*.sh, in order)
-	e2e/run-suites.sh
+test-e2e: deps tools ## suites against a fresh local real control plane (e2e/suites/*.sh, in order)
+	RCACHE_CLUSTER=rcache-test RCACHE_FRESH_CLUSTER=1 e2e/run-suites.sh
 
 test: deps tools lint crds-check test-rust test-e2e ## everything CI runs
 

@@ -3,9 +3,13 @@
 # and prints a summary line "N passed, N failed". Each suite gets KUBECONFIG and the tools on PATH.
 # Usage: e2e/run-suites.sh [suite-name-prefix ...]   e.g. `e2e/run-suites.sh 00-smoke`
 # The cluster is deleted afterwards if this run started it (keep it: RCACHE_KEEP_CLUSTER=1).
+# `make test-e2e` runs it on its own cluster `rcache-test`, created fresh (RCACHE_FRESH_CLUSTER=1).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 started=0
+# RCACHE_FRESH_CLUSTER=1 (what `make test` sets): delete any cluster of this name first, so a
+# run never inherits objects from an earlier one (a stopped cluster's etcd data survives reboots).
+if [ "${RCACHE_FRESH_CLUSTER:-}" = 1 ]; then "$here/cluster" down >/dev/null 2>&1 || true; fi
 "$here/cluster" status >/dev/null 2>&1 || started=1
 "$here/cluster" up >/dev/null || { echo "cluster failed to start" >&2; exit 1; }
 eval "$("$here/cluster" env)"
