@@ -1,7 +1,8 @@
 # rcache: `make demo` shows the whole journey; `make test` is what CI runs (.ci/run).
 SHELL := /bin/bash
 export RCACHE_TOOLS ?= $(HOME)/.cache/rcache/tools
-export CARGO_TARGET_DIR ?= $(CURDIR)/target
+# One cargo target dir reused by every checkout and CI run on this machine (slow to build cold).
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/rcache/target
 
 .PHONY: all deps tools build lint crds-check test test-rust test-e2e demo demo-down cluster-up cluster-down bench image clean
 
