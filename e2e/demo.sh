@@ -34,7 +34,8 @@ fi
 [ "$(id -u)" = 0 ] || { echo "make demo needs root (network namespaces, FUSE)" >&2; exit 1; }
 
 say "1/5 local Kubernetes control plane (cluster '$RCACHE_CLUSTER')"
-"$E2E/cluster" up
+# kwokctl's JSON progress lines are left out; the cluster script's own lines say the same.
+"$E2E/cluster" up 2>&1 | { grep -v '^{"time"' || true; }
 eval "$("$E2E/cluster" env)"
 # shellcheck source=e2e/journey.sh
 . "$E2E/journey.sh"
