@@ -300,6 +300,22 @@ fn check_no_data(op: u16, data: &Bytes) -> Result<(), CodecError> {
     }
 }
 
+/// Writes one frame (header, then metadata, then payload) into `out`: the layout both
+/// `Request::encode_frame` and `Response::encode_frame` produce.
+fn put_frame(op: u16, id: u64, meta: &[u8], data: Option<&Bytes>, out: &mut BytesMut) {
+    FrameHeader {
+        op,
+        id,
+        meta_len: meta.len() as u32,
+        data_len: data.map_or(0, |d| d.len() as u32),
+    }
+    .encode(out);
+    out.put_slice(meta);
+    if let Some(d) = data {
+        out.put_slice(d);
+    }
+}
+
 impl Request {
     /// Appends the metadata to `meta` and returns the op code and the payload (if any).
     pub fn encode_meta(&self, meta: &mut BytesMut) -> (u16, Option<&Bytes>) {
@@ -331,18 +347,7 @@ impl Request {
     pub fn encode_frame(&self, id: u64, out: &mut BytesMut) {
         let mut meta = BytesMut::new();
         let (op, data) = self.encode_meta(&mut meta);
-        let data_len = data.map_or(0, |d| d.len() as u32);
-        FrameHeader {
-            op,
-            id,
-            meta_len: meta.len() as u32,
-            data_len,
-        }
-        .encode(out);
-        out.put_slice(&meta);
-        if let Some(d) = data {
-            out.put_slice(d);
-        }
+        put_frame(op, id, &meta, data, out);
     }
 
     pub fn decode(op: u16, meta: &[u8], data: Bytes) -> Result<Request, CodecError> {
@@ -420,18 +425,7 @@ impl Response {
     pub fn encode_frame(&self, id: u64, out: &mut BytesMut) {
         let mut meta = BytesMut::new();
         let (op, data) = self.encode_meta(&mut meta);
-        let data_len = data.map_or(0, |d| d.len() as u32);
-        FrameHeader {
-            op,
-            id,
-            meta_len: meta.len() as u32,
-            data_len,
-        }
-        .encode(out);
-        out.put_slice(&meta);
-        if let Some(d) = data {
-            out.put_slice(d);
-        }
+        put_frame(op, id, &meta, data, out);
     }
 
     pub fn decode(op: u16, meta: &[u8], data: Bytes) -> Result<Response, CodecError> {
