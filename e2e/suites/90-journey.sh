@@ -115,6 +115,13 @@ for p in "${workers[@]}"; do podsim_stop "$p"; done
 
 # --------------------------------------------------------------------------------------------
 e2e_log "failure cases"
+# network_reason_is <cachecluster> <reason>: its NetworkReady condition carries <reason>.
+network_reason_is() {
+  local got
+  got=$(kubectl -n "$app" get "$crd" "$1" -o jsonpath='{.status.conditions[?(@.type=="NetworkReady")].reason}')
+  echo "NetworkReady reason: ${got:-none} (want $2)"
+  [ "$got" = "$2" ]
+}
 cat >"$E2E_TMP/missing-nad.yaml" <<'EOF'
 apiVersion: rcache.io/v1alpha1
 kind: CacheCluster
@@ -125,7 +132,7 @@ spec:
 EOF
 kubectl -n "$app" apply -f "$E2E_TMP/missing-nad.yaml" >/dev/null
 check "missing NAD: NetworkReady reason NetworkAttachmentNotFound" \
-  wait_for 60 bash -c "[ \"\$(kubectl -n $app get $crd missing-nad -o jsonpath='{.status.conditions[?(@.type==\"NetworkReady\")].reason}')\" = NetworkAttachmentNotFound ]"
+  wait_for 60 network_reason_is missing-nad NetworkAttachmentNotFound
 cat >"$E2E_TMP/no-resource.yaml" <<'EOF'
 apiVersion: rcache.io/v1alpha1
 kind: CacheCluster
@@ -136,7 +143,7 @@ spec:
 EOF
 kubectl -n "$app" apply -f "$E2E_TMP/no-resource.yaml" >/dev/null
 check "no node with the resource: NetworkReady reason ResourceNotAllocatable" \
-  wait_for 60 bash -c "[ \"\$(kubectl -n $app get $crd no-resource -o jsonpath='{.status.conditions[?(@.type==\"NetworkReady\")].reason}')\" = ResourceNotAllocatable ]"
+  wait_for 60 network_reason_is no-resource ResourceNotAllocatable
 bad=$(kubectl -n "$app" apply -f - 2>&1 <<'EOF' || true
 apiVersion: rcache.io/v1alpha1
 kind: CacheCluster
