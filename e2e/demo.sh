@@ -72,6 +72,7 @@ ready_workers() {
     -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$' || true
 }
 for _ in $(seq 1 120); do [ "$(ready_workers)" -ge 2 ] && break; sleep 1; done
+journey_rollout_done "$NS" "$RCC" 180
 # Multus' part: attach ib0 with a fabric address to each worker pod (podsim stands in for it).
 mapfile -t workers < <(journey_worker_pods "$NS" "$RCC")
 i=0

@@ -93,6 +93,25 @@ journey_worker_pods() {
     -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | sort -t- -k3 -n
 }
 
+# journey_rollout_done <namespace> <cluster> [timeout-seconds]: the operator has reconciled the
+# CacheCluster's latest generation and the worker StatefulSet has finished rolling out. A spec
+# change that alters the properties changes the pod template's config hash, so the worker pods
+# are replaced one by one; attaching the fabric (Multus' part) to a pod that is about to be
+# replaced would leave its successor without an address. Waiting for observedGeneration first
+# matters: right after the patch the StatefulSet still has its old template and reads as rolled
+# out. (The FUSE DaemonSet is `OnDelete`: a spec change never replaces a running FUSE pod.)
+journey_rollout_done() {
+  local ns=$1 rcc=$2 t=${3:-120} gens i
+  for ((i = 0; i < t; i++)); do
+    gens=$(kubectl -n "$ns" get cacheclusters.rcache.io "$rcc" \
+      -o jsonpath='{.metadata.generation} {.status.observedGeneration}' 2>/dev/null)
+    [ -n "${gens#* }" ] && [ "${gens% *}" = "${gens#* }" ] && break
+    sleep 1
+  done
+  [ "$i" -lt "$t" ] || { echo "operator did not observe generation of $rcc (generation observed: $gens)"; return 1; }
+  kubectl -n "$ns" rollout status "statefulset/$rcc-worker" --timeout="${t}s" >/dev/null
+}
+
 # journey_attach <namespace> <pod> <nad namespace/name> <ifname> <ip>: the pod's fabric
 # interface (podsim netns) and the Multus network-status annotation; prints the netns name.
 journey_attach() {

@@ -50,6 +50,7 @@ journey_make_dataset "$dataset"
 kubectl -n "$app" patch "$crd" ipoib --type=merge \
   -p "{\"spec\":{\"ufs\":{\"hostPath\":\"$dataset\"},\"worker\":{\"tiers\":[{\"medium\":\"MEM\",\"quota\":\"256Mi\"}]}}}" >/dev/null
 check "2 worker pods Ready (kwok)" wait_for 90 pods_ready "$app" "app.kubernetes.io/instance=ipoib,app.kubernetes.io/component=worker" 2
+check "worker rollout complete after the spec change" journey_rollout_done "$app" ipoib
 sts=$(kubectl -n "$app" get statefulset ipoib-worker -o json)
 assert_contains "worker pods carry the Multus annotation with the interface" '"interface":"ib0"' \
   "$(jq -r '.spec.template.metadata.annotations["k8s.v1.cni.cncf.io/networks"]' <<<"$sts" | tr -d ' ')"
