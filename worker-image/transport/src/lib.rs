@@ -109,8 +109,10 @@ pub struct ClientOptions {
     pub socket_buffer: Option<usize>,
     /// UCX `NET_DEVICES` (e.g. `mlx5_0:1`, see `binding`); `None` keeps UCX's choice.
     pub ucx_devices: Option<String>,
-    /// UCX only: after sending, poll for the reply this long (yielding the CPU) before
-    /// parking the task. Cuts small-request latency; costs CPU. `None` (default) never polls.
+    /// UCX only: the calling thread sends and progresses the connection's UCP worker itself
+    /// for up to this long while it waits for the reply (no hand-off to the connection's
+    /// thread and back), then parks the task. Cuts small-request latency to about the fabric's
+    /// round trip; costs a busy core per waiting caller. `None` (default) never polls.
     pub busy_poll: Option<Duration>,
 }
 

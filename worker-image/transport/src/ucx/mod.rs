@@ -200,7 +200,9 @@ impl Drop for MemHandle {
     }
 }
 
-/// A UCP worker in `UCS_THREAD_MODE_SINGLE`: use it only from the thread that made it.
+/// A UCP worker. Made with [`Worker::new`] it is in `UCS_THREAD_MODE_SINGLE`: use it only from
+/// the thread that made it. Made with [`Worker::new_serialized`] (`UCS_THREAD_MODE_SERIALIZED`)
+/// several threads may use it one at a time, which the owner guarantees with a lock.
 pub struct Worker {
     pub(crate) h: sys::ucp_worker_h,
     efd: RawFd,
@@ -211,9 +213,18 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(ctx: &Rc<Context>) -> Result<Worker, UcxError> {
+        Self::with_mode(ctx, sys::UCS_THREAD_MODE_SINGLE)
+    }
+
+    /// A worker that several threads use one at a time (the caller serialises every use).
+    pub fn new_serialized(ctx: &Rc<Context>) -> Result<Worker, UcxError> {
+        Self::with_mode(ctx, sys::UCS_THREAD_MODE_SERIALIZED)
+    }
+
+    fn with_mode(ctx: &Rc<Context>, mode: sys::ucs_thread_mode_t) -> Result<Worker, UcxError> {
         let params = sys::ucp_worker_params_t {
             field_mask: sys::UCP_WORKER_PARAM_FIELD_THREAD_MODE as u64,
-            thread_mode: sys::UCS_THREAD_MODE_SINGLE,
+            thread_mode: mode,
             ..Default::default()
         };
         let mut h: sys::ucp_worker_h = std::ptr::null_mut();

@@ -7,6 +7,15 @@
 //! and the mailbox eventfd. Messages are active messages: the AM header carries the frame header
 //! and metadata, the AM data carries the payload (rendezvous for large ones, from registered
 //! memory when the payload lies in the buffer pool).
+//!
+//! Caller-progressed calls (client only, `ClientOptions::busy_poll`): handing a request to the
+//! node thread and the reply back costs two thread hand-offs, which dominate small-request
+//! latency (and on a small machine a third runnable thread waits for a core). So a client node's
+//! worker is `UCS_THREAD_MODE_SERIALIZED` and sits behind a lock ([`Direct`]): a latency-sensitive
+//! caller takes the lock, sends, and progresses the worker itself until its reply arrives or its
+//! busy-poll window ends; meanwhile the node thread parks on its mailbox only, so the path is
+//! two busy threads end to end (caller and server), like `ucx_perftest`. A caller whose window
+//! ends without a reply hands the wait back to the node thread (wakes it) and awaits as usual.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -16,7 +25,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -122,6 +131,35 @@ impl Mailbox {
         ok
     }
 }
+
+/// The lock that lets a client's callers progress its node themselves (module docs).
+struct Direct {
+    /// Address of the node (`*const Node`) while it lives, 0 once it is gone. Every use of the
+    /// node by any thread, the node thread's own included, happens while holding this lock.
+    node: Mutex<usize>,
+    /// Callers progressing the worker right now.
+    active: AtomicUsize,
+    /// Bumped by every caller-progressed call: the node thread keeps off the worker's event fd
+    /// while such calls keep coming.
+    seq: AtomicU64,
+}
+
+impl Direct {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.node.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The node behind a held [`Direct`] lock, if it still lives.
+///
+/// # Safety
+/// `addr` is the value under the lock and the lock is held for as long as the reference is used.
+unsafe fn node_at<'a>(addr: usize) -> Option<&'a Node> {
+    (addr != 0).then(|| unsafe { &*(addr as *const Node) })
+}
+
+/// How long a node thread parked for caller-progressed calls sleeps between looks.
+const DIRECT_PARK: Duration = Duration::from_millis(5);
 
 enum Role {
     Server {
@@ -449,10 +487,63 @@ impl Node {
         }
     }
 
-    fn run(&self, rx: &mpsc::Receiver<Cmd>) {
+    /// Progresses until the worker has nothing more to do; returns the events handled.
+    fn progress_all(&self) -> u32 {
+        let mut work = 0;
+        loop {
+            let n = self.worker.progress();
+            if n == 0 {
+                return work;
+            }
+            work += n;
+        }
+    }
+
+    /// True when no call waits for a reply (always true for a server).
+    fn nothing_pending(&self) -> bool {
+        match &self.st.borrow().role {
+            Role::Client { pending, .. } => pending.is_empty(),
+            Role::Server { .. } => true,
+        }
+    }
+
+    /// Sleeps on the mailbox alone for up to `limit`, unless a command is queued (returned, for
+    /// the caller to execute) or `stay_awake()` holds. Both are checked after the sleeping flag
+    /// is up, so a concurrent `Wake::wake` is never lost.
+    fn park_on_mailbox(
+        &self,
+        rx: &mpsc::Receiver<Cmd>,
+        limit: Duration,
+        stay_awake: impl Fn() -> bool,
+    ) -> Option<Cmd> {
+        let wake = &self.mailbox.wake;
+        wake.sleeping.store(true, Ordering::SeqCst);
+        let queued = rx.try_recv().ok();
+        if queued.is_none() && !stay_awake() {
+            let mut fd = libc::pollfd {
+                fd: wake.evfd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut fd, 1, limit.as_millis() as i32) };
+            if fd.revents != 0 {
+                wake.drain();
+            }
+        }
+        wake.sleeping.store(false, Ordering::SeqCst);
+        queued
+    }
+
+    /// The node thread's loop. With `direct` (a client whose callers may progress the worker
+    /// themselves) every use of the node happens under the `Direct` lock, and while callers
+    /// progress it the thread parks on its mailbox instead of the worker's event fd.
+    fn run(&self, rx: &mpsc::Receiver<Cmd>, direct: Option<&Direct>) {
         let spin = spin_time();
         let mut idle = Instant::now();
+        let mut seen_seq = 0u64;
         loop {
+            let guard = direct.map(Direct::lock);
             let mut work = 0u32;
             while let Ok(cmd) = rx.try_recv() {
                 work += 1;
@@ -460,22 +551,42 @@ impl Node {
                     return;
                 }
             }
-            loop {
-                let n = self.worker.progress();
-                if n == 0 {
-                    break;
-                }
-                work += n;
-            }
+            work += self.progress_all();
             work += self.flush_outq();
             self.reap();
             if work > 0 {
                 idle = Instant::now();
                 continue;
             }
+            if let Some(d) = direct {
+                let seq = d.seq.load(Ordering::SeqCst);
+                if d.active.load(Ordering::SeqCst) > 0
+                    || (seq != seen_seq && self.nothing_pending())
+                {
+                    // Callers are progressing the worker (or were a moment ago and nothing is
+                    // left to wait for): keep off the event fd, look again in a while.
+                    seen_seq = seq;
+                    drop(guard);
+                    // A caller whose window ended without its reply leaves the call pending
+                    // and wakes us: then this thread must wait on the worker again.
+                    let handed_back = || {
+                        let _g = d.lock();
+                        d.active.load(Ordering::SeqCst) == 0 && !self.nothing_pending()
+                    };
+                    if let Some(cmd) = self.park_on_mailbox(rx, DIRECT_PARK, handed_back) {
+                        let _g = d.lock();
+                        if !self.exec(cmd) {
+                            return;
+                        }
+                    }
+                    idle = Instant::now();
+                    continue;
+                }
+            }
             if idle.elapsed() < spin {
                 // Yield rather than burn the core: on small machines the thread that must run
                 // next (the caller's tokio worker, the peer) may be waiting for this CPU.
+                drop(guard);
                 std::thread::yield_now();
                 continue;
             }
@@ -484,6 +595,7 @@ impl Node {
                 Ok(false) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "ucp_worker_arm");
+                    drop(guard);
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
@@ -497,6 +609,14 @@ impl Node {
                 idle = Instant::now();
                 continue;
             }
+            if let Some(d) = direct
+                && d.active.load(Ordering::SeqCst) > 0
+            {
+                // A caller started progressing after our look above: do not sleep on the fd.
+                self.mailbox.wake.sleeping.store(false, Ordering::SeqCst);
+                continue;
+            }
+            drop(guard);
             let mut fds = [
                 libc::pollfd {
                     fd: self.worker.event_fd(),
@@ -754,7 +874,12 @@ fn build_node(
     mailbox: Mailbox,
 ) -> Result<Box<Node>, String> {
     let ctx = Context::new(cfg).map_err(|e| e.to_string())?;
-    let worker = Worker::new(&ctx).map_err(|e| e.to_string())?;
+    // A client's worker may be progressed by its callers too (under the `Direct` lock).
+    let worker = match role {
+        Role::Client { .. } => Worker::new_serialized(&ctx),
+        Role::Server { .. } => Worker::new(&ctx),
+    }
+    .map_err(|e| e.to_string())?;
     let node = Box::new(Node {
         worker,
         ctx,
@@ -850,7 +975,7 @@ pub(crate) async fn listen(
                 }
             };
             let _ = ready_tx.send(Ok(listener.local_addr));
-            node.run(&rx);
+            node.run(&rx, None);
             drop(listener);
             node.close_all();
             drop(node);
@@ -876,6 +1001,7 @@ pub(crate) async fn listen(
 pub(crate) struct UcxConnection {
     peer: SocketAddr,
     mailbox: Mailbox,
+    direct: Arc<Direct>,
     next_id: AtomicU64,
     closed: Arc<Mutex<Option<String>>>,
     timeout: Option<Duration>,
@@ -902,6 +1028,12 @@ pub(crate) async fn connect(
     let cfg = ucx_config(&opts.ucx_devices);
     let pool = opts.pool.clone();
     let closed2 = closed.clone();
+    let direct = Arc::new(Direct {
+        node: Mutex::new(0),
+        active: AtomicUsize::new(0),
+        seq: AtomicU64::new(0),
+    });
+    let direct2 = direct.clone();
     std::thread::Builder::new()
         .name(format!("ucx-client-{}", addr.port()))
         .spawn(move || {
@@ -930,9 +1062,13 @@ pub(crate) async fn connect(
                     return;
                 }
             }
+            *direct2.lock() = &*node as *const Node as usize;
             let _ = ready_tx.send(Ok(()));
-            node.run(&rx);
+            node.run(&rx, Some(&direct2));
+            let mut g = direct2.lock();
+            *g = 0;
             node.close_all();
+            drop(g);
         })
         .map_err(|e| cerr(e.to_string()))?;
     match tokio::time::timeout(opts.connect_timeout, ready_rx).await {
@@ -949,6 +1085,7 @@ pub(crate) async fn connect(
     Ok(UcxConnection {
         peer: addr,
         mailbox,
+        direct,
         next_id: AtomicU64::new(1),
         closed,
         timeout: opts.request_timeout,
@@ -970,49 +1107,85 @@ impl Drop for CancelGuard<'_> {
     }
 }
 
-#[async_trait::async_trait]
-impl Connection for UcxConnection {
-    async fn call(&self, req: Request) -> Result<Response, TransportError> {
-        if let Some(reason) = self
-            .closed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
-            return Err(TransportError::Io {
-                addr: self.peer,
-                reason,
-            });
+impl UcxConnection {
+    fn stopped(&self) -> TransportError {
+        TransportError::Io {
+            addr: self.peer,
+            reason: "UCX connection thread has stopped".into(),
         }
+    }
+
+    /// A caller-progressed call (module docs): send and progress the worker on this thread
+    /// until the reply arrives or `window` passes; then hand the wait back to the node thread.
+    async fn call_progressing(
+        &self,
+        req: Request,
+        window: Duration,
+    ) -> Result<Response, TransportError> {
+        let d = &*self.direct;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        if !self.mailbox.post(Cmd::Call { id, req, reply: tx }) {
-            return Err(TransportError::Io {
-                addr: self.peer,
-                reason: "UCX connection thread has stopped".into(),
-            });
+        let (tx, mut rx) = oneshot::channel();
+        d.active.fetch_add(1, Ordering::SeqCst);
+        d.seq.fetch_add(1, Ordering::SeqCst);
+        {
+            let g = d.lock();
+            // SAFETY: the address under the held lock.
+            let Some(node) = (unsafe { node_at(*g) }) else {
+                d.active.fetch_sub(1, Ordering::SeqCst);
+                return Err(self.stopped());
+            };
+            node.exec(Cmd::Call { id, req, reply: tx });
+            node.progress_all();
         }
-        let mut guard = CancelGuard {
+        let start = Instant::now();
+        let mut idle_spins = 0u32;
+        let mut polls = 0u32;
+        let outcome = loop {
+            match rx.try_recv() {
+                Ok(r) => break Some(r),
+                Err(oneshot::error::TryRecvError::Closed) => break Some(Err(self.stopped())),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            polls = polls.wrapping_add(1);
+            // Reading the clock costs as much as a poll: look every 16th round.
+            if polls.is_multiple_of(16) && start.elapsed() >= window {
+                break None;
+            }
+            let progressed = match d.node.try_lock() {
+                // SAFETY: the address under the held lock.
+                Ok(g) => unsafe { node_at(*g) }.map_or(0, Node::progress_all),
+                Err(_) => 0,
+            };
+            if progressed == 0 {
+                idle_spins += 1;
+                // Mostly spin (the reply is microseconds away); yield now and then so an
+                // oversubscribed machine still runs the peer.
+                if idle_spins.is_multiple_of(64) {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        };
+        d.active.fetch_sub(1, Ordering::SeqCst);
+        if let Some(r) = outcome {
+            return r;
+        }
+        // Window over: the node thread waits for the reply from here on.
+        self.mailbox.wake.wake();
+        let guard = CancelGuard {
             mailbox: &self.mailbox,
             id,
             armed: true,
         };
-        // Opt-in busy polling: a parked tokio worker costs a futex wake per reply, which
-        // dominates small-message latency; poll the reply slot (yielding the CPU) for a while.
-        let mut rx = rx;
-        if let Some(limit) = self.busy_poll {
-            let start = Instant::now();
-            while start.elapsed() < limit {
-                match rx.try_recv() {
-                    Ok(r) => {
-                        guard.armed = false;
-                        return r;
-                    }
-                    Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
-                    Err(oneshot::error::TryRecvError::Closed) => break,
-                }
-            }
-        }
+        self.await_reply(rx, guard).await
+    }
+
+    async fn await_reply(
+        &self,
+        rx: oneshot::Receiver<Result<Response, TransportError>>,
+        mut guard: CancelGuard<'_>,
+    ) -> Result<Response, TransportError> {
         let res = match self.timeout {
             Some(t) => match tokio::time::timeout(t, rx).await {
                 Ok(r) => r,
@@ -1032,6 +1205,37 @@ impl Connection for UcxConnection {
                 reason: "connection closed".into(),
             })
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl Connection for UcxConnection {
+    async fn call(&self, req: Request) -> Result<Response, TransportError> {
+        if let Some(reason) = self
+            .closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(TransportError::Io {
+                addr: self.peer,
+                reason,
+            });
+        }
+        if let Some(window) = self.busy_poll {
+            return self.call_progressing(req, window).await;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if !self.mailbox.post(Cmd::Call { id, req, reply: tx }) {
+            return Err(self.stopped());
+        }
+        let guard = CancelGuard {
+            mailbox: &self.mailbox,
+            id,
+            armed: true,
+        };
+        self.await_reply(rx, guard).await
     }
 
     fn peer(&self) -> SocketAddr {
@@ -1203,6 +1407,91 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(failed, "calls must fail once the server is gone");
+    }
+
+    /// Caller-progressed calls (`busy_poll`): replies inside the window come back on the
+    /// caller's own progress; a reply slower than the window (5 ms `Stat`) is handed back to the
+    /// node thread and still arrives; concurrent callers do not lose or mix up replies; after
+    /// the callers stop, the idle connection still answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn caller_progressed_calls_get_their_replies_fast_or_slow() {
+        let pool = BufferPool::new(PoolConfig {
+            chunk_size: 1 << 20,
+            initial: 4 << 20,
+            prewarm: 1 << 20,
+            max: 4 << 20,
+        })
+        .unwrap();
+        let mut c = pool.alloc().unwrap();
+        let n = c.capacity();
+        c.as_mut_slice().copy_from_slice(&pattern(n));
+        let h = Arc::new(Served {
+            pool_bytes: c.freeze(n),
+        });
+        let opts = ServerOptions {
+            pool: Some(pool.clone()),
+            ..Default::default()
+        };
+        let s = listen(TransportKind::Ucx, "127.0.0.1:0".parse().unwrap(), h, opts)
+            .await
+            .unwrap();
+        let copts = ClientOptions {
+            busy_poll: Some(Duration::from_micros(500)),
+            ..Default::default()
+        };
+        let conn = connect(TransportKind::Ucx, s.local_addr(), copts)
+            .await
+            .unwrap();
+        for i in 0..200usize {
+            let len = [1, 4096, 65536][i % 3];
+            match conn
+                .call(Request::BenchRead { len: len as u32 })
+                .await
+                .unwrap()
+            {
+                Response::Data(d) => assert_eq!(&d[..], &pattern(len)[..], "read {i} of {len}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Slower than the window: handed back to the node thread.
+        for _ in 0..3 {
+            assert_eq!(
+                conn.call(Request::Stat { path: "x".into() }).await.unwrap(),
+                Response::Stat(FileStat::default())
+            );
+        }
+        // Four callers at once, mixing fast and slow requests.
+        let mut tasks = Vec::new();
+        for t in 0..4usize {
+            let conn = conn.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..50usize {
+                    if (i + t) % 17 == 0 {
+                        assert_eq!(
+                            conn.call(Request::Stat { path: "x".into() }).await.unwrap(),
+                            Response::Stat(FileStat::default())
+                        );
+                        continue;
+                    }
+                    let len = 512 * (t + 1) + i;
+                    match conn
+                        .call(Request::BenchRead { len: len as u32 })
+                        .await
+                        .unwrap()
+                    {
+                        Response::Data(d) => assert_eq!(&d[..], &pattern(len)[..]),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Idle long enough for the node thread to go back to sleeping on the worker's fd.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(conn.call(Request::Ping).await.unwrap(), Response::Pong);
+        s.shutdown().await;
     }
 
     #[tokio::test]
