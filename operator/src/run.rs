@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::build::{
-    COMPONENT_WORKER, FIELD_MANAGER, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY,
+    COMPONENT_FUSE, COMPONENT_WORKER, FIELD_MANAGER, LABEL_COMPONENT, LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
 };
 use crate::crd::CacheCluster;
 use crate::leader::{LeaderElector, RENEW_DEADLINE, RETRY_PERIOD};
@@ -219,8 +220,10 @@ async fn run_controller(
 ) {
     let ns = &opts.watch_namespace;
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={FIELD_MANAGER}"));
+    // Worker pods (membership, readiness) and FUSE pods (their failures: a crash loop changes
+    // no DaemonSet status field, so without this watch FuseReady would wait for the resync).
     let worker_pods = watcher::Config::default().labels(&format!(
-        "{LABEL_MANAGED_BY}={FIELD_MANAGER},{LABEL_COMPONENT}={COMPONENT_WORKER}"
+        "{LABEL_MANAGED_BY}={FIELD_MANAGER},{LABEL_COMPONENT} in ({COMPONENT_WORKER},{COMPONENT_FUSE})"
     ));
     let controller = Controller::new(api::<CacheCluster>(&client, ns), watcher::Config::default())
         .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(500)));

@@ -3,6 +3,11 @@
 //! `NetworkReady`, `Progressing` and `Degraded`. Transition times are carried over from the
 //! previous status when a condition's status did not change, so recomputing an unchanged world
 //! yields an equal status and the writer can skip the patch.
+//!
+//! Failing pods ([`PodProblem`], read from container states by the reconcile) turn
+//! `WorkersReady`/`FuseReady` False with `WorkerPodsFailing`/`FusePodsFailing` and the
+//! container's termination message, so `kubectl describe rcc` shows why a worker crash-loops.
+//! Messages hold no timestamps or counters, so an unchanged crash loop keeps an equal status.
 
 use crate::crd::{CacheClusterStatus, ClusterCondition, Member};
 
@@ -33,6 +38,48 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Applying children failed.
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// Worker containers crash, fail to start or cannot pull their image (message: the pod's
+    /// termination message or waiting message).
+    pub const WORKER_PODS_FAILING: &str = "WorkerPodsFailing";
+    /// FUSE containers crash, fail to start or cannot pull their image.
+    pub const FUSE_PODS_FAILING: &str = "FusePodsFailing";
+}
+
+/// Failing pods named in a condition message; the rest are counted ("and N more").
+pub const FAILING_PODS_SHOWN: usize = 2;
+
+/// A pod whose container is failing: crash-looping, exited non-zero, or cannot start.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(default)]
+pub struct PodProblem {
+    /// Pod name.
+    pub pod: String,
+    /// The waiting reason (`CrashLoopBackOff`, `ImagePullBackOff`, ...) or the terminated
+    /// reason (`Error`, `OOMKilled`).
+    pub reason: String,
+    /// Why, short: the container's termination message (what `rcache-worker` / `rcache-fuse`
+    /// wrote on its fatal error, or the log tail) or the waiting message.
+    pub message: String,
+}
+
+/// `pod reason: message; pod reason: message; and N more` for the first
+/// [`FAILING_PODS_SHOWN`] problems.
+fn describe_failing(problems: &[PodProblem]) -> String {
+    let mut parts: Vec<String> = problems
+        .iter()
+        .take(FAILING_PODS_SHOWN)
+        .map(|p| {
+            if p.message.is_empty() {
+                format!("{} {}", p.pod, p.reason)
+            } else {
+                format!("{} {}: {}", p.pod, p.reason, p.message)
+            }
+        })
+        .collect();
+    if problems.len() > FAILING_PODS_SHOWN {
+        parts.push(format!("and {} more", problems.len() - FAILING_PODS_SHOWN));
+    }
+    parts.join("; ")
 }
 
 /// What the reconcile saw, input of [`compute`].
@@ -48,12 +95,16 @@ pub struct Observed {
     pub workers_ready: i32,
     /// Why workers are not scheduled, from a pending pod's PodScheduled condition.
     pub workers_unschedulable: Option<String>,
+    /// Worker pods whose container is failing, sorted by pod name.
+    pub workers_failing: Vec<PodProblem>,
     /// spec.fuse.enabled.
     pub fuse_enabled: bool,
     /// DaemonSet desiredNumberScheduled.
     pub fuse_desired: i32,
     /// DaemonSet numberReady.
     pub fuse_ready: i32,
+    /// FUSE pods whose container is failing, sorted by pod name.
+    pub fuse_failing: Vec<PodProblem>,
     /// The StatefulSet or DaemonSet has not caught up with its spec yet.
     pub rollout_pending: bool,
     /// Missing NADs, as `namespace/name`.
@@ -158,6 +209,17 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
             "AllWorkersReady",
             format!("{}/{} workers ready", o.workers_ready, o.workers_desired),
         )
+    } else if !o.workers_failing.is_empty() {
+        let mut msg = format!(
+            "{}/{} workers ready; {}",
+            o.workers_ready,
+            o.workers_desired,
+            describe_failing(&o.workers_failing)
+        );
+        if let Some(why) = &o.workers_unschedulable {
+            msg.push_str(&format!("; pending worker cannot be scheduled: {why}"));
+        }
+        cond(WORKERS_READY, false, reason::WORKER_PODS_FAILING, msg)
     } else if let Some(why) = &o.workers_unschedulable {
         cond(
             WORKERS_READY,
@@ -190,6 +252,18 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
             true,
             "AllFusePodsReady",
             format!("{}/{} FUSE pods ready", o.fuse_ready, o.fuse_desired),
+        )
+    } else if !o.fuse_failing.is_empty() {
+        cond(
+            FUSE_READY,
+            false,
+            reason::FUSE_PODS_FAILING,
+            format!(
+                "{}/{} FUSE pods ready; {}",
+                o.fuse_ready,
+                o.fuse_desired,
+                describe_failing(&o.fuse_failing)
+            ),
         )
     } else {
         cond(
@@ -243,15 +317,23 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
             "all pods are up to date".to_string(),
         )
     };
-    let degraded = if network_ok {
+    // Degraded names one problem: the network first (a broken fabric usually makes the pods
+    // fail too), then failing worker pods, then failing FUSE pods. Pods that are merely not
+    // ready yet (starting, rolling) are Progressing, not Degraded.
+    let pods_failing = [&workers, &fuse]
+        .into_iter()
+        .find(|c| c.reason == reason::WORKER_PODS_FAILING || c.reason == reason::FUSE_PODS_FAILING);
+    let degraded = if !network_ok {
+        cond(DEGRADED, true, &network.reason, network.message.clone())
+    } else if let Some(c) = pods_failing {
+        cond(DEGRADED, true, &c.reason, c.message.clone())
+    } else {
         cond(
             DEGRADED,
             false,
             "AsExpected",
             "no problem detected".to_string(),
         )
-    } else {
-        cond(DEGRADED, true, &network.reason, network.message.clone())
     };
     conditions.extend([ready, workers, fuse, network, progressing, degraded]);
     CacheClusterStatus {
@@ -309,6 +391,8 @@ mod tests {
             workers_desired: i32,
             workers_ready: i32,
             workers_unschedulable: Option<String>,
+            workers_failing: Vec<PodProblem>,
+            fuse_failing: Vec<PodProblem>,
             fuse_enabled: bool,
             fuse_desired: i32,
             fuse_ready: i32,
@@ -325,6 +409,8 @@ mod tests {
             workers_desired: o.workers_desired,
             workers_ready: o.workers_ready,
             workers_unschedulable: o.workers_unschedulable,
+            workers_failing: o.workers_failing,
+            fuse_failing: o.fuse_failing,
             fuse_enabled: o.fuse_enabled,
             fuse_desired: o.fuse_desired,
             fuse_ready: o.fuse_ready,
@@ -414,6 +500,104 @@ mod tests {
                 .message
                 .contains("Insufficient rdma/x")
         );
+    }
+
+    const MEMLOCK: &str = "rcache.network.rdma.data.buffer.pool.max.size=8GB needs RLIMIT_MEMLOCK >= 8 GiB, have 64 KiB";
+
+    fn message<'a>(s: &'a CacheClusterStatus, t: &str) -> &'a str {
+        condition(s, t).unwrap().message.as_str()
+    }
+
+    #[test]
+    fn a_crash_looping_worker_shows_its_termination_message_in_workers_ready_and_degraded() {
+        let s = compute(&observed(&format!(
+            "{{workersDesired: 2, workersReady: 1, workersFailing: [{{pod: ipoib-worker-1, reason: CrashLoopBackOff, message: '{MEMLOCK}'}}]}}"
+        )));
+        assert_eq!(
+            get(&s, WORKERS_READY),
+            ("False", reason::WORKER_PODS_FAILING)
+        );
+        assert_eq!(
+            message(&s, WORKERS_READY),
+            format!("1/2 workers ready; ipoib-worker-1 CrashLoopBackOff: {MEMLOCK}")
+        );
+        assert_eq!(get(&s, READY), ("False", reason::WORKER_PODS_FAILING));
+        assert!(message(&s, READY).contains(MEMLOCK));
+        assert_eq!(get(&s, DEGRADED), ("True", reason::WORKER_PODS_FAILING));
+        assert_eq!(message(&s, DEGRADED), message(&s, WORKERS_READY));
+    }
+
+    #[test]
+    fn failing_pods_beyond_two_are_counted_not_listed() {
+        let s = compute(&observed(
+            "{workersDesired: 4, workersReady: 0, workersFailing: [{pod: w-0, reason: Error, message: m0}, {pod: w-1, reason: ImagePullBackOff}, {pod: w-2, reason: Error, message: m2}, {pod: w-3, reason: Error, message: m3}]}",
+        ));
+        assert_eq!(
+            message(&s, WORKERS_READY),
+            "0/4 workers ready; w-0 Error: m0; w-1 ImagePullBackOff; and 2 more"
+        );
+    }
+
+    #[test]
+    fn failing_workers_come_before_the_unschedulable_one_and_both_are_named() {
+        let s = compute(&observed(
+            "{workersDesired: 2, workersReady: 0, workersUnschedulable: 'Insufficient rdma/x', workersFailing: [{pod: w-0, reason: Error, message: boom}]}",
+        ));
+        assert_eq!(
+            get(&s, WORKERS_READY),
+            ("False", reason::WORKER_PODS_FAILING)
+        );
+        assert!(message(&s, WORKERS_READY).contains("w-0 Error: boom"));
+        assert!(message(&s, WORKERS_READY).contains("Insufficient rdma/x"));
+    }
+
+    #[test]
+    fn failing_pods_are_ignored_once_every_pod_is_ready() {
+        let s = compute(&observed(
+            "{workersDesired: 1, workersReady: 1, workersFailing: [{pod: w-0, reason: Error, message: old}], fuseEnabled: true, fuseDesired: 1, fuseReady: 1, fuseFailing: [{pod: f-0, reason: Error}]}",
+        ));
+        assert_eq!(get(&s, WORKERS_READY), ("True", "AllWorkersReady"));
+        assert_eq!(get(&s, FUSE_READY), ("True", "AllFusePodsReady"));
+        assert_eq!(get(&s, DEGRADED), ("False", "AsExpected"));
+    }
+
+    #[test]
+    fn a_failing_fuse_pod_shows_its_message_in_fuse_ready_and_degraded() {
+        let s = compute(&observed(
+            "{workersDesired: 1, workersReady: 1, fuseEnabled: true, fuseDesired: 2, fuseReady: 1, fuseFailing: [{pod: demo-fuse-x2k, reason: CrashLoopBackOff, message: 'rcache.worker.page.size=1KB is invalid'}]}",
+        ));
+        assert_eq!(get(&s, FUSE_READY), ("False", reason::FUSE_PODS_FAILING));
+        assert_eq!(
+            message(&s, FUSE_READY),
+            "1/2 FUSE pods ready; demo-fuse-x2k CrashLoopBackOff: rcache.worker.page.size=1KB is invalid"
+        );
+        assert_eq!(get(&s, READY), ("False", reason::FUSE_PODS_FAILING));
+        assert_eq!(get(&s, DEGRADED), ("True", reason::FUSE_PODS_FAILING));
+    }
+
+    #[test]
+    fn network_problems_keep_precedence_in_degraded_over_failing_pods() {
+        let s = compute(&observed(
+            "{workersDesired: 1, workersReady: 0, missingNads: [demo/ib-net], workersFailing: [{pod: w-0, reason: Error, message: no RDMA device}]}",
+        ));
+        assert_eq!(get(&s, DEGRADED), ("True", reason::NAD_NOT_FOUND));
+        assert_eq!(
+            get(&s, WORKERS_READY),
+            ("False", reason::WORKER_PODS_FAILING)
+        );
+        assert_eq!(get(&s, READY), ("False", reason::NAD_NOT_FOUND));
+    }
+
+    #[test]
+    fn an_unchanged_crash_loop_recomputes_to_an_equal_status() {
+        let o = observed(
+            "{workersDesired: 2, workersReady: 1, workersFailing: [{pod: w-1, reason: CrashLoopBackOff, message: boom}]}",
+        );
+        let mut first = compute(&o);
+        carry_transition_times(&mut first, None, "t1");
+        let mut again = compute(&o);
+        carry_transition_times(&mut again, Some(&first), "t2");
+        assert_eq!(again, first);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use super::worker::{config_mount, config_volume, field_env};
+use super::worker::{TERMINATION_MESSAGE_POLICY, config_mount, config_volume, field_env};
 use super::{
     COMPONENT_FUSE, FUSE_MOUNT_POINT, PROPERTIES_PATH, child_meta, fabric, labels, names,
     selector_labels,
@@ -88,6 +88,7 @@ pub fn daemon_set(plan: &ClusterPlan, config_hash: &str) -> DaemonSet {
             }),
             ..Lifecycle::default()
         }),
+        termination_message_policy: Some(TERMINATION_MESSAGE_POLICY.to_string()),
         ..Container::default()
     };
     fabric::wire_container(plan, &mut container, f.resources.as_ref());
@@ -208,6 +209,17 @@ mod tests {
             .unwrap();
         assert!(cmd[2].contains("umount -l /mnt/rcache"), "{cmd:?}");
         assert!(p.termination_grace_period_seconds.unwrap() > DRAIN_SECONDS);
+    }
+
+    #[test]
+    fn fuse_container_falls_back_to_logs_for_its_termination_message() {
+        let p = pod("ufs: {uri: 'file:///data'}");
+        let c = &p.containers[0];
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        assert_eq!(c.termination_message_path, None);
     }
 
     #[test]

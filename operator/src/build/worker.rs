@@ -22,6 +22,11 @@ use crate::validate::{ClusterPlan, Transport};
 
 /// Worker container name.
 pub const CONTAINER: &str = "worker";
+/// terminationMessagePolicy of the rcache containers: the binaries write their fatal error to
+/// the default terminationMessagePath (`/dev/termination-log`); when they die before writing it
+/// (a panic, the shell wrapper failing) the kubelet uses the log tail instead. The operator
+/// reads the message back into the `WorkersReady`/`FuseReady` conditions.
+pub const TERMINATION_MESSAGE_POLICY: &str = "FallbackToLogsOnError";
 /// Command the worker container runs (the `rcache-worker` binary of the image).
 pub fn command() -> String {
     format!("rcache-worker serve --config {PROPERTIES_PATH}")
@@ -186,6 +191,7 @@ pub fn stateful_set(plan: &ClusterPlan, config_hash: &str) -> StatefulSet {
         volume_mounts: Some(mounts),
         readiness_probe: Some(http_probe("/readyz", 2)),
         liveness_probe: Some(http_probe("/healthz", 10)),
+        termination_message_policy: Some(TERMINATION_MESSAGE_POLICY.to_string()),
         ..Container::default()
     };
     fabric::wire_container(plan, &mut container, w.resources.as_ref());
@@ -374,6 +380,20 @@ mod tests {
                 .contains_key("rdma/hca_shared_devices_a")
         );
         assert!(c.security_context.is_some());
+    }
+
+    #[test]
+    fn worker_container_falls_back_to_logs_for_its_termination_message() {
+        let spec = pod("ufs: {uri: 'file:///data'}").spec.unwrap();
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        assert_eq!(
+            c.termination_message_path, None,
+            "the default /dev/termination-log is what the worker writes"
+        );
     }
 
     #[test]
