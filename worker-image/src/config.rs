@@ -19,6 +19,8 @@ pub enum Kind {
     SignedSize,
     /// `20s`, `500ms`, `1m`, `2h`; a bare number of a `.ms` key is milliseconds.
     Duration,
+    /// A duration like `Duration`, or `0` (check every time) or `-1` (never re-check).
+    SyncInterval,
     /// `0`..=`65535` (`0` = any free port, used by tests).
     Port,
     Bool,
@@ -41,6 +43,9 @@ impl Kind {
             Kind::SignedSize => "a size such as 64MB, or 0 / a negative number to disable".into(),
             Kind::Duration => "a duration: a number with unit ms, s, m or h, e.g. 20s \
                                (a bare number of a .ms key is milliseconds)"
+                .into(),
+            Kind::SyncInterval => "a duration with unit ms, s, m or h (e.g. 10s), 0 to check on \
+                                   every read, or -1 to never re-check a file once seen"
                 .into(),
             Kind::Port => "a port number 0-65535".into(),
             Kind::Bool => "true or false".into(),
@@ -95,6 +100,7 @@ pub const PREFETCH_THRESHOLD: &str =
 pub const FUSE_STATUS_CACHE: &str = "rcache.fuse.open.read.status.cache.enabled";
 pub const FUSE_STATUS_CACHE_SIZE: &str = "rcache.fuse.open.read.status.cache.max.size";
 pub const FUSE_MOUNT_POINT: &str = "rcache.fuse.mount.point";
+pub const METADATA_SYNC_INTERVAL: &str = "rcache.user.file.metadata.sync.interval";
 
 /// Every key of `docs/contracts.md`, with its default.
 pub const KEYS: &[KeySpec] = &[
@@ -131,6 +137,7 @@ pub const KEYS: &[KeySpec] = &[
     spec(FUSE_STATUS_CACHE, Kind::Bool, Some("false")),
     spec(FUSE_STATUS_CACHE_SIZE, Kind::Count, Some("10000")),
     spec(FUSE_MOUNT_POINT, Kind::Text, Some("/mnt/rcache")),
+    spec(METADATA_SYNC_INTERVAL, Kind::SyncInterval, Some("10s")),
 ];
 
 /// Looks up a known key.
@@ -202,6 +209,7 @@ pub enum Value {
     Size(u64),
     SignedSize(i64),
     Duration(Duration),
+    SyncInterval(SyncInterval),
     Port(u16),
     Bool(bool),
     Count(u64),
@@ -381,6 +389,13 @@ impl Properties {
         }
     }
 
+    pub fn sync_interval(&self, key: &str) -> SyncInterval {
+        match self.value(key) {
+            Some(Value::SyncInterval(s)) => s,
+            _ => SyncInterval::Always,
+        }
+    }
+
     pub fn port(&self, key: &str) -> u16 {
         match self.value(key) {
             Some(Value::Port(p)) => p,
@@ -491,6 +506,7 @@ fn parse_value(spec: &KeySpec, value: &str) -> Result<Value, String> {
             }
         }
         Kind::Duration => parse_duration(value, spec.key.ends_with(".ms")).map(Value::Duration),
+        Kind::SyncInterval => parse_sync_interval(value).map(Value::SyncInterval),
         Kind::Port => value
             .parse::<u16>()
             .map(Value::Port)
@@ -590,6 +606,39 @@ pub fn parse_duration(text: &str, bare_is_ms: bool) -> Result<Duration, String> 
     }
 }
 
+/// How long the worker trusts what it learnt about an under-storage file (its size and mtime,
+/// hence which version its cached pages belong to) before it asks the under-storage again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncInterval {
+    /// `0`: stat the file on every read.
+    Always,
+    /// Re-check when the last stat is older than this.
+    Every(Duration),
+    /// `-1`: never re-check a file once seen (a "not found" is still re-checked every time).
+    Never,
+}
+
+/// Parses `rcache.user.file.metadata.sync.interval`: `-1`, `0` (with or without a unit) or a
+/// duration such as `10s`.
+pub fn parse_sync_interval(text: &str) -> Result<SyncInterval, String> {
+    let t = text.trim();
+    if t == "-1" {
+        return Ok(SyncInterval::Never);
+    }
+    if t.starts_with('-') {
+        return Err("negative; only -1 (never re-check) is accepted".into());
+    }
+    if t == "0" {
+        return Ok(SyncInterval::Always);
+    }
+    let d = parse_duration(t, false)?;
+    Ok(if d.is_zero() {
+        SyncInterval::Always
+    } else {
+        SyncInterval::Every(d)
+    })
+}
+
 /// Where the worker keeps pages on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SsdTier {
@@ -618,6 +667,8 @@ pub struct WorkerConfig {
     pub pool_prewarm: u64,
     pub pool_max: u64,
     pub op_timeout: Duration,
+    /// `rcache.user.file.metadata.sync.interval`.
+    pub metadata_sync: SyncInterval,
 }
 
 /// Smallest and largest page sizes the worker accepts.
@@ -721,6 +772,7 @@ impl WorkerConfig {
             pool_prewarm,
             pool_max,
             op_timeout,
+            metadata_sync: p.sync_interval(METADATA_SYNC_INTERVAL),
         })
     }
 }
@@ -842,6 +894,44 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("ms, s, m or h"), "{m}");
+    }
+
+    #[test]
+    fn metadata_sync_interval_accepts_durations_zero_and_minus_one() {
+        let p = minimal();
+        let w = WorkerConfig::from_properties(&p).expect("valid");
+        assert_eq!(
+            w.metadata_sync,
+            SyncInterval::Every(Duration::from_secs(10)),
+            "default 10s"
+        );
+        for (text, want) in [
+            ("20s", SyncInterval::Every(Duration::from_secs(20))),
+            ("200ms", SyncInterval::Every(Duration::from_millis(200))),
+            ("0", SyncInterval::Always),
+            ("0s", SyncInterval::Always),
+            ("-1", SyncInterval::Never),
+        ] {
+            let mut p = minimal();
+            p.set(METADATA_SYNC_INTERVAL, text).expect("accepted");
+            assert_eq!(p.sync_interval(METADATA_SYNC_INTERVAL), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_metadata_sync_interval_names_key_value_and_accepted_forms() {
+        for text in ["-2", "soon", "10"] {
+            let m = bad(&format!("rcache.user.file.metadata.sync.interval={text}"));
+            assert!(
+                m.contains("rcache.user.file.metadata.sync.interval")
+                    && m.contains(&format!("\"{text}\"")),
+                "{m}"
+            );
+            assert!(
+                m.contains("0 to check on every read") && m.contains("-1"),
+                "{m}"
+            );
+        }
     }
 
     #[test]

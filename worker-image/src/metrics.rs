@@ -287,6 +287,13 @@ impl Collector for StoreCollector {
             )?;
             counter(
                 &mut enc,
+                "cache_stale_pages_dropped",
+                "Pages dropped because their under-storage file changed (or, on disk, recorded no file version)",
+                &[],
+                get(&c.stale_dropped),
+            )?;
+            counter(
+                &mut enc,
                 "cache_ssd_writes",
                 "Pages written to the SSD tier",
                 &[],
@@ -342,6 +349,13 @@ impl Collector for StoreCollector {
                 "Bytes read from the under-storage",
                 &[],
                 get(&ufs.bytes),
+            )?;
+            counter(
+                &mut enc,
+                "ufs_stats",
+                "Stat calls sent to the under-storage (metadata syncs)",
+                &[],
+                get(&ufs.stats),
             )?;
         }
         if let Some(pool) = &self.pool {

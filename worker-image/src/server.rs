@@ -95,7 +95,7 @@ impl WorkerHandler {
             }
             Request::Stat { path } => {
                 let res = match normalize(&path) {
-                    Ok(p) => self.store.ufs().stat(&p).await,
+                    Ok(p) => self.store.stat(&p).await,
                     Err(e) => Err(e),
                 };
                 match res {
@@ -105,7 +105,7 @@ impl WorkerHandler {
             }
             Request::List { path } => {
                 let res = match normalize(&path) {
-                    Ok(p) => self.store.ufs().list(&p).await,
+                    Ok(p) => self.store.list(&p).await,
                     Err(e) => Err(e),
                 };
                 match res {
@@ -135,6 +135,7 @@ fn cache_error(e: CacheError) -> Response {
     match e {
         CacheError::Ufs(u) => ufs_error(u),
         CacheError::Internal(m) => Response::error(ErrorCode::Io, m),
+        e @ CacheError::Changed { .. } => Response::error(ErrorCode::Io, e.to_string()),
     }
 }
 
@@ -286,6 +287,7 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
             page_size: cfg.page_size,
             mem_quota: cfg.mem_quota,
             ssd: cfg.ssd.clone(),
+            metadata_sync: cfg.metadata_sync,
         },
         ufs.clone(),
         Arc::new(PoolAllocator(pool.clone())),
@@ -302,6 +304,7 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
             pages = r.pages,
             bytes = r.bytes,
             dropped = r.dropped,
+            stale = r.stale,
             "SSD tier scanned"
         );
     }
@@ -388,7 +391,8 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
     tracing::info!(
         cluster = %cfg.cluster, ufs = %ufs_describe(&store), tcp = %tcp.local_addr(),
         ucx = ?ucx.as_ref().map(|s| s.local_addr()), web = %web, page_size = cfg.page_size,
-        mem_quota = cfg.mem_quota, ssd = ?cfg.ssd, "rcache worker serving"
+        mem_quota = cfg.mem_quota, ssd = ?cfg.ssd, metadata_sync = ?cfg.metadata_sync,
+        "rcache worker serving"
     );
     if let Some(path) = &opts.ports_file {
         let tmp = path.with_extension("tmp");

@@ -80,14 +80,30 @@ pub fn normalize(path: &str) -> Result<String, UfsError> {
 pub struct UfsCounters {
     pub reads: AtomicU64,
     pub bytes: AtomicU64,
+    /// `stat` calls (metadata syncs of the cache; list is not counted).
+    pub stats: AtomicU64,
+}
+
+/// What a range read read: the byte count and the stat of the file it was read from (taken on
+/// the open file, so it names the version the bytes belong to even if the path was replaced
+/// since).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOutcome {
+    pub len: usize,
+    pub stat: FileStat,
 }
 
 /// The under-storage behind the cache. Paths given here are already normalised.
 #[async_trait::async_trait]
 pub trait UnderStorage: Send + Sync + 'static {
-    /// Reads up to `buf.len()` bytes at `offset` into `buf`; fewer at EOF. Blocking: call from
-    /// a blocking thread.
-    fn read_at_blocking(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, UfsError>;
+    /// Reads up to `buf.len()` bytes at `offset` into `buf`; fewer at EOF. Returns the stat of
+    /// the file read (its version). Blocking: call from a blocking thread.
+    fn read_at_blocking(
+        &self,
+        path: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<ReadOutcome, UfsError>;
     async fn stat(&self, path: &str) -> Result<FileStat, UfsError>;
     async fn list(&self, path: &str) -> Result<Vec<DirEntry>, UfsError>;
     fn counters(&self) -> &UfsCounters;
@@ -194,7 +210,12 @@ fn to_stat(md: &std::fs::Metadata) -> FileStat {
 
 #[async_trait::async_trait]
 impl UnderStorage for LocalUfs {
-    fn read_at_blocking(&self, path: &str, offset: u64, buf: &mut [u8]) -> Result<usize, UfsError> {
+    fn read_at_blocking(
+        &self,
+        path: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<ReadOutcome, UfsError> {
         let real = self.roots.resolve(path)?;
         let file = File::open(&real).map_err(|e| UfsError::from_io(path, e))?;
         let md = file.metadata().map_err(|e| UfsError::from_io(path, e))?;
@@ -214,10 +235,14 @@ impl UnderStorage for LocalUfs {
         self.counters
             .bytes
             .fetch_add(done as u64, Ordering::Relaxed);
-        Ok(done)
+        Ok(ReadOutcome {
+            len: done,
+            stat: to_stat(&md),
+        })
     }
 
     async fn stat(&self, path: &str) -> Result<FileStat, UfsError> {
+        self.counters.stats.fetch_add(1, Ordering::Relaxed);
         let this = self.roots.clone();
         let path = path.to_string();
         tokio::task::spawn_blocking(move || this.stat_blocking(&path))
@@ -279,10 +304,14 @@ mod tests {
     fn range_read_is_short_at_eof_and_counted() {
         let (_d, ufs) = tree();
         let mut buf = [0u8; 8];
-        assert_eq!(ufs.read_at_blocking("a.bin", 6, &mut buf).expect("read"), 4);
+        let got = ufs.read_at_blocking("a.bin", 6, &mut buf).expect("read");
+        assert_eq!(got.len, 4);
         assert_eq!(&buf[..4], b"6789");
+        assert_eq!(got.stat.size, 10, "the stat of the file read");
         assert_eq!(
-            ufs.read_at_blocking("a.bin", 20, &mut buf).expect("read"),
+            ufs.read_at_blocking("a.bin", 20, &mut buf)
+                .expect("read")
+                .len,
             0
         );
         assert_eq!(ufs.counters().bytes.load(Ordering::Relaxed), 4);

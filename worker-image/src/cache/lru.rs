@@ -81,6 +81,20 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         Some(slot.value)
     }
 
+    /// Removes every entry for which `pred` is true and returns them. O(n): for rare events
+    /// (a file changed), not for the request path.
+    pub fn remove_where(&mut self, mut pred: impl FnMut(&K, &V) -> bool) -> Vec<(K, V)> {
+        let keys: Vec<K> = self
+            .map
+            .iter()
+            .filter(|(k, s)| pred(k, &s.value))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.remove(&k).map(|v| (k, v)))
+            .collect()
+    }
+
     /// Removes and returns the least recently used entry.
     pub fn pop_lru(&mut self) -> Option<(K, V, u64)> {
         let (_, key) = self.order.pop_first()?;
@@ -132,5 +146,18 @@ mod tests {
         assert_eq!(lru.weight(), 30);
         assert_eq!(lru.len(), 1);
         assert_eq!(lru.peek(&1), Some(&"z"));
+    }
+
+    #[test]
+    fn remove_where_removes_matching_entries_and_their_weight() {
+        let mut lru = Lru::new();
+        for i in 0..6u64 {
+            lru.insert(i, i * 10, 5);
+        }
+        let mut gone = lru.remove_where(|k, _| k % 2 == 0);
+        gone.sort();
+        assert_eq!(gone, vec![(0, 0), (2, 20), (4, 40)]);
+        assert_eq!((lru.len(), lru.weight()), (3, 15));
+        assert_eq!(lru.pop_lru().map(|e| e.0), Some(1));
     }
 }

@@ -3,11 +3,19 @@
 //! eviction. A miss fills from the UFS once however many readers wait for it (single flight),
 //! lands in MEM and is written through to SSD in the background; an SSD hit is promoted to MEM.
 //!
+//! Pages belong to one version (size, mtime) of their file (`meta`): a read asks the metadata
+//! cache for the current version (statting the UFS when the sync interval has passed) and is
+//! served only pages of that version. A fill checks the version of the file it actually read
+//! and, if the file changed meanwhile, restarts the read with the new version, so one read never
+//! mixes two versions. Pages of an old version are dropped when the new one is first seen
+//! (lazily, when a slot is looked up, for pages found on disk after a restart).
+//!
 //! It owns which bytes are cached and where; it does not know about requests, transports or
 //! placement (the server and the client do).
 
 pub mod disk;
 pub mod lru;
+pub mod meta;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,11 +24,15 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::OnceCell;
 
+use crate::config::SyncInterval;
 use crate::ufs::{UfsError, UnderStorage};
-use disk::{DiskTier, PageFileError, ScanReport};
+use disk::{DiskTier, Lookup, PageFileError, ScanReport};
 use lru::Lru;
+use meta::{MetaCache, version_of};
+use rcache_transport::{DirEntry, FileStat};
 
-/// A page: `index` counts pages of `page_size` bytes from the start of the file at `path`.
+/// A page slot: `index` counts pages of `page_size` bytes from the start of the file at `path`.
+/// A slot holds the page of one version of the file at a time.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PageKey {
     pub path: Arc<str>,
@@ -79,6 +91,8 @@ pub struct CacheCounters {
     pub evictions_mem: AtomicU64,
     pub evictions_ssd: AtomicU64,
     pub torn_dropped: AtomicU64,
+    /// Pages dropped because the under-storage file changed (or, on disk, had no version).
+    pub stale_dropped: AtomicU64,
     pub ssd_writes: AtomicU64,
     pub ssd_write_errors: AtomicU64,
     pub ssd_writes_skipped: AtomicU64,
@@ -91,6 +105,9 @@ pub enum CacheError {
     Ufs(#[from] UfsError),
     #[error("cache internal error: {0}")]
     Internal(String),
+    /// The file changed while being read, every time it was tried.
+    #[error("{path}: the under-storage file kept changing while being read; retry later")]
+    Changed { path: String },
 }
 
 /// Page store settings.
@@ -99,9 +116,21 @@ pub struct StoreConfig {
     pub page_size: u64,
     pub mem_quota: u64,
     pub ssd: Option<crate::config::SsdTier>,
+    /// `rcache.user.file.metadata.sync.interval`.
+    pub metadata_sync: SyncInterval,
 }
 
 type Flight = Arc<OnceCell<Result<Bytes, CacheError>>>;
+
+/// A page in the MEM tier and the file version it belongs to.
+#[derive(Clone)]
+struct MemPage {
+    file_version: u64,
+    data: Bytes,
+}
+
+/// How often a read restarts because the file changed under it before it gives up.
+const READ_ATTEMPTS: usize = 3;
 
 /// Gauges of the tiers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,12 +147,13 @@ pub struct TierUse {
 pub struct PageStore {
     page_size: u64,
     mem_quota: u64,
-    mem: Mutex<Lru<PageKey, Bytes>>,
+    mem: Mutex<Lru<PageKey, MemPage>>,
     disk: Option<Arc<DiskTier>>,
     ufs: Arc<dyn UnderStorage>,
+    meta: MetaCache,
     alloc: Arc<dyn PageAllocator>,
-    inflight: Mutex<HashMap<PageKey, Flight>>,
-    writes: Option<tokio::sync::mpsc::Sender<(PageKey, Bytes)>>,
+    inflight: Mutex<HashMap<(PageKey, u64), Flight>>,
+    writes: Option<tokio::sync::mpsc::Sender<(PageKey, u64, Bytes)>>,
     pending_writes: Arc<AtomicU64>,
     pub counters: Arc<CacheCounters>,
 }
@@ -151,6 +181,9 @@ impl PageStore {
                 counters
                     .torn_dropped
                     .fetch_add(report.dropped, Ordering::Relaxed);
+                counters
+                    .stale_dropped
+                    .fetch_add(report.stale, Ordering::Relaxed);
                 (Some(Arc::new(tier)), Some(report))
             }
         };
@@ -171,6 +204,7 @@ impl PageStore {
                 mem: Mutex::new(Lru::new()),
                 disk,
                 ufs,
+                meta: MetaCache::new(cfg.metadata_sync),
                 alloc,
                 inflight: Mutex::new(HashMap::new()),
                 writes,
@@ -189,21 +223,102 @@ impl PageStore {
         &self.ufs
     }
 
-    fn mem_lock(&self) -> std::sync::MutexGuard<'_, Lru<PageKey, Bytes>> {
+    fn mem_lock(&self) -> std::sync::MutexGuard<'_, Lru<PageKey, MemPage>> {
         self.mem.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads `len` bytes of `path` (normalised) at `offset`; short at EOF.
+    /// The stat of `path` (normalised) from the metadata cache, asking the UFS when the sync
+    /// interval has passed. Seeing a new version of a file drops the pages of the old one.
+    pub async fn stat(&self, path: &str) -> Result<FileStat, UfsError> {
+        if let Some(res) = self.meta.fresh(path) {
+            return res;
+        }
+        let res = self.ufs.stat(path).await;
+        self.observe(path, &res).await;
+        res
+    }
+
+    /// Lists a directory from the UFS; what it says about each file updates the metadata cache,
+    /// so a listing and the reads that follow agree on the files' versions.
+    pub async fn list(&self, path: &str) -> Result<Vec<DirEntry>, UfsError> {
+        let res = self.ufs.list(path).await;
+        if let Ok(entries) = &res {
+            for e in entries.iter().filter(|e| !e.stat.is_dir) {
+                let child = if path.is_empty() {
+                    e.name.clone()
+                } else {
+                    format!("{path}/{}", e.name)
+                };
+                self.observe(&child, &Ok(e.stat.clone())).await;
+            }
+        }
+        res
+    }
+
+    /// Records a stat result; when it shows a new version of the file, drops the old pages.
+    async fn observe(&self, path: &str, res: &Result<FileStat, UfsError>) {
+        let Some(_old) = self.meta.record(path, res) else {
+            return;
+        };
+        let Ok(stat) = res else { return };
+        let keep = version_of(stat);
+        let mem = self
+            .mem_lock()
+            .remove_where(|k, p| &*k.path == path && p.file_version != keep)
+            .len() as u64;
+        let mut dropped = mem;
+        if let Some(disk) = &self.disk {
+            let tier = disk.clone();
+            let p = path.to_string();
+            dropped += tokio::task::spawn_blocking(move || tier.drop_versions_except(&p, keep))
+                .await
+                .unwrap_or(0);
+        }
+        self.counters
+            .stale_dropped
+            .fetch_add(dropped, Ordering::Relaxed);
+        tracing::info!(path, stale_pages = dropped, "under-storage file changed");
+    }
+
+    /// The version of `path` to serve: a regular file's stat from the metadata cache.
+    async fn current(&self, path: &str) -> Result<u64, UfsError> {
+        let stat = self.stat(path).await?;
+        if stat.is_dir {
+            return Err(UfsError::IsADirectory { path: path.into() });
+        }
+        Ok(version_of(&stat))
+    }
+
+    /// Reads `len` bytes of `path` (normalised) at `offset`; short at EOF. All bytes come from
+    /// one version of the file: the one the metadata cache names, or a newer one if a fill finds
+    /// that the file changed.
     pub async fn read(&self, path: &str, offset: u64, len: u32) -> Result<Bytes, CacheError> {
         if len == 0 {
             return Ok(Bytes::new());
         }
+        for _ in 0..READ_ATTEMPTS {
+            let version = self.current(path).await?;
+            match self.read_version(path, version, offset, len).await {
+                Err(CacheError::Changed { .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(CacheError::Changed { path: path.into() })
+    }
+
+    async fn read_version(
+        &self,
+        path: &str,
+        version: u64,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, CacheError> {
         let ps = self.page_size;
         let end = offset.saturating_add(u64::from(len));
         let first = offset / ps;
         let last = (end - 1) / ps;
         if first == last {
-            let page = self.page(path, first).await?;
+            let page = self.page(path, first, version).await?;
             let start = (offset - first * ps) as usize;
             if start >= page.len() {
                 return Ok(Bytes::new());
@@ -212,7 +327,8 @@ impl PageStore {
             return Ok(page.slice(start..stop));
         }
         let pages =
-            futures::future::try_join_all((first..=last).map(|i| self.page(path, i))).await?;
+            futures::future::try_join_all((first..=last).map(|i| self.page(path, i, version)))
+                .await?;
         let mut out = BytesMut::with_capacity(len as usize);
         for (i, page) in (first..=last).zip(pages) {
             let base = i * ps;
@@ -228,59 +344,95 @@ impl PageStore {
         Ok(out.freeze())
     }
 
-    /// One page (shorter than the page size at EOF, empty past it).
-    pub async fn page(&self, path: &str, index: u64) -> Result<Bytes, CacheError> {
-        let key = PageKey::new(path, index);
-        if let Some(b) = self.mem_lock().get(&key) {
-            self.counters.hits_mem.fetch_add(1, Ordering::Relaxed);
-            return Ok(b.clone());
+    /// The MEM page of the slot when it holds `version`; a page of another version is dropped.
+    fn mem_get(&self, key: &PageKey, version: u64) -> Option<Bytes> {
+        let mut mem = self.mem_lock();
+        match mem.get(key) {
+            Some(p) if p.file_version == version => {
+                self.counters.hits_mem.fetch_add(1, Ordering::Relaxed);
+                Some(p.data.clone())
+            }
+            Some(_) => {
+                mem.remove(key);
+                self.counters.stale_dropped.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            None => None,
         }
+    }
+
+    /// One page of version `version` of the file (shorter than the page size at EOF, empty past
+    /// it). `Changed` when the UFS holds another version now.
+    pub async fn page(&self, path: &str, index: u64, version: u64) -> Result<Bytes, CacheError> {
+        let key = PageKey::new(path, index);
+        if let Some(b) = self.mem_get(&key, version) {
+            return Ok(b);
+        }
+        let id = (key.clone(), version);
         let flight: Flight = self
             .inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(key.clone())
+            .entry(id.clone())
             .or_default()
             .clone();
-        let res = flight.get_or_init(|| self.fill(key.clone())).await.clone();
+        let res = flight
+            .get_or_init(|| self.fill(key.clone(), version))
+            .await
+            .clone();
         {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            if inflight.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-                inflight.remove(&key);
+            if inflight.get(&id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                inflight.remove(&id);
             }
         }
         res
     }
 
-    async fn fill(&self, key: PageKey) -> Result<Bytes, CacheError> {
-        if let Some(b) = self.mem_lock().get(&key) {
-            self.counters.hits_mem.fetch_add(1, Ordering::Relaxed);
-            return Ok(b.clone());
+    async fn fill(&self, key: PageKey, version: u64) -> Result<Bytes, CacheError> {
+        if let Some(b) = self.mem_get(&key, version) {
+            return Ok(b);
         }
         let ps = self.page_size as usize;
-        if let Some(disk) = &self.disk
-            && disk.touch(&key)
-        {
-            let mut buf = self.buffer(ps);
-            let tier = disk.clone();
-            let k = key.clone();
-            let (buf, res) = tokio::task::spawn_blocking(move || {
-                let r = tier.read_into(&k, buf.as_mut_slice());
-                (buf, r)
-            })
-            .await
-            .map_err(|e| CacheError::Internal(e.to_string()))?;
-            match res {
-                Ok(n) => {
-                    self.counters.hits_ssd.fetch_add(1, Ordering::Relaxed);
-                    let page = buf.freeze(n);
-                    self.insert_mem(key, page.clone());
-                    return Ok(page);
+        if let Some(disk) = &self.disk {
+            match disk.lookup(&key, version) {
+                Lookup::Hit => {
+                    let mut buf = self.buffer(ps);
+                    let tier = disk.clone();
+                    let k = key.clone();
+                    let (buf, res) = tokio::task::spawn_blocking(move || {
+                        let r = tier.read_into(&k, version, buf.as_mut_slice());
+                        (buf, r)
+                    })
+                    .await
+                    .map_err(|e| CacheError::Internal(e.to_string()))?;
+                    match res {
+                        Ok(n) => {
+                            self.counters.hits_ssd.fetch_add(1, Ordering::Relaxed);
+                            let page = buf.freeze(n);
+                            self.insert_mem(key, version, page.clone());
+                            return Ok(page);
+                        }
+                        Err(PageFileError::Torn(_)) => {
+                            self.counters.torn_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(PageFileError::Stale) => {
+                            self.counters.stale_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(PageFileError::Missing) => {}
+                    }
                 }
-                Err(PageFileError::Torn(_)) => {
-                    self.counters.torn_dropped.fetch_add(1, Ordering::Relaxed);
+                Lookup::Stale => {
+                    let tier = disk.clone();
+                    let k = key.clone();
+                    let dropped = tokio::task::spawn_blocking(move || tier.drop_stale(&k, version))
+                        .await
+                        .unwrap_or(false);
+                    if dropped {
+                        self.counters.stale_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                Err(PageFileError::Missing) => {}
+                Lookup::Miss => {}
             }
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
@@ -294,11 +446,19 @@ impl PageStore {
         })
         .await
         .map_err(|e| CacheError::Internal(e.to_string()))?;
-        let n = res?;
-        let page = buf.freeze(n);
-        if n > 0 {
-            self.insert_mem(key.clone(), page.clone());
-            self.write_through(key, page.clone());
+        let got = res?;
+        if version_of(&got.stat) != version {
+            // The file changed since the metadata was taken: what was read belongs to the new
+            // version. Learn it (dropping the old pages) and let the read start again.
+            self.observe(&key.path, &Ok(got.stat)).await;
+            return Err(CacheError::Changed {
+                path: key.path.to_string(),
+            });
+        }
+        let page = buf.freeze(got.len);
+        if got.len > 0 {
+            self.insert_mem(key.clone(), version, page.clone());
+            self.write_through(key, version, page.clone());
         }
         Ok(page)
     }
@@ -313,12 +473,19 @@ impl PageStore {
         }
     }
 
-    fn insert_mem(&self, key: PageKey, page: Bytes) {
+    fn insert_mem(&self, key: PageKey, version: u64, page: Bytes) {
         if self.mem_quota < self.page_size {
             return;
         }
         let mut mem = self.mem_lock();
-        mem.insert(key, page, self.page_size);
+        mem.insert(
+            key,
+            MemPage {
+                file_version: version,
+                data: page,
+            },
+            self.page_size,
+        );
         while mem.weight() > self.mem_quota {
             if mem.pop_lru().is_none() {
                 break;
@@ -327,10 +494,10 @@ impl PageStore {
         }
     }
 
-    fn write_through(&self, key: PageKey, page: Bytes) {
+    fn write_through(&self, key: PageKey, version: u64, page: Bytes) {
         let Some(tx) = &self.writes else { return };
         self.pending_writes.fetch_add(1, Ordering::SeqCst);
-        if tx.try_send((key, page)).is_err() {
+        if tx.try_send((key, version, page)).is_err() {
             self.pending_writes.fetch_sub(1, Ordering::SeqCst);
             self.counters
                 .ssd_writes_skipped
@@ -368,18 +535,18 @@ impl PageStore {
 
 async fn ssd_writer(
     tier: Arc<DiskTier>,
-    mut rx: tokio::sync::mpsc::Receiver<(PageKey, Bytes)>,
+    mut rx: tokio::sync::mpsc::Receiver<(PageKey, u64, Bytes)>,
     counters: Arc<CacheCounters>,
     pending: Arc<AtomicU64>,
 ) {
-    while let Some((key, page)) = rx.recv().await {
+    while let Some((key, version, page)) = rx.recv().await {
         let t = tier.clone();
         let k = key.clone();
         let res = tokio::task::spawn_blocking(move || {
-            if t.contains(&k) {
+            if t.holds(&k, version) {
                 return Ok(0);
             }
-            t.write(&k, &page)
+            t.write(&k, version, &page)
         })
         .await;
         match res {
@@ -404,6 +571,176 @@ async fn ssd_writer(
 mod tests {
     use super::*;
     use crate::ufs::LocalUfs;
+    use std::time::{Duration, SystemTime};
+
+    const LONG: SyncInterval = SyncInterval::Every(Duration::from_secs(3600));
+
+    /// Replaces the UFS file with `bytes` and sets an mtime `secs` seconds after the epoch, so
+    /// the new version differs from the old one whatever the clock granularity.
+    fn replace(d: &std::path::Path, bytes: &[u8], secs: u64) {
+        let path = d.join("ufs/f.bin");
+        std::fs::write(&path, bytes).expect("write");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .expect("set mtime");
+    }
+
+    fn stale(s: &PageStore) -> u64 {
+        s.counters.stale_dropped.load(Ordering::Relaxed)
+    }
+
+    fn ufs_stats(s: &PageStore) -> u64 {
+        s.ufs().counters().stats.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn with_interval_zero_a_changed_file_reads_exactly_the_new_bytes() {
+        let (d, old) = setup(4096 * 3 + 10);
+        let s = store_with(d.path(), 1 << 20, None, SyncInterval::Always).await;
+        let got = s.read("f.bin", 0, 1 << 16).await.expect("cold");
+        assert_eq!(&got[..], &old[..]);
+        let new: Vec<u8> = (0..4096 * 2 + 7).map(|i| (i % 13) as u8).collect();
+        replace(d.path(), &new, 1_000_000);
+        let got = s.read("f.bin", 0, 1 << 16).await.expect("changed");
+        assert_eq!(&got[..], &new[..], "new bytes and the new size");
+        assert_eq!(s.stat("f.bin").await.expect("stat").size, new.len() as u64);
+        assert_eq!(
+            stale(&s),
+            4,
+            "all 4 old pages dropped when the change was seen"
+        );
+        assert_eq!(s.tier_use().mem_pages, 3);
+    }
+
+    #[tokio::test]
+    async fn within_the_interval_old_bytes_are_served_and_the_ufs_is_not_statted() {
+        let (d, old) = setup(4096);
+        let s = store_with(d.path(), 1 << 20, None, LONG).await;
+        s.read("f.bin", 0, 4096).await.expect("cold");
+        let stats = ufs_stats(&s);
+        replace(d.path(), &[9u8; 4096], 1_000_000);
+        let got = s.read("f.bin", 0, 4096).await.expect("hot");
+        assert_eq!(&got[..], &old[..], "cached version within the interval");
+        assert_eq!(ufs_stats(&s), stats, "no stat within the interval");
+    }
+
+    #[tokio::test]
+    async fn after_the_interval_the_new_bytes_are_served_never_a_mix() {
+        let (d, old) = setup(4096 * 2);
+        let s = store_with(
+            d.path(),
+            1 << 20,
+            None,
+            SyncInterval::Every(Duration::from_millis(200)),
+        )
+        .await;
+        s.read("f.bin", 0, 8192).await.expect("cold");
+        let new = vec![5u8; 4096 * 3];
+        replace(d.path(), &new, 1_000_000);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = s.read("f.bin", 0, 1 << 16).await.expect("read");
+            if got[..] == new[..] {
+                break;
+            }
+            assert_eq!(&got[..], &old[..], "either the old or the new version");
+            assert!(std::time::Instant::now() < deadline, "still old after 10s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_finds_a_new_version_restarts_the_read_so_versions_never_mix() {
+        let (d, _) = setup(4096 * 3);
+        let s = store_with(d.path(), 1 << 20, None, LONG).await;
+        s.read("f.bin", 0, 10).await.expect("page 0 cached");
+        let new = vec![7u8; 4096 * 3];
+        replace(d.path(), &new, 1_000_000);
+        // Page 0 is cached (old version, trusted); page 1 must come from the UFS, which now
+        // holds the new version: the whole read switches to it.
+        let got = s.read("f.bin", 0, 4096 * 2).await.expect("read");
+        assert_eq!(&got[..], &new[..4096 * 2]);
+        assert_eq!(stale(&s), 1);
+        assert_eq!(
+            s.stat("f.bin").await.expect("stat").mtime_ns,
+            1_000_000 * 1_000_000_000,
+            "the metadata cache learnt the new version"
+        );
+    }
+
+    #[tokio::test]
+    async fn interval_minus_one_stats_a_file_once() {
+        let (d, _) = setup(4096 * 2);
+        let s = store_with(d.path(), 1 << 20, None, SyncInterval::Never).await;
+        for _ in 0..5 {
+            s.read("f.bin", 0, 8192).await.expect("read");
+        }
+        assert_eq!(ufs_stats(&s), 1);
+    }
+
+    #[tokio::test]
+    async fn not_found_is_rechecked_after_the_interval_and_always_with_minus_one() {
+        let (d, _) = setup(10);
+        for sync in [SyncInterval::Always, SyncInterval::Never] {
+            let s = store_with(d.path(), 1 << 20, None, sync).await;
+            let _ = std::fs::remove_file(d.path().join("ufs/late.bin"));
+            assert!(matches!(
+                s.stat("late.bin").await,
+                Err(UfsError::NotFound { .. })
+            ));
+            std::fs::write(d.path().join("ufs/late.bin"), b"here").expect("write");
+            let got = s.read("late.bin", 0, 10).await.expect("appeared");
+            assert_eq!(&got[..], b"here", "{sync:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn list_updates_the_metadata_that_stat_and_read_use() {
+        let (d, _) = setup(4096);
+        let s = store_with(d.path(), 1 << 20, None, LONG).await;
+        s.read("f.bin", 0, 10).await.expect("cold");
+        let new = vec![3u8; 100];
+        replace(d.path(), &new, 1_000_000);
+        let listed = s.list("").await.expect("list");
+        assert_eq!(listed[0].stat.size, 100);
+        assert_eq!(s.stat("f.bin").await.expect("stat").size, 100);
+        assert_eq!(&s.read("f.bin", 0, 4096).await.expect("read")[..], &new[..]);
+    }
+
+    #[tokio::test]
+    async fn reading_a_directory_is_refused() {
+        let (d, _) = setup(10);
+        std::fs::create_dir_all(d.path().join("ufs/dir")).expect("mkdir");
+        let s = store(d.path(), 1 << 20, None).await;
+        assert!(matches!(
+            s.read("dir", 0, 10).await,
+            Err(CacheError::Ufs(UfsError::IsADirectory { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn disk_page_of_a_file_changed_while_down_is_not_served() {
+        let (d, _) = setup(4096 * 2);
+        {
+            let s = store(d.path(), 1 << 20, Some(1 << 20)).await;
+            s.read("f.bin", 0, 8192).await.expect("cold");
+            s.flush().await;
+            assert_eq!(s.tier_use().ssd_pages, 2);
+        }
+        let new = vec![4u8; 4096 + 1];
+        replace(d.path(), &new, 1_000_000);
+        let s = store(d.path(), 1 << 20, Some(1 << 20)).await;
+        let got = s.read("f.bin", 0, 8192).await.expect("read");
+        assert_eq!(&got[..], &new[..]);
+        assert_eq!(s.counters.hits_ssd.load(Ordering::Relaxed), 0);
+        assert_eq!(stale(&s), 2, "both old disk pages dropped");
+        s.flush().await;
+        let got = s.read("f.bin", 4096, 10).await.expect("hot");
+        assert_eq!(&got[..], &new[4096..]);
+    }
 
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
@@ -414,6 +751,21 @@ mod tests {
         mem_quota: u64,
         ssd_quota: Option<u64>,
     ) -> Arc<PageStore> {
+        store_with(
+            dir,
+            mem_quota,
+            ssd_quota,
+            SyncInterval::Every(Duration::from_secs(10)),
+        )
+        .await
+    }
+
+    async fn store_with(
+        dir: &std::path::Path,
+        mem_quota: u64,
+        ssd_quota: Option<u64>,
+        metadata_sync: SyncInterval,
+    ) -> Arc<PageStore> {
         let ufs = LocalUfs::new(&dir.join("ufs")).expect("ufs");
         let cfg = StoreConfig {
             page_size: 4096,
@@ -422,6 +774,7 @@ mod tests {
                 dir: dir.join("ssd"),
                 quota: q,
             }),
+            metadata_sync,
         };
         PageStore::open(cfg, ufs, Arc::new(HeapAllocator))
             .await
