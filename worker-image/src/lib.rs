@@ -7,6 +7,7 @@
 //! - [`server`]: the transport `Handler` that serves reads, stat and list from the cache.
 //! - [`client`]: the client library (block placement, failover, TCP fallback) used by FUSE.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! - [`termination`]: the fatal error written as the Kubernetes termination message.
 //! - [`readbench`]: `read-bench`, reads through the client library for `scripts/bench-worker.sh`.
 
 pub mod cache;
@@ -17,4 +18,5 @@ pub mod hash;
 pub mod metrics;
 pub mod readbench;
 pub mod server;
+pub mod termination;
 pub mod ufs;

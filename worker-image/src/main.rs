@@ -63,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rcache-worker: cannot start the runtime: {e}");
+            rcache_worker::termination::write(&format!("cannot start the runtime: {e}"));
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -85,6 +86,7 @@ fn main() -> std::process::ExitCode {
             } else {
                 eprintln!("rcache-worker: {e:#}");
             }
+            rcache_worker::termination::write(&format!("{e:#}"));
             std::process::ExitCode::from(2)
         }
     }

@@ -410,6 +410,36 @@ fn bad_property_stops_the_worker_naming_key_value_and_accepted_forms() {
 }
 
 #[test]
+fn a_fatal_error_is_written_to_the_termination_log_as_well_as_stderr() {
+    let d = tempfile::tempdir().expect("tmp");
+    let props = d.path().join("p.properties");
+    std::fs::write(
+        &props,
+        "rcache.cluster.name=t\nrcache.ufs.uri=file:///tmp\nrcache.worker.page.size=12XB\n",
+    )
+    .expect("write");
+    let log = d.path().join("termination-log");
+    let out = Command::new(env!("CARGO_BIN_EXE_rcache-worker"))
+        .args(["serve", "--config"])
+        .arg(&props)
+        .env("RCACHE_TERMINATION_LOG", &log)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rcache.worker.page.size"), "{err}");
+    let msg = std::fs::read_to_string(&log).expect("termination log written");
+    assert!(
+        msg.contains("rcache.worker.page.size") && msg.contains("12XB"),
+        "{msg}"
+    );
+    assert!(
+        err.contains(msg.trim()),
+        "the termination message is the stderr error: {msg} vs {err}"
+    );
+}
+
+#[test]
 fn version_flag_prints_the_version() {
     let out = Command::new(env!("CARGO_BIN_EXE_rcache-worker"))
         .arg("--version")

@@ -1,5 +1,6 @@
 //! `rcache-fuse`: the FUSE DaemonSet's process. `rcache-fuse mount --config FILE` mounts the
 //! cluster read-only at `rcache.fuse.mount.point` and serves until SIGTERM/SIGINT, then unmounts.
+//! A fatal error goes to stderr and to the termination message (`rcache_worker::termination`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,7 +40,20 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // What `main() -> anyhow::Result` printed before, plus the one-line form as the
+            // Kubernetes termination message (shown in the CacheCluster's FuseReady condition).
+            eprintln!("Error: {e:?}");
+            rcache_worker::termination::write(&format!("{e:#}"));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
