@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use rcache_transport::{
-    BufferPool, ClientOptions, DirEntry, ErrorCode, FileStat, PoolConfig, Request, Response,
-    SharedConnection, TransportKind,
+    BufferPool, ClientOptions, DirEntry, ErrorCode, FileStat, FileVersion, PoolConfig, Request,
+    Response, SharedConnection, TransportKind,
 };
 
 use crate::cluster::{Member, MemberTransport, MembershipWatch};
@@ -153,6 +153,9 @@ pub enum ClientError {
     },
     #[error("client configuration: {0}")]
     Config(String),
+    /// A read pinned to a version found the file changed (the worker's message says how).
+    #[error("{path}: stale: {message}")]
+    Stale { path: String, message: String },
 }
 
 impl ClientError {
@@ -163,6 +166,7 @@ impl ClientError {
             ClientError::NotADirectory { .. } => libc::ENOTDIR,
             ClientError::IsADirectory { .. } => libc::EISDIR,
             ClientError::Invalid { .. } => libc::EINVAL,
+            ClientError::Stale { .. } => libc::ESTALE,
             _ => libc::EIO,
         }
     }
@@ -342,8 +346,34 @@ impl CacheClient {
         }
     }
 
-    /// Reads `len` bytes at `offset`; shorter at EOF.
+    /// Reads `len` bytes at `offset`; shorter at EOF. Each placement block is answered by its
+    /// own worker from that worker's view of the file, so a read spanning blocks may meet two
+    /// versions of a file that changes; [`read_at_version`](Self::read_at_version) may not.
     pub async fn read(&self, path: &str, offset: u64, len: u32) -> Result<Bytes, ClientError> {
+        self.read_pinned(path, None, offset, len).await
+    }
+
+    /// Reads like [`read`](Self::read), but only bytes of version `at` (a `&FileStat` the
+    /// caller opened the file with, or its [`FileVersion`]): a worker that finds the file at
+    /// another version answers [`ClientError::Stale`] instead, and every later read pinned to
+    /// that version fails the same way; stat the file again to read the new version.
+    pub async fn read_at_version(
+        &self,
+        path: &str,
+        at: impl Into<FileVersion>,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, ClientError> {
+        self.read_pinned(path, Some(at.into()), offset, len).await
+    }
+
+    async fn read_pinned(
+        &self,
+        path: &str,
+        expect: Option<FileVersion>,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, ClientError> {
         if len == 0 {
             return Ok(Bytes::new());
         }
@@ -364,10 +394,10 @@ impl CacheClient {
         }
         if segs.len() == 1 {
             let (o, l, b) = segs[0];
-            return self.read_segment(path, o, l, b).await;
+            return self.read_segment(path, expect, o, l, b).await;
         }
         let mut parts = futures::stream::iter(segs.into_iter().map(|(o, l, b)| async move {
-            let r = self.read_segment(path, o, l, b).await;
+            let r = self.read_segment(path, expect, o, l, b).await;
             (l, r)
         }))
         .buffered(self.inner.cfg.parallel.max(1));
@@ -385,6 +415,7 @@ impl CacheClient {
     async fn read_segment(
         &self,
         path: &str,
+        expect: Option<FileVersion>,
         offset: u64,
         len: u32,
         block: u64,
@@ -393,6 +424,7 @@ impl CacheClient {
             path: path.into(),
             offset,
             len,
+            expect,
         };
         match self.call_owners(path, block, req).await? {
             Response::Data(b) if b.len() <= len as usize => Ok(b),
@@ -574,6 +606,12 @@ impl CacheClient {
                 ErrorCode::IsADirectory => {
                     Attempt::Final(ClientError::IsADirectory { path: path.into() })
                 }
+                // The file changed under a pinned read: an answer, not a failure of this owner
+                // (the others would say the same, or worse, serve the other version).
+                ErrorCode::Stale => Attempt::Final(ClientError::Stale {
+                    path: path.into(),
+                    message,
+                }),
                 ErrorCode::InvalidRequest | ErrorCode::TooLarge => {
                     Attempt::Final(ClientError::Invalid {
                         path: path.into(),
@@ -672,6 +710,12 @@ mod tests {
         };
         assert_eq!(e.errno(), libc::EIO);
         assert!(e.to_string().contains("w-1"));
+        let e = ClientError::Stale {
+            path: "d/f".into(),
+            message: "d/f changed since it was opened".into(),
+        };
+        assert_eq!(e.errno(), libc::ESTALE);
+        assert!(e.to_string().starts_with("d/f: stale"), "{e}");
     }
 
     #[test]

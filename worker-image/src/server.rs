@@ -72,7 +72,12 @@ impl WorkerHandler {
     async fn answer(&self, req: Request) -> (Op, Response) {
         match req {
             Request::Ping => (Op::Ping, Response::Pong),
-            Request::Read { path, offset, len } => {
+            Request::Read {
+                path,
+                offset,
+                len,
+                expect,
+            } => {
                 if len > MAX_PAYLOAD {
                     return (
                         Op::Read,
@@ -85,7 +90,10 @@ impl WorkerHandler {
                     );
                 }
                 let res = match normalize(&path) {
-                    Ok(p) => self.store.read(&p, offset, len).await,
+                    Ok(p) => match expect {
+                        Some(v) => self.store.read_at_version(&p, v, offset, len).await,
+                        None => self.store.read(&p, offset, len).await,
+                    },
                     Err(e) => Err(CacheError::Ufs(e)),
                 };
                 match res {
@@ -136,6 +144,7 @@ fn cache_error(e: CacheError) -> Response {
         CacheError::Ufs(u) => ufs_error(u),
         CacheError::Internal(m) => Response::error(ErrorCode::Io, m),
         e @ CacheError::Changed { .. } => Response::error(ErrorCode::Io, e.to_string()),
+        e @ CacheError::Stale { .. } => Response::error(ErrorCode::Stale, e.to_string()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Process-level tests of `rcache.user.file.metadata.sync.interval`: a real `rcache-worker serve`
 //! on loopback follows a file replaced in the under-storage (new bytes, new size), within the
-//! interval, and after a restart never serves a disk page of a file changed while it was down.
+//! interval, and after a restart never serves a disk page of a file changed while it was down;
+//! reads pinned to the version a client opened are stale, not mixed, once the file changes.
 
 mod common;
 
@@ -109,4 +110,53 @@ async fn warm_restart_does_not_serve_a_page_of_a_file_changed_while_down() {
     assert_eq!(w.metric("rcache_cache_hits_total{tier=\"ssd\"}"), 0.0);
     assert_eq!(w.metric("rcache_cache_stale_pages_dropped_total"), 2.0);
     assert_eq!(w.ufs_bytes(), new.len() as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_pinned_to_the_opened_version_is_stale_on_any_worker_never_mixed() {
+    let d = tempfile::tempdir().expect("tmp");
+    // 16 placement blocks of 128 KiB over two workers.
+    let len = (PAGE * 32) as usize;
+    let (ufs, old) = ufs_with_file(d.path(), len, 51);
+    overwrite(&ufs, &old, 1_000);
+    let long = [("rcache.user.file.metadata.sync.interval", "1h")];
+    let w0 = Worker::start(d.path(), "w0", &ufs, &long);
+    let w1 = Worker::start(d.path(), "w1", &ufs, &long);
+    let c = client(vec![w0.member("w-0"), w1.member("w-1")], 128 << 10).await;
+    let opened = c.stat(FILE).await.expect("stat");
+    let block = (PAGE * 2) as usize;
+    let got = c
+        .read_at_version(FILE, &opened, 0, block as u32)
+        .await
+        .expect("block 0");
+    assert!(got[..] == old[..block]);
+
+    let new = file_bytes(len + 100, 52);
+    overwrite(&ufs, &new, 2_000);
+    // The rest of the file lives on both workers, whose metadata would trust the old version
+    // for an hour: pinned to the opened version, the read is stale instead of mixed.
+    let e = c
+        .read_at_version(FILE, &opened, block as u64, (len - block) as u32)
+        .await
+        .expect_err("the file changed between two reads of one open");
+    assert_eq!(e.errno(), libc::ESTALE, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(FILE)
+            && msg.contains(&format!("size {} -> {}", len, new.len()))
+            && msg.contains("reopen"),
+        "{msg}"
+    );
+    // Pinned to the new version (as a client that stat'ed later would be), every worker checks
+    // the under-storage at once and serves exactly the new bytes.
+    let now = std::fs::metadata(ufs.join(FILE)).expect("stat ufs");
+    let reopened = rcache_transport::FileVersion {
+        size: now.len(),
+        mtime_ns: 2_000 * 1_000_000_000,
+    };
+    let got = c
+        .read_at_version(FILE, reopened, 0, (len * 2) as u32)
+        .await
+        .expect("new version");
+    assert!(got[..] == new[..], "exactly the new bytes");
 }

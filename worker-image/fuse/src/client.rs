@@ -1,9 +1,10 @@
 //! The cluster as a [`FileSource`]: the cache client of `rcache-worker` (block placement on the
 //! consistent-hash ring, failover to the next owner, TCP fallback). Its errors keep the worker's
-//! name in the message and map to errno through `ClientError::errno`.
+//! name in the message and map to errno through `ClientError::errno`. Reads are pinned to the
+//! version the file was opened at (`read_at_version`): a file changed since is `ESTALE`.
 
 use bytes::Bytes;
-use rcache_transport::protocol::{DirEntry, FileStat};
+use rcache_transport::protocol::{DirEntry, FileStat, FileVersion};
 use rcache_worker::client::{CacheClient, ClientError};
 use rcache_worker::config::Properties;
 
@@ -40,9 +41,15 @@ impl FileSource for ClusterSource {
         self.client.list(path).await.map_err(source_error)
     }
 
-    async fn read(&self, path: &str, offset: u64, len: u32) -> Result<Bytes, SourceError> {
+    async fn read(
+        &self,
+        path: &str,
+        at: FileVersion,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, SourceError> {
         self.client
-            .read(path, offset, len)
+            .read_at_version(path, at, offset, len)
             .await
             .map_err(source_error)
     }

@@ -2,6 +2,10 @@
 //! of `fuser` only parse and dispatch; each operation that needs the workers runs as a tokio task
 //! that answers the kernel when done, so a slow worker never blocks other requests. This module
 //! owns inode and handle bookkeeping and errno replies; data movement lives in `reader`.
+//!
+//! An open handle reads the version (size, mtime) of the file its open saw; when the file has
+//! changed since, its reads fail with `ESTALE` and the path's cached stat is dropped, so the
+//! application's next open sees the new version.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -15,7 +19,7 @@ use fuser::{
     KernelConfig, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
-use rcache_transport::protocol::FileStat;
+use rcache_transport::protocol::{FileStat, FileVersion};
 use tokio::runtime::Handle;
 
 use crate::inodes::{InodeTable, ROOT_INO, child_path};
@@ -117,11 +121,28 @@ fn log_failure(op: &str, path: &str, e: &SourceError) {
     }
 }
 
-fn reply_read(reply: ReplyData, offset: u64, size: u32, res: Result<bytes::Bytes, SourceError>) {
+/// Answers a read. A stale handle (the file changed since it was opened) is not a failure: it
+/// is logged at info, and the path's stat and page-cache marker are dropped so that the next
+/// open stats the file again and the kernel does not keep pages of the old version.
+fn reply_read<S: FileSource>(
+    shared: &Shared<S>,
+    ino: u64,
+    path: &str,
+    reply: ReplyData,
+    offset: u64,
+    size: u32,
+    res: Result<bytes::Bytes, SourceError>,
+) {
     match res {
         Ok(data) => reply.data(&data),
+        Err(e) if e.errno == libc::ESTALE => {
+            tracing::info!(path, offset, size, error = %e, "file changed since it was opened: ESTALE");
+            shared.stats.remove(path);
+            lock(&shared.seen).remove(&ino);
+            reply.error(Errno::ESTALE);
+        }
         Err(e) => {
-            tracing::warn!(offset, size, errno = e.errno, error = %e, "read failed");
+            tracing::warn!(path, offset, size, errno = e.errno, error = %e, "read failed");
             reply.error(errno(&e));
         }
     }
@@ -310,7 +331,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
                 max_parts: shared.opts.prefetch_parts,
                 whole_file_threshold: shared.opts.whole_file_threshold,
             };
-            let file = OpenFile::open(shared.source.clone(), path, st.size, policy);
+            let file = OpenFile::open(shared.source.clone(), path, FileVersion::of(&st), policy);
             let fh = shared.next_fh.fetch_add(1, Ordering::Relaxed);
             lock(&shared.files).insert(fh, file);
             let version = (st.size, st.mtime_ns);
@@ -327,7 +348,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -339,6 +360,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
             return reply.error(Errno::EBADF);
         };
         tracing::trace!(fh = fh.0, offset, size, "read");
+        let path = file.path().clone();
         let mut read = Box::pin(async move { file.read(offset, size).await });
         // Fast path: when the prefetcher already holds the bytes, answer on this FUSE thread
         // and skip the hand-off to a runtime thread (two context switches per request). The
@@ -350,10 +372,15 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
                 .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
         };
         match first {
-            std::task::Poll::Ready(res) => reply_read(reply, offset, size, res),
+            std::task::Poll::Ready(res) => {
+                reply_read(&self.shared, ino.0, &path, reply, offset, size, res)
+            }
             std::task::Poll::Pending => {
-                self.rt
-                    .spawn(async move { reply_read(reply, offset, size, read.await) });
+                let shared = self.shared.clone();
+                self.rt.spawn(async move {
+                    let res = read.await;
+                    reply_read(&shared, ino.0, &path, reply, offset, size, res)
+                });
             }
         }
     }

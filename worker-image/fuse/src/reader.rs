@@ -3,7 +3,9 @@
 //! or below `file.length.threshold` is fetched whole when opened; a random reader gets exactly
 //! the bytes it asked for. A part is one worker page (`rcache.worker.page.size`), so reads to
 //! the workers stay page aligned and each lands on one owner. Transient errors (a worker died or
-//! timed out) are retried, and the client library routes the retry to a live worker.
+//! timed out) are retried, and the client library routes the retry to a live worker. Every
+//! fetch of a handle, prefetch included, is pinned to the version (size, mtime) the file was
+//! opened at, so a handle never returns bytes of two versions; a changed file is `ESTALE`.
 //!
 //! This module owns the window and its memory bound (per handle: `max_parts` ahead, the parts of
 //! the current read and one behind);
@@ -16,6 +18,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::OnceCell;
 use tokio::task::AbortHandle;
+
+use rcache_transport::protocol::FileVersion;
 
 use crate::source::{FileSource, SourceError};
 
@@ -59,6 +63,8 @@ pub struct PrefetchPolicy {
 pub struct OpenFile<S: FileSource> {
     source: Arc<S>,
     path: Arc<str>,
+    /// The version opened; every fetch is pinned to it.
+    version: FileVersion,
     size: u64,
     policy: PrefetchPolicy,
     whole: bool,
@@ -68,13 +74,14 @@ pub struct OpenFile<S: FileSource> {
 async fn fetch<S: FileSource>(
     source: &S,
     path: &str,
+    at: FileVersion,
     offset: u64,
     len: u32,
 ) -> Result<Bytes, SourceError> {
     let mut delay = FIRST_RETRY_DELAY;
     let mut attempt = 1;
     loop {
-        match source.read(path, offset, len).await {
+        match source.read(path, at, offset, len).await {
             Ok(b) => return Ok(b),
             Err(e) if e.is_transient() && attempt < FETCH_ATTEMPTS => {
                 tracing::warn!(path, offset, len, attempt, error = %e, "read failed; retrying");
@@ -88,13 +95,20 @@ async fn fetch<S: FileSource>(
 }
 
 impl<S: FileSource> OpenFile<S> {
-    /// Opens `path` of `size` bytes; a small file starts its whole-file fetch here.
-    pub fn open(source: Arc<S>, path: Arc<str>, size: u64, policy: PrefetchPolicy) -> Arc<Self> {
+    /// Opens version `version` of `path`; a small file starts its whole-file fetch here.
+    pub fn open(
+        source: Arc<S>,
+        path: Arc<str>,
+        version: FileVersion,
+        policy: PrefetchPolicy,
+    ) -> Arc<Self> {
+        let size = version.size;
         let whole =
             policy.whole_file_threshold > 0 && size > 0 && size <= policy.whole_file_threshold;
         let f = Arc::new(Self {
             source,
             path,
+            version,
             size,
             policy,
             whole,
@@ -112,6 +126,10 @@ impl<S: FileSource> OpenFile<S> {
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    pub fn path(&self) -> &Arc<str> {
+        &self.path
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
@@ -132,11 +150,12 @@ impl<S: FileSource> OpenFile<S> {
         let part = Arc::new(Part::default());
         let (offset, len) = self.part_range(idx);
         let (source, path, p2) = (self.source.clone(), self.path.clone(), part.clone());
+        let at = self.version;
         let task = tokio::spawn(async move {
             // The error is not kept: the reader that needs this part retries on its own.
             let _ = p2
                 .data
-                .get_or_try_init(|| fetch(&*source, &path, offset, len))
+                .get_or_try_init(|| fetch(&*source, &path, at, offset, len))
                 .await;
             p2.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         });
@@ -199,7 +218,8 @@ impl<S: FileSource> OpenFile<S> {
         };
         let Some(parts) = parts else {
             // Random access: exactly the requested bytes, nothing ahead.
-            return fetch(&*self.source, &self.path, offset, (end - offset) as u32).await;
+            let len = (end - offset) as u32;
+            return fetch(&*self.source, &self.path, self.version, offset, len).await;
         };
         let mut out: Option<BytesMut> = None;
         let mut single: Option<Bytes> = None;
@@ -207,7 +227,7 @@ impl<S: FileSource> OpenFile<S> {
             let (p_off, p_len) = self.part_range(*idx);
             let data = part
                 .data
-                .get_or_try_init(|| fetch(&*self.source, &self.path, p_off, p_len))
+                .get_or_try_init(|| fetch(&*self.source, &self.path, self.version, p_off, p_len))
                 .await?;
             let from = (offset.max(p_off) - p_off) as usize;
             let to = ((end.min(p_off + u64::from(p_len)) - p_off) as usize).min(data.len());
@@ -273,6 +293,12 @@ mod tests {
         fn reads(&self) -> Vec<(u64, u32)> {
             self.reads.lock().unwrap().clone()
         }
+        fn version(&self) -> FileVersion {
+            FileVersion {
+                size: self.len,
+                mtime_ns: 0,
+            }
+        }
     }
 
     impl FileSource for Pattern {
@@ -285,8 +311,20 @@ mod tests {
         async fn list(&self, _: &str) -> Result<Vec<DirEntry>, SourceError> {
             Ok(Vec::new())
         }
-        async fn read(&self, _: &str, offset: u64, len: u32) -> Result<Bytes, SourceError> {
+        async fn read(
+            &self,
+            _: &str,
+            at: FileVersion,
+            offset: u64,
+            len: u32,
+        ) -> Result<Bytes, SourceError> {
             self.reads.lock().unwrap().push((offset, len));
+            if at != self.version() {
+                return Err(SourceError::new(
+                    libc::ESTALE,
+                    "f changed since it was opened",
+                ));
+            }
             if self
                 .fail_first
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -316,7 +354,7 @@ mod tests {
     #[tokio::test]
     async fn sequential_reads_prefetch_up_to_max_parts_ahead_and_return_exact_bytes() {
         let src = Pattern::new(40 * PS + 100, 0);
-        let f = OpenFile::open(src.clone(), "f".into(), src.len, policy(3, 0));
+        let f = OpenFile::open(src.clone(), "f".into(), src.version(), policy(3, 0));
         let mut off = 0;
         while off < src.len {
             let b = f.read(off, 3000).await.unwrap();
@@ -347,7 +385,7 @@ mod tests {
     #[tokio::test]
     async fn random_reads_fetch_only_the_requested_bytes() {
         let src = Pattern::new(100 * PS, 0);
-        let f = OpenFile::open(src.clone(), "f".into(), src.len, policy(8, 0));
+        let f = OpenFile::open(src.clone(), "f".into(), src.version(), policy(8, 0));
         let b = f.read(50 * PS + 7, 4096).await.unwrap();
         assert_eq!(&b[..], &expect(50 * PS + 7, 51 * PS + 7)[..]);
         let b = f.read(10 * PS, 100).await.unwrap();
@@ -359,7 +397,7 @@ mod tests {
     #[tokio::test]
     async fn out_of_order_readahead_requests_within_the_window_still_count_as_sequential() {
         let src = Pattern::new(100 * PS, 0);
-        let f = OpenFile::open(src.clone(), "f".into(), src.len, policy(4, 0));
+        let f = OpenFile::open(src.clone(), "f".into(), src.version(), policy(4, 0));
         f.read(0, PS as u32).await.unwrap();
         // The kernel's next readahead requests arrive in another order.
         let b = f.read(3 * PS, PS as u32).await.unwrap();
@@ -380,7 +418,7 @@ mod tests {
     #[tokio::test]
     async fn a_small_file_is_fetched_whole_on_open() {
         let src = Pattern::new(3 * PS + 5, 0);
-        let f = OpenFile::open(src.clone(), "f".into(), src.len, policy(1, 4 * PS));
+        let f = OpenFile::open(src.clone(), "f".into(), src.version(), policy(1, 4 * PS));
         assert_eq!(f.window_parts(), vec![0, 1, 2, 3]);
         let b = f.read(2 * PS + 1, 10_000).await.unwrap();
         assert_eq!(&b[..], &expect(2 * PS + 1, src.len)[..]);
@@ -400,15 +438,36 @@ mod tests {
     #[tokio::test]
     async fn a_transient_worker_error_is_retried_and_the_read_succeeds() {
         let src = Pattern::new(2 * PS, 2);
-        let f = OpenFile::open(src.clone(), "f".into(), src.len, policy(0, 0));
+        let f = OpenFile::open(src.clone(), "f".into(), src.version(), policy(0, 0));
         let b = f.read(0, PS as u32).await.unwrap();
         assert_eq!(&b[..], &expect(0, PS)[..]);
     }
 
     #[tokio::test]
+    async fn reads_and_prefetch_are_pinned_to_the_opened_version_and_stale_is_not_retried() {
+        let src = Pattern::new(8 * PS, 0);
+        let old = FileVersion {
+            size: 8 * PS,
+            mtime_ns: -5,
+        };
+        let f = OpenFile::open(src.clone(), "f".into(), old, policy(2, 0));
+        let err = f.read(0, 10).await.unwrap_err();
+        assert_eq!(err.errno, libc::ESTALE);
+        tokio::task::yield_now().await;
+        let first_part = src.reads().iter().filter(|r| r.0 == 0).count();
+        assert!(
+            first_part <= 2,
+            "ESTALE is an answer: no retries (prefetch and reader at most once each)"
+        );
+        // A random read goes to the source pinned too.
+        let err = f.read(6 * PS + 3, 10).await.unwrap_err();
+        assert_eq!(err.errno, libc::ESTALE);
+    }
+
+    #[tokio::test]
     async fn a_persistent_error_surfaces_with_its_errno() {
         let src = Pattern::new(2 * PS, 100);
-        let f = OpenFile::open(src.clone(), "f".into(), src.len, policy(0, 0));
+        let f = OpenFile::open(src.clone(), "f".into(), src.version(), policy(0, 0));
         let err = f.read(0, 10).await.unwrap_err();
         assert_eq!(err.errno, libc::EIO);
         assert!(err.message.contains("w0"));

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rcache_transport::protocol::{DirEntry, FileStat};
+use rcache_transport::protocol::{DirEntry, FileStat, FileVersion};
 
 /// An error from a [`FileSource`], already mapped to the errno the kernel should see.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -58,10 +58,13 @@ impl SourceError {
 pub trait FileSource: Send + Sync + 'static {
     fn stat(&self, path: &str) -> impl Future<Output = Result<FileStat, SourceError>> + Send;
     fn list(&self, path: &str) -> impl Future<Output = Result<Vec<DirEntry>, SourceError>> + Send;
-    /// Up to `len` bytes at `offset`; shorter only at end of file.
+    /// Up to `len` bytes at `offset` of version `at` of the file (the one it was opened at);
+    /// shorter only at end of file. `ESTALE` when the file is at another version now: no byte
+    /// of another version is returned.
     fn read(
         &self,
         path: &str,
+        at: FileVersion,
         offset: u64,
         len: u32,
     ) -> impl Future<Output = Result<Bytes, SourceError>> + Send;
@@ -77,10 +80,11 @@ impl<S: FileSource> FileSource for Arc<S> {
     fn read(
         &self,
         path: &str,
+        at: FileVersion,
         offset: u64,
         len: u32,
     ) -> impl Future<Output = Result<Bytes, SourceError>> + Send {
-        (**self).read(path, offset, len)
+        (**self).read(path, at, offset, len)
     }
 }
 
@@ -129,9 +133,35 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| SourceError::new(libc::EIO, format!("local source task failed: {e}")))?
 }
 
-fn read_at(p: &Path, offset: u64, len: u32, path: &str) -> Result<Bytes, SourceError> {
+fn read_at(
+    p: &Path,
+    at: FileVersion,
+    offset: u64,
+    len: u32,
+    path: &str,
+) -> Result<Bytes, SourceError> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(p).map_err(|e| SourceError::from_io(&e, "open", path))?;
+    // The version of the file this descriptor reads; checked again after reading, so a file
+    // replaced in place while being read is caught too.
+    let version = |file: &std::fs::File| {
+        file.metadata()
+            .map(|md| FileVersion::of(&file_stat(&md)))
+            .map_err(|e| SourceError::from_io(&e, "stat", path))
+    };
+    let stale = |now: FileVersion| {
+        SourceError::new(
+            libc::ESTALE,
+            format!(
+                "{path} changed since it was opened: size {} -> {}, mtime_ns {} -> {}; reopen it",
+                at.size, now.size, at.mtime_ns, now.mtime_ns
+            ),
+        )
+    };
+    let now = version(&file)?;
+    if now != at {
+        return Err(stale(now));
+    }
     let mut buf = vec![0u8; len as usize];
     let mut filled = 0usize;
     while filled < buf.len() {
@@ -141,6 +171,10 @@ fn read_at(p: &Path, offset: u64, len: u32, path: &str) -> Result<Bytes, SourceE
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(SourceError::from_io(&e, "read", path)),
         }
+    }
+    let now = version(&file)?;
+    if now != at {
+        return Err(stale(now));
     }
     buf.truncate(filled);
     Ok(Bytes::from(buf))
@@ -182,9 +216,15 @@ impl FileSource for LocalDirSource {
         .await
     }
 
-    async fn read(&self, path: &str, offset: u64, len: u32) -> Result<Bytes, SourceError> {
+    async fn read(
+        &self,
+        path: &str,
+        at: FileVersion,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, SourceError> {
         let p = self.resolve(path)?;
         let path = path.to_owned();
-        blocking(move || read_at(&p, offset, len, &path)).await
+        blocking(move || read_at(&p, at, offset, len, &path)).await
     }
 }

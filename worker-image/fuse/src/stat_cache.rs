@@ -84,6 +84,13 @@ impl StatCache {
         }
     }
 
+    /// Forgets `path` (its file changed): the next lookup asks the source.
+    pub fn remove(&self, path: &str) {
+        if self.enabled {
+            self.lock().map.remove(path);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.lock().map.len()
     }
@@ -128,6 +135,16 @@ mod tests {
         }
         assert_eq!(c.len(), 2);
         assert!(c.lock().order.len() <= 2 * 16 + 1);
+    }
+
+    #[test]
+    fn a_removed_path_is_asked_again() {
+        let c = StatCache::new(true, 10, STAT_CACHE_TTL);
+        c.put("a", &st(1));
+        c.put("b", &st(2));
+        c.remove("a");
+        assert_eq!(c.get("a"), None);
+        assert_eq!(c.get("b").map(|s| s.size), Some(2));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::ufs::{UfsError, UnderStorage};
 use disk::{DiskTier, Lookup, PageFileError, ScanReport};
 use lru::Lru;
 use meta::{MetaCache, version_of};
-use rcache_transport::{DirEntry, FileStat};
+use rcache_transport::{DirEntry, FileStat, FileVersion};
 
 /// A page slot: `index` counts pages of `page_size` bytes from the start of the file at `path`.
 /// A slot holds the page of one version of the file at a time.
@@ -108,6 +108,27 @@ pub enum CacheError {
     /// The file changed while being read, every time it was tried.
     #[error("{path}: the under-storage file kept changing while being read; retry later")]
     Changed { path: String },
+    /// A read pinned to a version found the file at another one (or gone).
+    #[error("{}", stale_message(path, expected, found))]
+    Stale {
+        path: String,
+        expected: FileVersion,
+        /// The file's version now; `None` when it no longer exists (or is a directory).
+        found: Option<FileVersion>,
+    },
+}
+
+fn stale_message(path: &str, expected: &FileVersion, found: &Option<FileVersion>) -> String {
+    match found {
+        Some(f) => format!(
+            "{path} changed since it was opened: size {} -> {}, mtime_ns {} -> {}; reopen it",
+            expected.size, f.size, expected.mtime_ns, f.mtime_ns
+        ),
+        None => format!(
+            "{path} is gone since it was opened (size {}, mtime_ns {}); reopen it",
+            expected.size, expected.mtime_ns
+        ),
+    }
 }
 
 /// Page store settings.
@@ -302,6 +323,62 @@ impl PageStore {
                 Err(CacheError::Changed { .. }) => continue,
                 other => return other,
             }
+        }
+        Err(CacheError::Changed { path: path.into() })
+    }
+
+    /// Reads like [`read`](Self::read), but only from version `expect` of the file (the one the
+    /// caller opened). When the metadata cache knows another version, or a fill finds the file
+    /// changed, the UFS is stat'ed again at once (whatever the sync interval): if the file really
+    /// is at another version the answer is `Stale`, never bytes of that version.
+    pub async fn read_at_version(
+        &self,
+        path: &str,
+        expect: FileVersion,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, CacheError> {
+        let want = version_of(&FileStat {
+            size: expect.size,
+            mtime_ns: expect.mtime_ns,
+            ..FileStat::default()
+        });
+        let mut stat = self.stat(path).await;
+        let mut restatted = false;
+        for _ in 0..READ_ATTEMPTS {
+            match &stat {
+                Ok(s) if !s.is_dir && FileVersion::of(s) == expect => {
+                    if len == 0 {
+                        return Ok(Bytes::new());
+                    }
+                    match self.read_version(path, want, offset, len).await {
+                        // The fill saw another version, or no file: learn what is there now.
+                        Err(CacheError::Changed { .. })
+                        | Err(CacheError::Ufs(UfsError::NotFound { .. })) => {}
+                        other => return other,
+                    }
+                }
+                Ok(s) if restatted => {
+                    return Err(CacheError::Stale {
+                        path: path.into(),
+                        expected: expect,
+                        found: (!s.is_dir).then(|| FileVersion::of(s)),
+                    });
+                }
+                Err(UfsError::NotFound { .. } | UfsError::NotADirectory { .. }) if restatted => {
+                    return Err(CacheError::Stale {
+                        path: path.into(),
+                        expected: expect,
+                        found: None,
+                    });
+                }
+                Err(e) if restatted => return Err(e.clone().into()),
+                // What this worker knows differs from what the caller saw: ask the UFS now.
+                _ => {}
+            }
+            stat = self.ufs.stat(path).await;
+            self.observe(path, &stat).await;
+            restatted = true;
         }
         Err(CacheError::Changed { path: path.into() })
     }
@@ -669,6 +746,92 @@ mod tests {
             1_000_000 * 1_000_000_000,
             "the metadata cache learnt the new version"
         );
+    }
+
+    fn version(size: usize, secs: i64) -> FileVersion {
+        FileVersion {
+            size: size as u64,
+            mtime_ns: secs * 1_000_000_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pinned_read_serves_its_version_and_says_stale_once_the_file_changed() {
+        let (d, old) = setup(4096 * 3);
+        replace(d.path(), &old, 1_000);
+        let s = store_with(d.path(), 1 << 20, None, LONG).await;
+        let v1 = version(old.len(), 1_000);
+        let got = s.read_at_version("f.bin", v1, 0, 10).await.expect("v1");
+        assert_eq!(&got[..], &old[..10]);
+        let new = vec![7u8; 4096 * 2 + 5];
+        replace(d.path(), &new, 2_000);
+        // Page 0 of v1 is cached and the metadata cache still trusts v1: serving it is serving
+        // the version asked for.
+        let got = s.read_at_version("f.bin", v1, 0, 10).await.expect("v1 hit");
+        assert_eq!(&got[..], &old[..10]);
+        // Page 1 must come from the UFS, which holds v2 now: stale, never v2's bytes.
+        let e = s
+            .read_at_version("f.bin", v1, 0, 4096 * 2)
+            .await
+            .expect_err("changed");
+        assert!(
+            matches!(e, CacheError::Stale { found: Some(f), .. } if f == version(new.len(), 2_000))
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("f.bin changed since it was opened")
+                && msg.contains(&format!("size {} -> {}", old.len(), new.len()))
+                && msg.contains("reopen"),
+            "{msg}"
+        );
+        // Later reads pinned to v1 stay stale, even of the cached page (v1 is known to be gone).
+        assert!(matches!(
+            s.read_at_version("f.bin", v1, 0, 10).await,
+            Err(CacheError::Stale { .. })
+        ));
+        let got = s
+            .read_at_version("f.bin", version(new.len(), 2_000), 0, 1 << 16)
+            .await
+            .expect("v2");
+        assert_eq!(&got[..], &new[..]);
+    }
+
+    #[tokio::test]
+    async fn a_pinned_read_restats_at_once_whatever_the_interval() {
+        let (d, old) = setup(4096);
+        replace(d.path(), &old, 1_000);
+        let s = store_with(d.path(), 1 << 20, None, LONG).await;
+        s.read("f.bin", 0, 10).await.expect("learn v1");
+        let new = vec![3u8; 5000];
+        replace(d.path(), &new, 2_000);
+        // Another worker told the client about v2 already: this one checks and serves v2.
+        let got = s
+            .read_at_version("f.bin", version(new.len(), 2_000), 0, 1 << 16)
+            .await
+            .expect("v2 after a re-stat");
+        assert_eq!(&got[..], &new[..]);
+        // Asked for v1 by a client that opened it earlier: this worker knows v2 and checks.
+        let stats = ufs_stats(&s);
+        assert!(matches!(
+            s.read_at_version("f.bin", version(old.len(), 1_000), 0, 10)
+                .await,
+            Err(CacheError::Stale { .. })
+        ));
+        assert_eq!(ufs_stats(&s), stats + 1, "one re-stat");
+        // A version nobody has: stale too (not the bytes of what is there).
+        assert!(matches!(
+            s.read_at_version("f.bin", version(1, 5), 0, 10).await,
+            Err(CacheError::Stale { .. })
+        ));
+        // Removed: stale, saying it is gone (a fresh store: no cached page of v2 to serve).
+        std::fs::remove_file(d.path().join("ufs/f.bin")).expect("rm");
+        let s = store_with(d.path(), 1 << 20, None, LONG).await;
+        let e = s
+            .read_at_version("f.bin", version(new.len(), 2_000), 0, 10)
+            .await
+            .expect_err("gone");
+        assert!(matches!(e, CacheError::Stale { found: None, .. }), "{e}");
+        assert!(e.to_string().contains("gone"), "{e}");
     }
 
     #[tokio::test]

@@ -10,10 +10,13 @@ pub const MAX_PAYLOAD: u32 = 16 << 20;
 pub enum Request {
     Ping,
     /// Read `len` bytes of `path` (relative to the UFS root) at `offset`. A short reply means EOF.
+    /// With `expect`, the bytes must come from that version of the file: a worker whose file is
+    /// at another version answers `ErrorCode::Stale` instead of serving other bytes.
     Read {
         path: String,
         offset: u64,
         len: u32,
+        expect: Option<FileVersion>,
     },
     Stat {
         path: String,
@@ -50,6 +53,29 @@ pub struct FileStat {
     pub mtime_ns: i64,
 }
 
+/// One version of an under-storage file, as a `Stat` answer reports it: its size and mtime. A
+/// client that opened a file at a version pins its reads to it (`Request::Read::expect`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileVersion {
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl FileVersion {
+    pub fn of(stat: &FileStat) -> FileVersion {
+        FileVersion {
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+        }
+    }
+}
+
+impl From<&FileStat> for FileVersion {
+    fn from(stat: &FileStat) -> Self {
+        FileVersion::of(stat)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
     pub name: String,
@@ -67,6 +93,9 @@ pub enum ErrorCode {
     NotADirectory = 6,
     IsADirectory = 7,
     Unavailable = 8,
+    /// A pinned read (`Read` with `expect`) found the file at another version (or gone): the
+    /// caller's view of the file is out of date; it must stat/open the file again.
+    Stale = 9,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -132,6 +161,10 @@ pub enum CodecError {
     UnexpectedPayload { op: u16, len: u32 },
     #[error("unknown error code {0}")]
     UnknownErrorCode(u16),
+    #[error("{len} unexpected bytes after {what}")]
+    TrailingBytes { what: &'static str, len: usize },
+    #[error("unknown {what} tag {tag:#04x}")]
+    UnknownTag { what: &'static str, tag: u8 },
 }
 
 impl CodecError {
@@ -284,9 +317,45 @@ impl ErrorCode {
             6 => ErrorCode::NotADirectory,
             7 => ErrorCode::IsADirectory,
             8 => ErrorCode::Unavailable,
+            9 => ErrorCode::Stale,
             _ => return None,
         })
     }
+}
+
+/// Tag of the optional trailer of a `Read`'s metadata: the expected file version follows.
+const READ_TRAILER_VERSION: u8 = 1;
+/// Tag byte, size u64, mtime i64.
+const READ_TRAILER_LEN: usize = 1 + 8 + 8;
+
+/// The optional trailer after a `Read`'s length: nothing (a request without a version, as
+/// clients before it send), or exactly one version trailer. Anything else is refused.
+fn get_read_trailer(b: &mut &[u8]) -> Result<Option<FileVersion>, CodecError> {
+    if b.is_empty() {
+        return Ok(None);
+    }
+    let tag = b[0];
+    if tag != READ_TRAILER_VERSION {
+        return Err(CodecError::UnknownTag {
+            what: "read trailer",
+            tag,
+        });
+    }
+    if b.len() < READ_TRAILER_LEN {
+        return Err(CodecError::Truncated("read expected version"));
+    }
+    if b.len() > READ_TRAILER_LEN {
+        return Err(CodecError::TrailingBytes {
+            what: "read expected version",
+            len: b.len() - READ_TRAILER_LEN,
+        });
+    }
+    b.advance(1);
+    let size = get_u64(b, "read expected size")?;
+    let mtime_ns = b
+        .try_get_i64_le()
+        .map_err(|_| CodecError::Truncated("read expected mtime"))?;
+    Ok(Some(FileVersion { size, mtime_ns }))
 }
 
 fn check_no_data(op: u16, data: &Bytes) -> Result<(), CodecError> {
@@ -321,10 +390,20 @@ impl Request {
     pub fn encode_meta(&self, meta: &mut BytesMut) -> (u16, Option<&Bytes>) {
         match self {
             Request::Ping => (op::PING, None),
-            Request::Read { path, offset, len } => {
+            Request::Read {
+                path,
+                offset,
+                len,
+                expect,
+            } => {
                 put_str(meta, path);
                 meta.put_u64_le(*offset);
                 meta.put_u32_le(*len);
+                if let Some(v) = expect {
+                    meta.put_u8(READ_TRAILER_VERSION);
+                    meta.put_u64_le(v.size);
+                    meta.put_i64_le(v.mtime_ns);
+                }
                 (op::READ, None)
             }
             Request::Stat { path } => {
@@ -365,7 +444,13 @@ impl Request {
                         max: MAX_PAYLOAD.into(),
                     });
                 }
-                Request::Read { path, offset, len }
+                let expect = get_read_trailer(&mut b)?;
+                Request::Read {
+                    path,
+                    offset,
+                    len,
+                    expect,
+                }
             }
             op::STAT => Request::Stat {
                 path: get_str(&mut b, "stat path", MAX_PATH)?,
@@ -533,6 +618,16 @@ mod tests {
             path: "a/b/ü.bin".into(),
             offset: 1 << 40,
             len: 1 << 20,
+            expect: None,
+        });
+        roundtrip_req(Request::Read {
+            path: "a/b/ü.bin".into(),
+            offset: 7,
+            len: 4096,
+            expect: Some(FileVersion {
+                size: 1 << 33,
+                mtime_ns: -1_700_000_000_123_456_789,
+            }),
         });
         roundtrip_req(Request::Stat { path: "x".into() });
         roundtrip_req(Request::List { path: "".into() });
@@ -561,6 +656,67 @@ mod tests {
         roundtrip_resp(Response::List(vec![]));
         roundtrip_resp(Response::Ack);
         roundtrip_resp(Response::error(ErrorCode::NotFound, "no such file: a"));
+        roundtrip_resp(Response::error(ErrorCode::Stale, "a changed; reopen it"));
+    }
+
+    /// The metadata of a `Read` as a client without versions (before the trailer) writes it.
+    fn read_meta_without_trailer(path: &str, offset: u64, len: u32) -> BytesMut {
+        let mut meta = BytesMut::new();
+        put_str(&mut meta, path);
+        meta.put_u64_le(offset);
+        meta.put_u32_le(len);
+        meta
+    }
+
+    #[test]
+    fn a_read_without_the_version_trailer_still_decodes_as_unpinned() {
+        let meta = read_meta_without_trailer("f", 9, 100);
+        assert_eq!(
+            Request::decode(op::READ, &meta, Bytes::new()).unwrap(),
+            Request::Read {
+                path: "f".into(),
+                offset: 9,
+                len: 100,
+                expect: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_malformed_read_trailer_is_an_error_not_a_panic() {
+        let base = read_meta_without_trailer("f", 0, 10);
+        let with = |extra: &[u8]| {
+            let mut m = base.clone();
+            m.put_slice(extra);
+            Request::decode(op::READ, &m, Bytes::new())
+        };
+        // Unknown tag.
+        assert_eq!(
+            with(&[2; 17]).unwrap_err(),
+            CodecError::UnknownTag {
+                what: "read trailer",
+                tag: 2
+            }
+        );
+        // Tag, but the version is cut short.
+        assert!(matches!(
+            with(&[1, 0, 0, 0]).unwrap_err(),
+            CodecError::Truncated(_)
+        ));
+        assert!(matches!(with(&[1]).unwrap_err(), CodecError::Truncated(_)));
+        // A whole trailer and then more.
+        let mut long = vec![1u8];
+        long.extend_from_slice(&[0; 16]);
+        long.push(0);
+        assert_eq!(
+            with(&long).unwrap_err(),
+            CodecError::TrailingBytes {
+                what: "read expected version",
+                len: 1
+            }
+        );
+        assert_eq!(with(&long).unwrap_err().code(), ErrorCode::InvalidRequest);
+        assert!(!with(&long).unwrap_err().fatal());
     }
 
     #[test]

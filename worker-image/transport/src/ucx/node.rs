@@ -1388,7 +1388,8 @@ mod tests {
             conn.call(Request::Read {
                 path: "a".into(),
                 offset: 0,
-                len: 1
+                len: 1,
+                expect: None,
             })
             .await
             .unwrap(),
