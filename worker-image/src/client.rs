@@ -353,6 +353,21 @@ impl CacheClient {
         self.read_pinned(path, None, offset, len).await
     }
 
+    /// Asks the worker that answers `stat` for `path` to check the under-storage now (whatever
+    /// its metadata sync interval) whether the file is still at version `at`: `Ok` when it is,
+    /// [`ClientError::Stale`] when not, after which that worker's `stat` names the new version.
+    pub async fn check_version(
+        &self,
+        path: &str,
+        at: impl Into<FileVersion>,
+    ) -> Result<(), ClientError> {
+        // A pinned read of nothing is the protocol's version check; block 0's owner answers
+        // `stat` too.
+        self.read_segment(path, Some(at.into()), 0, 0, 0)
+            .await
+            .map(|_| ())
+    }
+
     /// Reads like [`read`](Self::read), but only bytes of version `at` (a `&FileStat` the
     /// caller opened the file with, or its [`FileVersion`]): a worker that finds the file at
     /// another version answers [`ClientError::Stale`] instead, and every later read pinned to

@@ -48,6 +48,9 @@ struct Shared<S: FileSource> {
     /// (size, mtime) an inode had at its last open: unchanged means the kernel's page cache of
     /// the file is still valid (FOPEN_KEEP_CACHE), like libfuse's `auto_cache`.
     seen: Mutex<HashMap<u64, (u64, i64)>>,
+    /// The version a read of an inode found stale: an open that is told this version again (a
+    /// worker's metadata may trust it for its sync interval) checks it first.
+    stale: Mutex<HashMap<u64, FileVersion>>,
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
@@ -64,6 +67,32 @@ impl<S: FileSource> Shared<S> {
         }
         let st = self.source.stat(path).await?;
         self.stats.put(path, &st);
+        Ok(st)
+    }
+
+    /// The stat an open pins its handle to. When it names the version a read of this inode
+    /// found stale, the under-storage is checked (the workers' metadata may still trust that
+    /// version for its sync interval) and the file stat'ed again.
+    async fn open_stat(&self, ino: u64, path: &str) -> Result<FileStat, SourceError> {
+        let st = self.stat(path).await?;
+        let stale = lock(&self.stale).get(&ino).copied();
+        let Some(stale) = stale.filter(|v| !st.is_dir && *v == FileVersion::of(&st)) else {
+            lock(&self.stale).remove(&ino);
+            return Ok(st);
+        };
+        match self.source.read(path, stale, 0, 0).await {
+            Ok(_) => {
+                // Back at that version after all: nothing to re-learn.
+                lock(&self.stale).remove(&ino);
+                return Ok(st);
+            }
+            Err(e) if e.errno == libc::ESTALE => {}
+            Err(e) => return Err(e),
+        }
+        self.stats.remove(path);
+        let st = self.source.stat(path).await?;
+        self.stats.put(path, &st);
+        lock(&self.stale).remove(&ino);
         Ok(st)
     }
 
@@ -124,10 +153,12 @@ fn log_failure(op: &str, path: &str, e: &SourceError) {
 /// Answers a read. A stale handle (the file changed since it was opened) is not a failure: it
 /// is logged at info, and the path's stat and page-cache marker are dropped so that the next
 /// open stats the file again and the kernel does not keep pages of the old version.
+#[allow(clippy::too_many_arguments)]
 fn reply_read<S: FileSource>(
     shared: &Shared<S>,
     ino: u64,
     path: &str,
+    version: FileVersion,
     reply: ReplyData,
     offset: u64,
     size: u32,
@@ -139,6 +170,7 @@ fn reply_read<S: FileSource>(
             tracing::info!(path, offset, size, error = %e, "file changed since it was opened: ESTALE");
             shared.stats.remove(path);
             lock(&shared.seen).remove(&ino);
+            lock(&shared.stale).insert(ino, version);
             reply.error(Errno::ESTALE);
         }
         Err(e) => {
@@ -166,6 +198,7 @@ impl<S: FileSource> RcacheFs<S> {
                 files: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
                 seen: Mutex::new(HashMap::new()),
+                stale: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 // SAFETY: getuid/getgid cannot fail and touch no memory.
                 uid: unsafe { libc::getuid() },
@@ -318,7 +351,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         };
         let shared = self.shared.clone();
         self.rt.spawn(async move {
-            let st = match shared.stat(&path).await {
+            let st = match shared.open_stat(ino.0, &path).await {
                 Ok(st) if st.is_dir => return reply.error(Errno::EISDIR),
                 Ok(st) => st,
                 Err(e) => {
@@ -361,6 +394,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         };
         tracing::trace!(fh = fh.0, offset, size, "read");
         let path = file.path().clone();
+        let version = file.version();
         let mut read = Box::pin(async move { file.read(offset, size).await });
         // Fast path: when the prefetcher already holds the bytes, answer on this FUSE thread
         // and skip the hand-off to a runtime thread (two context switches per request). The
@@ -372,14 +406,21 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
                 .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
         };
         match first {
-            std::task::Poll::Ready(res) => {
-                reply_read(&self.shared, ino.0, &path, reply, offset, size, res)
-            }
+            std::task::Poll::Ready(res) => reply_read(
+                &self.shared,
+                ino.0,
+                &path,
+                version,
+                reply,
+                offset,
+                size,
+                res,
+            ),
             std::task::Poll::Pending => {
                 let shared = self.shared.clone();
                 self.rt.spawn(async move {
                     let res = read.await;
-                    reply_read(&shared, ino.0, &path, reply, offset, size, res)
+                    reply_read(&shared, ino.0, &path, version, reply, offset, size, res)
                 });
             }
         }

@@ -132,6 +132,11 @@ impl<S: FileSource> OpenFile<S> {
         &self.path
     }
 
+    /// The version every read of this handle is pinned to.
+    pub fn version(&self) -> FileVersion {
+        self.version
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
         self.window.lock().unwrap_or_else(|p| p.into_inner())
     }

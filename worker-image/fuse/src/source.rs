@@ -60,7 +60,8 @@ pub trait FileSource: Send + Sync + 'static {
     fn list(&self, path: &str) -> impl Future<Output = Result<Vec<DirEntry>, SourceError>> + Send;
     /// Up to `len` bytes at `offset` of version `at` of the file (the one it was opened at);
     /// shorter only at end of file. `ESTALE` when the file is at another version now: no byte
-    /// of another version is returned.
+    /// of another version is returned. With `len` 0 it checks the version against the
+    /// under-storage itself, whatever the workers' metadata sync interval.
     fn read(
         &self,
         path: &str,

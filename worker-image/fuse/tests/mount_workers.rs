@@ -80,3 +80,82 @@ fn a_worker_killed_in_the_middle_of_a_read_does_not_fail_the_read() {
     let again = std::fs::read(mnt.join("big.bin")).unwrap();
     assert!(again == want);
 }
+
+/// Replaces `path` with `bytes` and an explicit mtime, so the new version differs from the old
+/// one whatever the filesystem's clock granularity.
+fn replace(path: &std::path::Path, bytes: &[u8], secs: u64) {
+    std::fs::write(path, bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        .unwrap();
+}
+
+#[test]
+fn a_file_replaced_under_an_open_handle_reads_estale_and_a_reopen_reads_the_new_bytes() {
+    use std::os::unix::fs::FileExt;
+    require_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
+    std::fs::create_dir_all(&ufs).unwrap();
+    let file = ufs.join("data.bin");
+    let old = common::pattern(16 << 20, 7);
+    replace(&file, &old, 1_000);
+    // The workers trust a file's metadata for an hour: only the pinned reads and the version
+    // check on reopen can notice the change.
+    let cluster = Cluster::start_with(
+        dir.path(),
+        &ufs,
+        3,
+        "1MB",
+        &[("rcache.user.file.metadata.sync.interval", "1h")],
+    );
+    let fuse = common::FuseProcess::start(&cluster.config, &mnt, &dir.path().join("fuse.log"), &[]);
+
+    let f = std::fs::File::open(mnt.join("data.bin")).unwrap();
+    let mut buf = vec![0u8; 256 << 10];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf[..] == old[..buf.len()]);
+
+    let new = common::pattern((12 << 20) + 4096, 8);
+    replace(&file, &new, 2_000);
+    // Far from what was read and prefetched: the bytes must come from the workers now.
+    let err = f
+        .read_exact_at(&mut buf, 14 << 20)
+        .expect_err("the file changed since it was opened");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ESTALE),
+        "{err}\n{}",
+        fuse.log_text()
+    );
+    drop(f);
+    let log = fuse.log_text();
+    assert!(
+        log.contains("data.bin changed since it was opened"),
+        "the reason is logged:\n{log}"
+    );
+
+    // A new open sees the new version (within the kernel's 1 s attribute cache, the size may
+    // lag: bounded retries).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::fs::read(mnt.join("data.bin")) {
+            Ok(got) if got == new => break,
+            Ok(got) => assert!(
+                std::time::Instant::now() < deadline,
+                "still not the new bytes after 10s: {} bytes, old prefix {}",
+                got.len(),
+                got.get(..4096) == old.get(..4096)
+            ),
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "reopen keeps failing: {e}\n{}",
+                fuse.log_text()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -330,7 +330,8 @@ impl PageStore {
     /// Reads like [`read`](Self::read), but only from version `expect` of the file (the one the
     /// caller opened). When the metadata cache knows another version, or a fill finds the file
     /// changed, the UFS is stat'ed again at once (whatever the sync interval): if the file really
-    /// is at another version the answer is `Stale`, never bytes of that version.
+    /// is at another version the answer is `Stale`, never bytes of that version. With `len` 0 it
+    /// checks the version against the UFS (and learns the new one) without reading.
     pub async fn read_at_version(
         &self,
         path: &str,
@@ -343,8 +344,16 @@ impl PageStore {
             mtime_ns: expect.mtime_ns,
             ..FileStat::default()
         });
-        let mut stat = self.stat(path).await;
-        let mut restatted = false;
+        // A read of nothing is a version check: always against the UFS itself.
+        let probe = len == 0;
+        let mut stat = if probe {
+            let s = self.ufs.stat(path).await;
+            self.observe(path, &s).await;
+            s
+        } else {
+            self.stat(path).await
+        };
+        let mut restatted = probe;
         for _ in 0..READ_ATTEMPTS {
             match &stat {
                 Ok(s) if !s.is_dir && FileVersion::of(s) == expect => {
@@ -823,6 +832,31 @@ mod tests {
             s.read_at_version("f.bin", version(1, 5), 0, 10).await,
             Err(CacheError::Stale { .. })
         ));
+        // A zero-length pinned read checks the UFS whatever the interval.
+        let s2 = store_with(d.path(), 1 << 20, None, LONG).await;
+        let v2 = version(new.len(), 2_000);
+        s2.read("f.bin", 0, 10).await.expect("learn v2");
+        replace(d.path(), &new, 3_000);
+        assert_eq!(
+            s2.stat("f.bin").await.expect("trusted").mtime_ns,
+            2_000 * 1_000_000_000
+        );
+        assert!(matches!(
+            s2.read_at_version("f.bin", v2, 0, 0).await,
+            Err(CacheError::Stale { .. })
+        ));
+        assert_eq!(
+            s2.stat("f.bin").await.expect("learnt").mtime_ns,
+            3_000 * 1_000_000_000,
+            "the check taught the metadata cache the new version"
+        );
+        let v3 = version(new.len(), 3_000);
+        assert!(
+            s2.read_at_version("f.bin", v3, 0, 0)
+                .await
+                .expect("same")
+                .is_empty()
+        );
         // Removed: stale, saying it is gone (a fresh store: no cached page of v2 to serve).
         std::fs::remove_file(d.path().join("ufs/f.bin")).expect("rm");
         let s = store_with(d.path(), 1 << 20, None, LONG).await;

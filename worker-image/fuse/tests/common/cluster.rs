@@ -95,9 +95,24 @@ impl Cluster {
     /// Starts `n` workers over `ufs` with placement blocks of `block_size`; returns once every
     /// worker listens and the membership file names them all.
     pub fn start(dir: &Path, ufs: &Path, n: usize, block_size: &str) -> Cluster {
+        Self::start_with(dir, ufs, n, block_size, &[])
+    }
+
+    /// Like `start`, with extra properties for the workers and the FUSE client.
+    pub fn start_with(
+        dir: &Path,
+        ufs: &Path,
+        n: usize,
+        block_size: &str,
+        extra: &[(&str, &str)],
+    ) -> Cluster {
         let membership_path = dir.join("members.json");
         let config = dir.join("rcache.properties");
-        std::fs::write(&config, properties(ufs, &membership_path, block_size)).unwrap();
+        let mut text = properties(ufs, &membership_path, block_size);
+        for (k, v) in extra {
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        std::fs::write(&config, text).unwrap();
         let exe = std::env::current_exe().unwrap();
         let mut workers = Vec::new();
         let mut ports_files = Vec::new();
