@@ -6,7 +6,10 @@
 #     deletion) with RCACHE_E2E=1;
 #  2. checks `kubectl explain` and the `kubectl get rcc` columns;
 #  3. restarts the operator and proves no child's resourceVersion changed;
-#  4. checks /healthz, /readyz, /metrics and a graceful SIGTERM (Lease released, exit 0).
+#  4. checks /healthz, /readyz, /metrics and a graceful SIGTERM (Lease released, exit 0);
+#  5. fakes a worker and a FUSE crash loop in pod status and waits for WorkerPodsFailing /
+#     FusePodsFailing with the termination message, then heals them;
+#  6. leader election hand-over between two replicas.
 . "$(dirname "$0")/../lib.sh"
 repo=$(cd "$E2E_DIR/.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
@@ -122,7 +125,51 @@ assert_contains "/metrics has reconcile counters" "rcache_operator_reconcile_dur
 check "Events recorded on the CacheCluster" bash -c \
   "kubectl -n $ns get events --field-selector involvedObject.name=demo -o name | grep -q ."
 
-# 5. Leader election: a second replica waits while the first holds the Lease and takes over
+# 5. A failing pod's termination message reaches the conditions. kwok runs no containers, so the
+#    kubelet's report of a crash loop is written through the status subresource (kwok leaves a
+#    patched container status alone); healing it the same way clears the reason again.
+pod_status() { # <container> <ready True|False> <state json> <last terminated message>
+  local ready=false; [ "$2" = True ] && ready=true
+  cat <<EOF
+{"status": {"conditions": [{"type": "Ready", "status": "$2"}, {"type": "ContainersReady", "status": "$2"}],
+ "containerStatuses": [{"name": "$1", "image": "rcache/rcache:0.1.0", "imageID": "", "ready": $ready,
+   "restartCount": 3, "state": $3,
+   "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "message": "$4"}}}]}}
+EOF
+}
+patch_pod_status() { # <pod> <file>
+  kubectl -n "$ns" patch pod "$1" --subresource=status --type=strategic --patch-file "$2" >/dev/null
+}
+# cond_is <type> <status> <reason> [message part]
+cond_is() {
+  local q=".status.conditions[?(@.type==\"$1\")]" got
+  got=$(kubectl -n "$ns" get rcc demo -o jsonpath="{$q.status} {$q.reason} {$q.message}")
+  echo "$got"
+  [[ $got == "$2 $3 "*"${4:-}"* ]]
+}
+memlock="rcache.network.rdma.data.buffer.pool.max.size=8GB needs RLIMIT_MEMLOCK >= 8 GiB, have 64 KiB"
+crash='{"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}}'
+running='{"running": {"startedAt": "2026-01-01T00:00:00Z"}}'
+pod_status worker False "$crash" "$memlock" >"$E2E_TMP/crash-worker.json"
+pod_status worker True "$running" "$memlock" >"$E2E_TMP/heal-worker.json"
+pod_status fuse False "$crash" "rcache.worker.page.size=1KB is invalid" >"$E2E_TMP/crash-fuse.json"
+pod_status fuse True "$running" "rcache.worker.page.size=1KB is invalid" >"$E2E_TMP/heal-fuse.json"
+fuse_pod=$(kubectl -n "$ns" get pods -l app.kubernetes.io/instance=demo,app.kubernetes.io/component=fuse \
+  -o jsonpath='{.items[0].metadata.name}')
+check "worker crash loop patched into the pod status" patch_pod_status demo-worker-1 "$E2E_TMP/crash-worker.json"
+check "WorkersReady is WorkerPodsFailing with the termination message" wait_for 30 \
+  cond_is WorkersReady False WorkerPodsFailing "1/2 workers ready; demo-worker-1 CrashLoopBackOff: $memlock"
+check "Degraded names the failing worker" wait_for 10 cond_is Degraded True WorkerPodsFailing "$memlock"
+check "FUSE crash loop patched into the pod status" patch_pod_status "$fuse_pod" "$E2E_TMP/crash-fuse.json"
+check "FuseReady is FusePodsFailing with the termination message" wait_for 30 \
+  cond_is FuseReady False FusePodsFailing "$fuse_pod CrashLoopBackOff: rcache.worker.page.size=1KB is invalid"
+assert_contains "kubectl describe rcc shows the message" "$memlock" "$(kubectl -n "$ns" describe rcc demo)"
+check "worker pod healed" patch_pod_status demo-worker-1 "$E2E_TMP/heal-worker.json"
+check "FUSE pod healed" patch_pod_status "$fuse_pod" "$E2E_TMP/heal-fuse.json"
+check "healed pods make the cluster Ready again" wait_for 30 cond_is Ready True ClusterReady
+check "Degraded clears once the pods are healed" wait_for 10 cond_is Degraded False AsExpected
+
+# 6. Leader election: a second replica waits while the first holds the Lease and takes over
 #    once the first stops (it releases the Lease on SIGTERM).
 port2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$op_bin" --metrics-addr "127.0.0.1:$port2" --leader-election-namespace "$lease_ns" \
