@@ -211,6 +211,10 @@ async fn each_bad_spec_is_refused_at_apply_with_a_message_naming_the_field() {
             "spec.ufs.uri must use a supported scheme",
         ),
         (
+            json!({"ufs": {"uri": "file:///d", "metadataSyncInterval": "10"}}),
+            "spec.ufs.metadataSyncInterval",
+        ),
+        (
             json!({"ufs": {"uri": "file:///d"}, "network": {"mode": "ipoib"}}),
             "spec.network: mode ipoib needs spec.network.attachments",
         ),

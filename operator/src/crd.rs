@@ -240,6 +240,15 @@ pub struct UfsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub host_path: Option<String>,
+    /// How long workers trust what they learnt about an under-storage file (size and mtime,
+    /// hence which version their cached pages belong to) before asking the under-storage again
+    /// (rcache.user.file.metadata.sync.interval): a duration such as 10s or 5m, "0" to check on
+    /// every read, "-1" never to re-check a file once seen (immutable datasets). A file that
+    /// changes is served at its new version at most this long after the change; a reader that
+    /// opened the old version gets ESTALE instead of mixed bytes. Default 10s.
+    #[serde(default = "default_sync_interval")]
+    #[schemars(regex(pattern = r"^(-1|0|[0-9]+(ms|s|m|h))$"))]
+    pub metadata_sync_interval: String,
 }
 
 /// Reference to a Secret in the CacheCluster's namespace.
@@ -529,6 +538,9 @@ fn default_zero() -> String {
 }
 fn default_status_cache_size() -> i32 {
     10000
+}
+fn default_sync_interval() -> String {
+    "10s".to_string()
 }
 fn default_timeout() -> String {
     "30s".to_string()

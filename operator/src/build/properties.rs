@@ -22,6 +22,10 @@ pub fn render(plan: &ClusterPlan) -> String {
             MEMBERSHIP_PATH.to_string(),
         ),
         ("rcache.ufs.uri", s.ufs.uri.clone()),
+        (
+            "rcache.user.file.metadata.sync.interval",
+            s.ufs.metadata_sync_interval.clone(),
+        ),
         ("rcache.worker.data.port", s.worker.ports.data.to_string()),
         ("rcache.worker.web.port", s.worker.ports.web.to_string()),
     ];
@@ -142,6 +146,7 @@ mod tests {
             "/etc/rcache/membership/members.json"
         );
         assert_eq!(p["rcache.ufs.uri"], "file:///data");
+        assert_eq!(p["rcache.user.file.metadata.sync.interval"], "10s");
         assert_eq!(p["rcache.worker.data.port"], "29999");
         assert_eq!(p["rcache.worker.web.port"], "30000");
         assert_eq!(p["rcache.network.rdma.data.port"], "59999");
