@@ -100,6 +100,7 @@ pub const PREFETCH_THRESHOLD: &str =
 pub const FUSE_STATUS_CACHE: &str = "rcache.fuse.open.read.status.cache.enabled";
 pub const FUSE_STATUS_CACHE_SIZE: &str = "rcache.fuse.open.read.status.cache.max.size";
 pub const FUSE_MOUNT_POINT: &str = "rcache.fuse.mount.point";
+pub const FUSE_WEB_PORT: &str = "rcache.fuse.web.port";
 pub const METADATA_SYNC_INTERVAL: &str = "rcache.user.file.metadata.sync.interval";
 
 /// Every key of `docs/contracts.md`, with its default.
@@ -137,6 +138,7 @@ pub const KEYS: &[KeySpec] = &[
     spec(FUSE_STATUS_CACHE, Kind::Bool, Some("false")),
     spec(FUSE_STATUS_CACHE_SIZE, Kind::Count, Some("10000")),
     spec(FUSE_MOUNT_POINT, Kind::Text, Some("/mnt/rcache")),
+    spec(FUSE_WEB_PORT, Kind::Port, Some("30001")),
     spec(METADATA_SYNC_INTERVAL, Kind::SyncInterval, Some("10s")),
 ];
 

@@ -48,6 +48,16 @@ impl FileSource for ClusterSource {
         offset: u64,
         len: u32,
     ) -> Result<Bytes, SourceError> {
+        if len == 0 {
+            // The source's version check (see `FileSource::read`): the client library answers a
+            // pinned read of nothing locally, so ask the worker explicitly.
+            return self
+                .client
+                .check_version(path, at)
+                .await
+                .map(|()| Bytes::new())
+                .map_err(source_error);
+        }
         self.client
             .read_at_version(path, at, offset, len)
             .await

@@ -12,7 +12,7 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -23,6 +23,7 @@ use rcache_transport::protocol::{FileStat, FileVersion};
 use tokio::runtime::Handle;
 
 use crate::inodes::{InodeTable, ROOT_INO, child_path};
+use crate::metrics::FuseMetrics;
 use crate::options::FuseOptions;
 use crate::reader::{OpenFile, PrefetchPolicy};
 use crate::source::{FileSource, SourceError};
@@ -48,10 +49,11 @@ struct Shared<S: FileSource> {
     /// (size, mtime) an inode had at its last open: unchanged means the kernel's page cache of
     /// the file is still valid (FOPEN_KEEP_CACHE), like libfuse's `auto_cache`.
     seen: Mutex<HashMap<u64, (u64, i64)>>,
-    /// The version a read of an inode found stale: an open that is told this version again (a
+    /// The version a read of a path found stale: a stat that is told this version again (a
     /// worker's metadata may trust it for its sync interval) checks it first.
-    stale: Mutex<HashMap<u64, FileVersion>>,
+    stale: Mutex<HashMap<String, FileVersion>>,
     next_fh: AtomicU64,
+    metrics: Arc<FuseMetrics>,
     uid: u32,
     gid: u32,
 }
@@ -61,29 +63,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<S: FileSource> Shared<S> {
+    /// The stat of `path` for a lookup, getattr or open. When it names the version a read of
+    /// the path found stale, the under-storage is checked (the workers' metadata may still
+    /// trust that version for its sync interval) and the file stat'ed again, so the kernel and
+    /// the next open learn the new version.
     async fn stat(&self, path: &str) -> Result<FileStat, SourceError> {
-        if let Some(st) = self.stats.get(path) {
-            return Ok(st);
-        }
-        let st = self.source.stat(path).await?;
-        self.stats.put(path, &st);
-        Ok(st)
-    }
-
-    /// The stat an open pins its handle to. When it names the version a read of this inode
-    /// found stale, the under-storage is checked (the workers' metadata may still trust that
-    /// version for its sync interval) and the file stat'ed again.
-    async fn open_stat(&self, ino: u64, path: &str) -> Result<FileStat, SourceError> {
-        let st = self.stat(path).await?;
-        let stale = lock(&self.stale).get(&ino).copied();
+        let st = if let Some(st) = self.stats.get(path) {
+            self.metrics.stat_cache_hits.inc();
+            st
+        } else {
+            if self.stats.enabled() {
+                self.metrics.stat_cache_misses.inc();
+            }
+            let st = self.source.stat(path).await?;
+            self.stats.put(path, &st);
+            st
+        };
+        let stale = lock(&self.stale).get(path).copied();
         let Some(stale) = stale.filter(|v| !st.is_dir && *v == FileVersion::of(&st)) else {
-            lock(&self.stale).remove(&ino);
+            if stale.is_some() {
+                lock(&self.stale).remove(path);
+            }
             return Ok(st);
         };
         match self.source.read(path, stale, 0, 0).await {
             Ok(_) => {
                 // Back at that version after all: nothing to re-learn.
-                lock(&self.stale).remove(&ino);
+                lock(&self.stale).remove(path);
                 return Ok(st);
             }
             Err(e) if e.errno == libc::ESTALE => {}
@@ -92,7 +98,7 @@ impl<S: FileSource> Shared<S> {
         self.stats.remove(path);
         let st = self.source.stat(path).await?;
         self.stats.put(path, &st);
-        lock(&self.stale).remove(&ino);
+        lock(&self.stale).remove(path);
         Ok(st)
     }
 
@@ -140,6 +146,20 @@ fn errno(e: &SourceError) -> Errno {
     Errno::from_i32(e.errno)
 }
 
+impl<S: FileSource> Shared<S> {
+    /// The errno of `e` for the reply to `op`, counted in `rcache_fuse_errors_total`.
+    fn fail(&self, op: &str, e: &SourceError) -> Errno {
+        self.metrics.error(op, e.errno);
+        errno(e)
+    }
+
+    /// `errno` for the reply to `op`, counted in `rcache_fuse_errors_total`.
+    fn fail_with(&self, op: &str, errno: Errno) -> Errno {
+        self.metrics.error(op, errno.code());
+        errno
+    }
+}
+
 /// Logs a failure worth an operator's attention (I/O errors name the worker in their message);
 /// "not found" is an answer, not a failure.
 fn log_failure(op: &str, path: &str, e: &SourceError) {
@@ -162,20 +182,26 @@ fn reply_read<S: FileSource>(
     reply: ReplyData,
     offset: u64,
     size: u32,
+    started: Instant,
     res: Result<bytes::Bytes, SourceError>,
 ) {
+    shared
+        .metrics
+        .read(res.as_ref().map_or(0, |b| b.len()), started.elapsed());
     match res {
         Ok(data) => reply.data(&data),
         Err(e) if e.errno == libc::ESTALE => {
+            shared.metrics.stale_reads.inc();
+            shared.metrics.error("read", libc::ESTALE);
             tracing::info!(path, offset, size, error = %e, "file changed since it was opened: ESTALE");
             shared.stats.remove(path);
             lock(&shared.seen).remove(&ino);
-            lock(&shared.stale).insert(ino, version);
+            lock(&shared.stale).insert(path.to_string(), version);
             reply.error(Errno::ESTALE);
         }
         Err(e) => {
             tracing::warn!(path, offset, size, errno = e.errno, error = %e, "read failed");
-            reply.error(errno(&e));
+            reply.error(shared.fail("read", &e));
         }
     }
 }
@@ -186,8 +212,8 @@ pub struct RcacheFs<S: FileSource> {
 }
 
 impl<S: FileSource> RcacheFs<S> {
-    /// A filesystem over `source`; its async work runs on `rt`.
-    pub fn new(source: S, opts: FuseOptions, rt: Handle) -> Self {
+    /// A filesystem over `source`; its async work runs on `rt`, its figures go to `metrics`.
+    pub fn new(source: S, opts: FuseOptions, rt: Handle, metrics: Arc<FuseMetrics>) -> Self {
         let stats = StatCache::new(opts.stat_cache_enabled, opts.stat_cache_max, STAT_CACHE_TTL);
         Self {
             shared: Arc::new(Shared {
@@ -200,6 +226,7 @@ impl<S: FileSource> RcacheFs<S> {
                 seen: Mutex::new(HashMap::new()),
                 stale: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
+                metrics,
                 // SAFETY: getuid/getgid cannot fail and touch no memory.
                 uid: unsafe { libc::getuid() },
                 gid: unsafe { libc::getgid() },
@@ -244,7 +271,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
                 }
                 Err(e) => {
                     log_failure("lookup", &path, &e);
-                    reply.error(errno(&e));
+                    reply.error(shared.fail("lookup", &e));
                 }
             }
         });
@@ -272,7 +299,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
                 }
                 Err(e) => {
                     log_failure("getattr", &path, &e);
-                    reply.error(errno(&e));
+                    reply.error(shared.fail("getattr", &e));
                 }
             }
         });
@@ -289,7 +316,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
                 Ok(l) => l,
                 Err(e) => {
                     log_failure("opendir", &path, &e);
-                    return reply.error(errno(&e));
+                    return reply.error(shared.fail("opendir", &e));
                 }
             };
             let parent_ino = match path.rfind('/') {
@@ -343,7 +370,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            return reply.error(Errno::EROFS);
+            return reply.error(self.shared.fail_with("open", Errno::EROFS));
         }
         let path = match self.path_of(ino) {
             Ok(p) => p,
@@ -351,12 +378,12 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         };
         let shared = self.shared.clone();
         self.rt.spawn(async move {
-            let st = match shared.open_stat(ino.0, &path).await {
-                Ok(st) if st.is_dir => return reply.error(Errno::EISDIR),
+            let st = match shared.stat(&path).await {
+                Ok(st) if st.is_dir => return reply.error(shared.fail_with("open", Errno::EISDIR)),
                 Ok(st) => st,
                 Err(e) => {
                     log_failure("open", &path, &e);
-                    return reply.error(errno(&e));
+                    return reply.error(shared.fail("open", &e));
                 }
             };
             let policy = PrefetchPolicy {
@@ -364,9 +391,16 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
                 max_parts: shared.opts.prefetch_parts,
                 whole_file_threshold: shared.opts.whole_file_threshold,
             };
-            let file = OpenFile::open(shared.source.clone(), path, FileVersion::of(&st), policy);
+            let file = OpenFile::open(
+                shared.source.clone(),
+                path,
+                FileVersion::of(&st),
+                policy,
+                shared.metrics.prefetch.clone(),
+            );
             let fh = shared.next_fh.fetch_add(1, Ordering::Relaxed);
             lock(&shared.files).insert(fh, file);
+            shared.metrics.open_files.inc();
             let version = (st.size, st.mtime_ns);
             let unchanged = lock(&shared.seen).insert(ino.0, version) == Some(version);
             let flags = if unchanged {
@@ -389,8 +423,9 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        let started = Instant::now();
         let Some(file) = lock(&self.shared.files).get(&fh.0).cloned() else {
-            return reply.error(Errno::EBADF);
+            return reply.error(self.shared.fail_with("read", Errno::EBADF));
         };
         tracing::trace!(fh = fh.0, offset, size, "read");
         let path = file.path().clone();
@@ -414,13 +449,16 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
                 reply,
                 offset,
                 size,
+                started,
                 res,
             ),
             std::task::Poll::Pending => {
                 let shared = self.shared.clone();
                 self.rt.spawn(async move {
                     let res = read.await;
-                    reply_read(&shared, ino.0, &path, version, reply, offset, size, res)
+                    reply_read(
+                        &shared, ino.0, &path, version, reply, offset, size, started, res,
+                    )
                 });
             }
         }
@@ -436,7 +474,9 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        lock(&self.shared.files).remove(&fh.0);
+        if lock(&self.shared.files).remove(&fh.0).is_some() {
+            self.shared.metrics.open_files.dec();
+        }
         reply.ok();
     }
 
@@ -447,7 +487,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
         if mask.contains(fuser::AccessFlags::W_OK) {
-            reply.error(Errno::EROFS);
+            reply.error(self.shared.fail_with("access", Errno::EROFS));
         } else {
             reply.ok();
         }
@@ -500,7 +540,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.shared.fail_with("setattr", Errno::EROFS));
     }
 
     fn mknod(
@@ -513,7 +553,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.shared.fail_with("mknod", Errno::EROFS));
     }
 
     fn mkdir(
@@ -525,15 +565,15 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.shared.fail_with("mkdir", Errno::EROFS));
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(self.shared.fail_with("unlink", Errno::EROFS));
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(self.shared.fail_with("rmdir", Errno::EROFS));
     }
 
     fn symlink(
@@ -544,7 +584,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         _target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.shared.fail_with("symlink", Errno::EROFS));
     }
 
     fn rename(
@@ -557,7 +597,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         _flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.shared.fail_with("rename", Errno::EROFS));
     }
 
     fn link(
@@ -568,7 +608,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.shared.fail_with("link", Errno::EROFS));
     }
 
     fn write(
@@ -583,7 +623,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         _lock_owner: Option<fuser::LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.shared.fail_with("write", Errno::EROFS));
     }
 
     fn create(
@@ -596,6 +636,6 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         _flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(self.shared.fail_with("create", Errno::EROFS));
     }
 }

@@ -4,10 +4,12 @@
 //! - [`fs`]: the `fuser` filesystem (inodes, handles, errno), answering from tokio tasks.
 //! - [`reader`]: per-handle prefetch window and whole-file fetch of small files.
 //! - [`mount`]: mount point preparation (stale mounts), mounting, clean unmount.
+//! - [`metrics`]: read/error/prefetch metrics and the `/metrics`, `/healthz`, `/readyz` server.
 
 pub mod client;
 pub mod fs;
 pub mod inodes;
+pub mod metrics;
 pub mod mount;
 pub mod options;
 pub mod reader;
@@ -15,6 +17,7 @@ pub mod source;
 pub mod stat_cache;
 
 pub use fs::RcacheFs;
+pub use metrics::FuseMetrics;
 pub use mount::{MountedFs, mount};
 pub use options::FuseOptions;
 pub use source::{FileSource, LocalDirSource, SourceError};

@@ -1,14 +1,17 @@
 //! `rcache-fuse`: the FUSE DaemonSet's process. `rcache-fuse mount --config FILE` mounts the
 //! cluster read-only at `rcache.fuse.mount.point` and serves until SIGTERM/SIGINT, then unmounts.
 //! A fatal error goes to stderr and to the termination message (`rcache_worker::termination`).
+//! `/metrics`, `/healthz` and `/readyz` are served on `rcache.fuse.web.port` from before the
+//! mount (not ready) until the process ends.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rcache_fuse::client::ClusterSource;
-use rcache_fuse::{FuseOptions, LocalDirSource, MountedFs};
+use rcache_fuse::{FuseMetrics, FuseOptions, LocalDirSource, MountedFs};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +40,10 @@ enum Cmd {
         /// FUSE request threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Development and tests: serve the web endpoints on this address (port 0 picks a free
+        /// one, logged) instead of 0.0.0.0:rcache.fuse.web.port.
+        #[arg(long, hide = true)]
+        web_listen: Option<SocketAddr>,
     },
 }
 
@@ -69,6 +76,7 @@ fn run() -> anyhow::Result<()> {
             mount_point,
             local_dir,
             threads,
+            web_listen,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads.clamp(2, 8))
@@ -82,13 +90,36 @@ fn run() -> anyhow::Result<()> {
                 opts.mount_point = mp;
             }
             opts.threads = threads;
+            let metrics = FuseMetrics::new();
+            let web = web_listen.or_else(|| {
+                opts.web_port
+                    .map(|port| SocketAddr::from(([0, 0, 0, 0], port)))
+            });
+            match web {
+                Some(addr) => {
+                    let bound = rt
+                        .block_on(rcache_fuse::metrics::serve_web(metrics.clone(), addr))
+                        .with_context(|| {
+                            format!(
+                                "cannot serve /metrics on {addr} ({}): set it to a free port, or 0 to disable",
+                                rcache_worker::config::FUSE_WEB_PORT
+                            )
+                        })?;
+                    tracing::info!("web server listening on {bound}");
+                }
+                None => tracing::info!(
+                    "web server disabled ({} = 0)",
+                    rcache_worker::config::FUSE_WEB_PORT
+                ),
+            }
+            let handle = rt.handle().clone();
             let mounted = match local_dir {
                 Some(dir) => {
-                    rcache_fuse::mount(LocalDirSource::new(dir), &opts, rt.handle().clone())?
+                    rcache_fuse::mount(LocalDirSource::new(dir), &opts, handle, metrics.clone())?
                 }
                 None => {
                     let source = rt.block_on(ClusterSource::from_properties(&props))?;
-                    rcache_fuse::mount(source, &opts, rt.handle().clone())?
+                    rcache_fuse::mount(source, &opts, handle, metrics.clone())?
                 }
             };
             tracing::info!(mount_point = %opts.mount_point.display(), "mounted");

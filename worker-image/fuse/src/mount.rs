@@ -11,12 +11,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use anyhow::Context;
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use tokio::runtime::Handle;
 
 use crate::fs::{MAX_READ, RcacheFs};
+use crate::metrics::FuseMetrics;
 use crate::options::FuseOptions;
 use crate::source::FileSource;
 
@@ -192,14 +194,17 @@ fn raise_readahead(path: &Path, kib: u64) {
 pub struct MountedFs {
     session: Option<BackgroundSession>,
     mount_point: PathBuf,
+    metrics: Arc<FuseMetrics>,
 }
 
 /// Mounts `source` at `opts.mount_point` (clearing a stale mount first); requests are served by
-/// `opts.threads` FUSE threads answering from tasks on `rt`.
+/// `opts.threads` FUSE threads answering from tasks on `rt` and recorded in `metrics`, which
+/// reads ready from the moment the mount is up until it is unmounted.
 pub fn mount<S: FileSource>(
     source: S,
     opts: &FuseOptions,
     rt: Handle,
+    metrics: Arc<FuseMetrics>,
 ) -> anyhow::Result<MountedFs> {
     let mount_point = opts.mount_point.clone();
     let state = clear_stale_mount(&mount_point)?;
@@ -220,7 +225,7 @@ pub fn mount<S: FileSource>(
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let fs = RcacheFs::new(source, opts.clone(), rt);
+    let fs = RcacheFs::new(source, opts.clone(), rt, metrics.clone());
     let session = fuser::Session::new(fs, &mount_point, &config)
         .with_context(|| {
             format!(
@@ -234,9 +239,11 @@ pub fn mount<S: FileSource>(
     let ra_kib =
         (u64::from(MAX_READ) / 1024).max(opts.part_size * opts.prefetch_parts.max(1) as u64 / 1024);
     raise_readahead(&mount_point, ra_kib);
+    metrics.set_mounted(&mount_point, true);
     Ok(MountedFs {
         session: Some(session),
         mount_point,
+        metrics,
     })
 }
 
@@ -262,6 +269,7 @@ impl MountedFs {
             return Ok(());
         };
         let mp = self.mount_point.clone();
+        self.metrics.set_mounted(&mp, false);
         if session.guard.is_finished() {
             // Unmounted from outside; only collect the session's result.
             return session

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use rcache_worker::config::{
-    ConfigError, FUSE_MOUNT_POINT, FUSE_STATUS_CACHE, FUSE_STATUS_CACHE_SIZE, PAGE_SIZE,
-    PREFETCH_PARTS, PREFETCH_THRESHOLD, Properties,
+    ConfigError, FUSE_MOUNT_POINT, FUSE_STATUS_CACHE, FUSE_STATUS_CACHE_SIZE, FUSE_WEB_PORT,
+    PAGE_SIZE, PREFETCH_PARTS, PREFETCH_THRESHOLD, Properties,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +22,13 @@ pub struct FuseOptions {
     pub stat_cache_max: usize,
     /// FUSE request threads; requests are answered from tokio tasks, so a few suffice.
     pub threads: usize,
+    /// Port of `/metrics`, `/healthz`, `/readyz` on 0.0.0.0; `None` (`0` in the properties)
+    /// disables the web server.
+    pub web_port: Option<u16>,
 }
+
+/// Default of `rcache.fuse.web.port`.
+pub const DEFAULT_WEB_PORT: u16 = 30001;
 
 impl Default for FuseOptions {
     fn default() -> Self {
@@ -34,6 +40,7 @@ impl Default for FuseOptions {
             stat_cache_enabled: false,
             stat_cache_max: 10_000,
             threads: 4,
+            web_port: Some(DEFAULT_WEB_PORT),
         }
     }
 }
@@ -63,6 +70,8 @@ impl FuseOptions {
             stat_cache_enabled: p.flag(FUSE_STATUS_CACHE),
             stat_cache_max: usize::try_from(p.count(FUSE_STATUS_CACHE_SIZE)).unwrap_or(usize::MAX),
             threads: 4,
+            // The syntax (0-65535) is checked when the properties are parsed; 0 disables.
+            web_port: Some(p.port(FUSE_WEB_PORT)).filter(|&port| port != 0),
         })
     }
 }
@@ -102,6 +111,32 @@ mod tests {
                 .whole_file_threshold,
             0
         );
+    }
+
+    #[test]
+    fn the_web_port_defaults_to_30001_and_0_disables_the_web_server() {
+        let o = FuseOptions::from_properties(&Properties::new()).unwrap();
+        assert_eq!(o.web_port, Some(30001));
+        let p = Properties::from_pairs([(FUSE_WEB_PORT, "31000")]).unwrap();
+        assert_eq!(
+            FuseOptions::from_properties(&p).unwrap().web_port,
+            Some(31000)
+        );
+        let p = Properties::from_pairs([(FUSE_WEB_PORT, "0")]).unwrap();
+        assert_eq!(FuseOptions::from_properties(&p).unwrap().web_port, None);
+    }
+
+    #[test]
+    fn a_bad_web_port_is_refused_naming_the_key_value_and_accepted_range() {
+        for bad in ["http", "70000", "-1"] {
+            let err = Properties::from_pairs([(FUSE_WEB_PORT, bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(FUSE_WEB_PORT) && err.contains(bad) && err.contains("0-65535"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

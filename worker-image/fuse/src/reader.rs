@@ -21,6 +21,7 @@ use tokio::task::AbortHandle;
 
 use rcache_transport::protocol::FileVersion;
 
+use crate::metrics::PrefetchCounters;
 use crate::source::{FileSource, SourceError};
 
 /// Attempts per part before the read fails with the last error.
@@ -69,6 +70,7 @@ pub struct OpenFile<S: FileSource> {
     policy: PrefetchPolicy,
     whole: bool,
     window: Mutex<Window>,
+    counters: PrefetchCounters,
 }
 
 async fn fetch<S: FileSource>(
@@ -95,12 +97,14 @@ async fn fetch<S: FileSource>(
 }
 
 impl<S: FileSource> OpenFile<S> {
-    /// Opens version `version` of `path`; a small file starts its whole-file fetch here.
+    /// Opens version `version` of `path`; a small file starts its whole-file fetch here. The
+    /// prefetcher counts what it fetched and how reads found it in `counters`.
     pub fn open(
         source: Arc<S>,
         path: Arc<str>,
         version: FileVersion,
         policy: PrefetchPolicy,
+        counters: PrefetchCounters,
     ) -> Arc<Self> {
         let size = version.size;
         let whole =
@@ -113,6 +117,7 @@ impl<S: FileSource> OpenFile<S> {
             policy,
             whole,
             window: Mutex::new(Window::default()),
+            counters,
         });
         if whole {
             let last = (size - 1) / policy.part_size;
@@ -153,6 +158,7 @@ impl<S: FileSource> OpenFile<S> {
             return p.clone();
         }
         let part = Arc::new(Part::default());
+        self.counters.fetched.inc();
         let (offset, len) = self.part_range(idx);
         let (source, path, p2) = (self.source.clone(), self.path.clone(), part.clone());
         let at = self.version;
@@ -230,6 +236,11 @@ impl<S: FileSource> OpenFile<S> {
         let mut single: Option<Bytes> = None;
         for (idx, part) in &parts {
             let (p_off, p_len) = self.part_range(*idx);
+            if part.data.initialized() {
+                self.counters.hit.inc();
+            } else {
+                self.counters.waited.inc();
+            }
             let data = part
                 .data
                 .get_or_try_init(|| fetch(&*self.source, &self.path, self.version, p_off, p_len))
@@ -359,7 +370,13 @@ mod tests {
     #[tokio::test]
     async fn sequential_reads_prefetch_up_to_max_parts_ahead_and_return_exact_bytes() {
         let src = Pattern::new(40 * PS + 100, 0);
-        let f = OpenFile::open(src.clone(), "f".into(), src.version(), policy(3, 0));
+        let f = OpenFile::open(
+            src.clone(),
+            "f".into(),
+            src.version(),
+            policy(3, 0),
+            PrefetchCounters::default(),
+        );
         let mut off = 0;
         while off < src.len {
             let b = f.read(off, 3000).await.unwrap();
@@ -390,7 +407,13 @@ mod tests {
     #[tokio::test]
     async fn random_reads_fetch_only_the_requested_bytes() {
         let src = Pattern::new(100 * PS, 0);
-        let f = OpenFile::open(src.clone(), "f".into(), src.version(), policy(8, 0));
+        let f = OpenFile::open(
+            src.clone(),
+            "f".into(),
+            src.version(),
+            policy(8, 0),
+            PrefetchCounters::default(),
+        );
         let b = f.read(50 * PS + 7, 4096).await.unwrap();
         assert_eq!(&b[..], &expect(50 * PS + 7, 51 * PS + 7)[..]);
         let b = f.read(10 * PS, 100).await.unwrap();
@@ -402,7 +425,13 @@ mod tests {
     #[tokio::test]
     async fn out_of_order_readahead_requests_within_the_window_still_count_as_sequential() {
         let src = Pattern::new(100 * PS, 0);
-        let f = OpenFile::open(src.clone(), "f".into(), src.version(), policy(4, 0));
+        let f = OpenFile::open(
+            src.clone(),
+            "f".into(),
+            src.version(),
+            policy(4, 0),
+            PrefetchCounters::default(),
+        );
         f.read(0, PS as u32).await.unwrap();
         // The kernel's next readahead requests arrive in another order.
         let b = f.read(3 * PS, PS as u32).await.unwrap();
@@ -423,8 +452,16 @@ mod tests {
     #[tokio::test]
     async fn a_small_file_is_fetched_whole_on_open() {
         let src = Pattern::new(3 * PS + 5, 0);
-        let f = OpenFile::open(src.clone(), "f".into(), src.version(), policy(1, 4 * PS));
+        let counters = PrefetchCounters::default();
+        let f = OpenFile::open(
+            src.clone(),
+            "f".into(),
+            src.version(),
+            policy(1, 4 * PS),
+            counters.clone(),
+        );
         assert_eq!(f.window_parts(), vec![0, 1, 2, 3]);
+        assert_eq!(counters.fetched.get(), 4, "four parts started on open");
         let b = f.read(2 * PS + 1, 10_000).await.unwrap();
         assert_eq!(&b[..], &expect(2 * PS + 1, src.len)[..]);
         let b = f.read(0, 10).await.unwrap();
@@ -438,12 +475,24 @@ mod tests {
             vec![0, PS, 2 * PS, 3 * PS],
             "each part fetched once, nothing else"
         );
+        // Three reads touched parts 2,3 / 0 / 0..3: every part read is counted once per read.
+        assert_eq!(counters.hit.get() + counters.waited.get(), 2 + 1 + 4);
+        assert!(
+            counters.hit.get() >= 3,
+            "the last read finds parts 0, 2, 3 fetched"
+        );
     }
 
     #[tokio::test]
     async fn a_transient_worker_error_is_retried_and_the_read_succeeds() {
         let src = Pattern::new(2 * PS, 2);
-        let f = OpenFile::open(src.clone(), "f".into(), src.version(), policy(0, 0));
+        let f = OpenFile::open(
+            src.clone(),
+            "f".into(),
+            src.version(),
+            policy(0, 0),
+            PrefetchCounters::default(),
+        );
         let b = f.read(0, PS as u32).await.unwrap();
         assert_eq!(&b[..], &expect(0, PS)[..]);
     }
@@ -455,7 +504,13 @@ mod tests {
             size: 8 * PS,
             mtime_ns: -5,
         };
-        let f = OpenFile::open(src.clone(), "f".into(), old, policy(2, 0));
+        let f = OpenFile::open(
+            src.clone(),
+            "f".into(),
+            old,
+            policy(2, 0),
+            PrefetchCounters::default(),
+        );
         let err = f.read(0, 10).await.unwrap_err();
         assert_eq!(err.errno, libc::ESTALE);
         tokio::task::yield_now().await;
@@ -472,7 +527,13 @@ mod tests {
     #[tokio::test]
     async fn a_persistent_error_surfaces_with_its_errno() {
         let src = Pattern::new(2 * PS, 100);
-        let f = OpenFile::open(src.clone(), "f".into(), src.version(), policy(0, 0));
+        let f = OpenFile::open(
+            src.clone(),
+            "f".into(),
+            src.version(),
+            policy(0, 0),
+            PrefetchCounters::default(),
+        );
         let err = f.read(0, 10).await.unwrap_err();
         assert_eq!(err.errno, libc::EIO);
         assert!(err.message.contains("w0"));

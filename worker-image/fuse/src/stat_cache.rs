@@ -43,6 +43,11 @@ impl StatCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the cache stores anything (enabled with a non-zero size).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     pub fn get(&self, path: &str) -> Option<FileStat> {
         if !self.enabled {
             return None;

@@ -23,8 +23,57 @@ fn mount_local(
         mount_point: mnt.to_path_buf(),
         ..opts
     };
-    let m = rcache_fuse::mount(LocalDirSource::new(ufs), &opts, rt.handle().clone()).unwrap();
+    let m = rcache_fuse::mount(
+        LocalDirSource::new(ufs),
+        &opts,
+        rt.handle().clone(),
+        rcache_fuse::FuseMetrics::new(),
+    )
+    .unwrap();
     (rt, m)
+}
+
+#[test]
+fn readiness_follows_the_mount_and_reads_are_counted() {
+    require_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
+    common::make_tree(&ufs);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = rcache_fuse::FuseMetrics::new();
+    assert!(!metrics.is_ready(), "not ready before the mount");
+    let opts = FuseOptions {
+        mount_point: mnt.clone(),
+        ..FuseOptions::default()
+    };
+    let m = rcache_fuse::mount(
+        LocalDirSource::new(ufs.clone()),
+        &opts,
+        rt.handle().clone(),
+        metrics.clone(),
+    )
+    .unwrap();
+    assert!(metrics.is_ready(), "ready once mounted");
+    let got = std::fs::read(mnt.join("many-pages.bin")).unwrap();
+    assert_eq!(got, std::fs::read(ufs.join("many-pages.bin")).unwrap());
+    assert!(std::fs::File::open(mnt.join("missing")).is_err());
+    let text = metrics.encode();
+    assert!(metrics.reads.get() > 0, "{text}");
+    assert!(metrics.read_bytes.get() >= got.len() as u64, "{text}");
+    assert!(
+        text.contains("rcache_fuse_errors_total{op=\"lookup\",errno=\"ENOENT\"}"),
+        "{text}"
+    );
+    // The kernel sends RELEASE after close returns.
+    common::wait_until("every handle released", Duration::from_secs(5), || {
+        metrics.open_files.get() == 0
+    });
+    m.unmount().unwrap();
+    assert!(!metrics.is_ready(), "not ready after the unmount");
 }
 
 #[test]

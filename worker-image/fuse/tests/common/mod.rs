@@ -125,6 +125,39 @@ pub fn assert_same_tree(ufs: &Path, mnt: &Path) -> u64 {
     total
 }
 
+/// `GET path` on `addr` over HTTP/1.1: (status code, body). Bounded by 10 s timeouts.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the unlabelled sample `name` in OpenMetrics text (0 when absent).
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The filesystem type mounted exactly at `path`, if any.
 pub fn mount_type(path: &Path) -> Option<String> {
     rcache_fuse::mount::mounted_fs_type(path)
@@ -149,7 +182,9 @@ pub struct FuseProcess {
 }
 
 impl FuseProcess {
-    /// Starts `rcache-fuse mount` with `args` appended and waits until the mount is up.
+    /// Starts `rcache-fuse mount` with `args` appended and waits until the mount is up. Its web
+    /// endpoints listen on a free loopback port ([`web_addr`](Self::web_addr)), never on the
+    /// fixed `rcache.fuse.web.port`, so tests run side by side.
     pub fn start(config: &Path, mount_point: &Path, log: &Path, args: &[&str]) -> Self {
         let log_file = std::fs::File::create(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_rcache-fuse"))
@@ -158,6 +193,7 @@ impl FuseProcess {
             .arg(config)
             .arg("--mount-point")
             .arg(mount_point)
+            .args(["--web-listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -194,6 +230,21 @@ impl FuseProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address of the web endpoints, from the log line `web server listening on ADDR`
+    /// (start it with `--web-listen 127.0.0.1:0`).
+    pub fn web_addr(&self) -> std::net::SocketAddr {
+        let log = self.log_text();
+        let marker = "web server listening on ";
+        let at = log
+            .find(marker)
+            .unwrap_or_else(|| panic!("no `{marker}` line in the log:\n{log}"));
+        let rest = &log[at + marker.len()..];
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        rest[..end]
+            .parse()
+            .unwrap_or_else(|e| panic!("bad web address {:?}: {e}", &rest[..end]))
     }
 
     pub fn pid(&self) -> i32 {
