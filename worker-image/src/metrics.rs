@@ -71,11 +71,22 @@ impl Op {
     }
 }
 
+/// How a request was answered: the `result` label of `rcache_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Error,
+    /// A pinned read of a file that changed since the client opened it (`ErrorCode::Stale`):
+    /// an answer, not a failure, so it is not counted as `error`.
+    Stale,
+}
+
 /// Counters of one operation on one transport.
 #[derive(Clone)]
 pub struct OpMetrics {
     ok: Counter,
     error: Counter,
+    stale: Counter,
     latency: Histogram,
 }
 
@@ -87,9 +98,14 @@ pub struct RequestMetrics {
 }
 
 impl RequestMetrics {
-    pub fn record(&self, op: Op, ok: bool, bytes: u64, took: Duration) {
+    pub fn record(&self, op: Op, outcome: Outcome, bytes: u64, took: Duration) {
         let m = &self.ops[op as usize];
-        if ok { &m.ok } else { &m.error }.inc();
+        match outcome {
+            Outcome::Ok => &m.ok,
+            Outcome::Error => &m.error,
+            Outcome::Stale => &m.stale,
+        }
+        .inc();
         if bytes > 0 {
             self.bytes.inc_by(bytes);
         }
@@ -153,6 +169,7 @@ impl Metrics {
             OpMetrics {
                 ok: c("ok"),
                 error: c("error"),
+                stale: c("stale"),
                 latency: self
                     .latency
                     .get_or_create(&OpLabel { op: op.into() })
@@ -429,7 +446,7 @@ mod tests {
     fn request_metrics_are_exported_with_labels() {
         let m = Metrics::new(None, None);
         m.handles("tcp")
-            .record(Op::Read, true, 4096, Duration::from_micros(300));
+            .record(Op::Read, Outcome::Ok, 4096, Duration::from_micros(300));
         let text = m.encode();
         assert!(
             text.contains("rcache_bytes_served_total{transport=\"tcp\"} 4096"),
@@ -441,6 +458,27 @@ mod tests {
         );
         assert!(
             text.contains("rcache_request_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_stale_answer_is_counted_as_stale_not_as_error() {
+        let m = Metrics::new(None, None);
+        let h = m.handles("tcp");
+        h.record(Op::Read, Outcome::Stale, 0, Duration::from_micros(50));
+        h.record(Op::Read, Outcome::Stale, 0, Duration::from_micros(50));
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "rcache_requests_total{op=\"read\",transport=\"tcp\",result=\"stale\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "rcache_requests_total{op=\"read\",transport=\"tcp\",result=\"error\"} 0"
+            ),
             "{text}"
         );
     }

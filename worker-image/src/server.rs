@@ -17,7 +17,7 @@ use rcache_transport::{
 
 use crate::cache::{CacheError, PageAllocator, PageBufMut, PageStore, StoreConfig};
 use crate::config::{POOL_INITIAL, POOL_MAX, POOL_PREWARM, RDMA_ENABLED, WorkerConfig};
-use crate::metrics::{Metrics, Op, RequestMetrics};
+use crate::metrics::{Metrics, Op, Outcome, RequestMetrics};
 use crate::ufs::{LocalUfs, UfsError, normalize};
 
 /// Pages in the registered pool (a pool chunk is one page).
@@ -153,12 +153,16 @@ impl Handler for WorkerHandler {
     async fn handle(&self, req: Request) -> Response {
         let start = Instant::now();
         let (op, resp) = self.answer(req).await;
-        let (ok, bytes) = match &resp {
-            Response::Data(b) => (true, b.len() as u64),
-            Response::Error { .. } => (false, 0),
-            _ => (true, 0),
+        let (outcome, bytes) = match &resp {
+            Response::Data(b) => (Outcome::Ok, b.len() as u64),
+            Response::Error {
+                code: ErrorCode::Stale,
+                ..
+            } => (Outcome::Stale, 0),
+            Response::Error { .. } => (Outcome::Error, 0),
+            _ => (Outcome::Ok, 0),
         };
-        self.metrics.record(op, ok, bytes, start.elapsed());
+        self.metrics.record(op, outcome, bytes, start.elapsed());
         resp
     }
 }
@@ -452,6 +456,59 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_pinned_read_of_a_changed_file_is_counted_as_stale() {
+        use rcache_transport::protocol::FileVersion;
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(d.path().join("f"), b"new bytes").expect("write");
+        let store = PageStore::open(
+            StoreConfig {
+                page_size: 4096,
+                mem_quota: 1 << 20,
+                ssd: None,
+                metadata_sync: crate::config::SyncInterval::Every(Duration::from_secs(10)),
+            },
+            LocalUfs::new(d.path()).expect("ufs"),
+            Arc::new(crate::cache::HeapAllocator),
+        )
+        .await
+        .expect("store")
+        .0;
+        let metrics = Metrics::new(None, None);
+        let h = WorkerHandler::new(store, metrics.clone(), None, TransportKind::Tcp);
+        // The client opened another version of `f` (other size and mtime).
+        let resp = h
+            .handle(Request::Read {
+                path: "f".into(),
+                offset: 0,
+                len: 4,
+                expect: Some(FileVersion {
+                    size: 3,
+                    mtime_ns: 1,
+                }),
+            })
+            .await;
+        assert!(
+            matches!(
+                resp,
+                Response::Error {
+                    code: ErrorCode::Stale,
+                    ..
+                }
+            ),
+            "{resp:?}"
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains("op=\"read\",transport=\"tcp\",result=\"stale\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("op=\"read\",transport=\"tcp\",result=\"error\"} 0"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn bind_device_wins_over_bind_host_and_unknown_device_is_named() {
