@@ -7,11 +7,14 @@
 //! waits up to [`DRAIN_SECONDS`] while the client keeps serving them before SIGTERM arrives. The
 //! update strategy is `OnDelete` for the same reason: a spec change never restarts a mount under
 //! running readers; an operator (human) deletes FUSE pods when the node is drained.
+//!
+//! The client serves `/metrics`, `/healthz`, `/readyz` on [`WEB_PORT`] (container port `web`,
+//! rendered as `rcache.fuse.web.port`).
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Container, ExecAction, HostPathVolumeSource, Lifecycle, LifecycleHandler, PodSpec,
-    PodTemplateSpec, Probe, SecurityContext, Volume, VolumeMount,
+    Container, ContainerPort, ExecAction, HostPathVolumeSource, Lifecycle, LifecycleHandler,
+    PodSpec, PodTemplateSpec, Probe, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
@@ -26,6 +29,8 @@ use crate::validate::ClusterPlan;
 pub const DRAIN_SECONDS: i64 = 30;
 /// FUSE container name.
 pub const CONTAINER: &str = "fuse";
+/// Port of the FUSE client's `/metrics`, `/healthz`, `/readyz` (`rcache.fuse.web.port`).
+pub const WEB_PORT: i32 = 30001;
 
 /// Command the FUSE container runs.
 pub fn command() -> String {
@@ -48,6 +53,12 @@ pub fn daemon_set(plan: &ClusterPlan, config_hash: &str) -> DaemonSet {
             field_env("POD_NAME", "metadata.name"),
             field_env("NODE_NAME", "spec.nodeName"),
         ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("web".to_string()),
+            container_port: WEB_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        }]),
         volume_mounts: Some(vec![
             config_mount(),
             VolumeMount {
@@ -179,6 +190,16 @@ mod tests {
             .unwrap();
         assert_eq!(m.mount_propagation.as_deref(), Some("Bidirectional"));
         assert_eq!(m.mount_path, "/mnt/rcache");
+    }
+
+    #[test]
+    fn fuse_container_exposes_its_web_port_for_metrics() {
+        let p = pod("ufs: {uri: 'file:///data'}");
+        let ports = p.containers[0].ports.clone().unwrap();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].name.as_deref(), Some("web"));
+        assert_eq!(ports[0].container_port, 30001);
+        assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
     }
 
     #[test]

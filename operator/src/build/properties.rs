@@ -98,6 +98,7 @@ pub fn render(plan: &ClusterPlan) -> String {
         s.fuse.open_status_cache.max_size.to_string(),
     ));
     kv.push(("rcache.fuse.mount.point", FUSE_MOUNT_POINT.to_string()));
+    kv.push(("rcache.fuse.web.port", super::fuse::WEB_PORT.to_string()));
 
     let mut out = format!(
         "# Rendered by rcache-operator for CacheCluster {}/{}; edit the CacheCluster, not this file.\n",
@@ -161,6 +162,7 @@ mod tests {
         assert_eq!(p["rcache.network.rdma.data.operation.timeout.ms"], "30s");
         assert_eq!(p["rcache.network.rdma.data.fallback"], "none");
         assert_eq!(p["rcache.fuse.mount.point"], "/mnt/rcache");
+        assert_eq!(p["rcache.fuse.web.port"], "30001");
         assert!(!p.contains_key("rcache.worker.data.bind.device"));
         assert!(!p.contains_key("rcache.worker.page.store.ssd.dir"));
     }
