@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -54,6 +54,8 @@ struct Shared<S: FileSource> {
     stale: Mutex<HashMap<String, FileVersion>>,
     next_fh: AtomicU64,
     metrics: Arc<FuseMetrics>,
+    /// Sends cache invalidations to the kernel; set once the session exists (see `mount`).
+    kernel: Arc<OnceLock<fuser::Notifier>>,
     uid: u32,
     gid: u32,
 }
@@ -198,6 +200,17 @@ fn reply_read<S: FileSource>(
             lock(&shared.seen).remove(&ino);
             lock(&shared.stale).insert(path.to_string(), version);
             reply.error(Errno::ESTALE);
+            // The kernel still holds the old size and pages (attributes are valid for
+            // KERNEL_TTL): without this, a reopen within that second could read past the new
+            // end of a shrunk file. Sent from another thread: a notification from inside a
+            // request handler may deadlock against the kernel's inode lock.
+            if let Some(n) = shared.kernel.get().cloned() {
+                std::thread::spawn(move || {
+                    if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                        tracing::debug!(ino, error = %e, "kernel cache invalidation failed");
+                    }
+                });
+            }
         }
         Err(e) => {
             tracing::warn!(path, offset, size, errno = e.errno, error = %e, "read failed");
@@ -227,12 +240,19 @@ impl<S: FileSource> RcacheFs<S> {
                 stale: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 metrics,
+                kernel: Arc::new(OnceLock::new()),
                 // SAFETY: getuid/getgid cannot fail and touch no memory.
                 uid: unsafe { libc::getuid() },
                 gid: unsafe { libc::getgid() },
             }),
             rt,
         }
+    }
+
+    /// Where the mount puts the session's notifier, so the filesystem can tell the kernel to
+    /// drop what it caches of a file that changed (its size and pages).
+    pub fn kernel_notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.shared.kernel.clone()
     }
 
     fn path_of(&self, ino: INodeNo) -> Result<Arc<str>, Errno> {

@@ -226,13 +226,15 @@ pub fn mount<S: FileSource>(
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
     let fs = RcacheFs::new(source, opts.clone(), rt, metrics.clone());
-    let session = fuser::Session::new(fs, &mount_point, &config)
-        .with_context(|| {
-            format!(
-                "cannot mount FUSE at {} (needs root or fusermount3, and /dev/fuse)",
-                mount_point.display()
-            )
-        })?
+    let kernel = fs.kernel_notifier_slot();
+    let session = fuser::Session::new(fs, &mount_point, &config).with_context(|| {
+        format!(
+            "cannot mount FUSE at {} (needs root or fusermount3, and /dev/fuse)",
+            mount_point.display()
+        )
+    })?;
+    let _ = kernel.set(session.notifier());
+    let session = session
         .spawn()
         .context("cannot start the FUSE session threads")?;
     // Readahead covers the prefetch window, so the kernel asks far enough ahead.

@@ -192,10 +192,11 @@ fn a_file_replaced_under_an_open_handle_reads_estale_and_a_reopen_reads_the_new_
 
     // The first new open sees the new version, although the worker answering its stat would
     // trust the old one for an hour: the lookup and the open check the version the handle
-    // found stale. Past the kernel's attribute TTL (1 s) first: within it the kernel keeps the
-    // old, longer size, and two of its readahead requests beyond the new end can race so that
-    // it zero-fills the tail instead of seeing EOF.
-    std::thread::sleep(Duration::from_millis(1_200));
+    // found stale. Right away, within the kernel's attribute TTL (1 s): the ESTALE also told
+    // the kernel to drop the file's cached size and pages (FUSE_NOTIFY_INVAL_INODE), so its
+    // readahead cannot run past the new end and zero-fill the tail. That notification is sent
+    // from another thread just after the reply: give it a moment.
+    std::thread::sleep(Duration::from_millis(50));
     let got = std::fs::read(mnt.join("data.bin"))
         .unwrap_or_else(|e| panic!("reopen failed: {e}\n{}", fuse.log_text()));
     assert_eq!(got.len(), new.len(), "the new size");
