@@ -1,5 +1,6 @@
 //! Prometheus metrics of the operator (served on /metrics by [`crate::web`]): reconciles by
-//! result, errors by kind, reconcile duration, and whether this replica leads.
+//! result, errors by kind, reconcile duration, server-side applies of children by kind (made and
+//! skipped as no-ops, see [`crate::reconcile::SkipRule`]), and whether this replica leads.
 
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ pub struct Metrics {
     reconciles: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
     duration: Histogram,
+    applies: Family<Labels, Counter>,
+    applies_skipped: Family<Labels, Counter>,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
 }
@@ -38,6 +41,8 @@ impl Metrics {
         let errors = Family::<Labels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let leader = Gauge::default();
+        let applies = Family::<Labels, Counter>::default();
+        let applies_skipped = Family::<Labels, Counter>::default();
         registry.register(
             "reconciles",
             "CacheCluster reconciles by result",
@@ -54,6 +59,16 @@ impl Metrics {
             duration.clone(),
         );
         registry.register(
+            "applies",
+            "Server-side applies of children sent to the API server, by kind",
+            applies.clone(),
+        );
+        registry.register(
+            "applies_skipped",
+            "Applies of children skipped because nothing changed since the last one, by kind",
+            applies_skipped.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the leader Lease",
             leader.clone(),
@@ -63,6 +78,8 @@ impl Metrics {
             reconciles,
             errors,
             duration,
+            applies,
+            applies_skipped,
             leader,
         }
     }
@@ -79,6 +96,18 @@ impl Metrics {
                 .get_or_create(&vec![("error".to_string(), e.metric_label().to_string())])
                 .inc();
         }
+    }
+
+    /// Records one child of `kind` either applied or skipped (unchanged since the last apply).
+    pub fn observe_apply(&self, kind: &str, skipped: bool) {
+        let family = if skipped {
+            &self.applies_skipped
+        } else {
+            &self.applies
+        };
+        family
+            .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+            .inc();
     }
 
     /// Text exposition format.
@@ -104,6 +133,9 @@ mod tests {
         };
         m.observe_reconcile(Duration::from_millis(3), Some(&err));
         m.leader.set(1);
+        m.observe_apply("StatefulSet", true);
+        m.observe_apply("StatefulSet", false);
+        m.observe_apply("ConfigMap", false);
         let text = m.render();
         assert!(
             text.contains("rcache_operator_reconciles_total{result=\"ok\"} 1"),
@@ -114,6 +146,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("rcache_operator_leader 1"), "{text}");
+        assert!(
+            text.contains("rcache_operator_applies_skipped_total{kind=\"StatefulSet\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rcache_operator_applies_total{kind=\"ConfigMap\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("rcache_operator_reconcile_duration_seconds_count 2"),
             "{text}"

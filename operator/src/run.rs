@@ -15,8 +15,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -228,12 +228,48 @@ async fn run_controller(
     let controller = Controller::new(api::<CacheCluster>(&client, ns), watcher::Config::default())
         .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(500)));
     let store = controller.store();
+    // Owned children: one watch per kind, as `owns` would make, but of whole objects reflected
+    // into stores the reconcile reads to skip no-op applies. The store is updated before the
+    // event triggers the owner's reconcile (`owns_stream` needs kube-runtime's
+    // `unstable-runtime-stream-control`; a second, separate watch could lag the trigger).
+    let (cm_store, cm_writer) = reflector::store::<ConfigMap>();
+    let (svc_store, svc_writer) = reflector::store::<Service>();
+    let (sts_store, sts_writer) = reflector::store::<StatefulSet>();
+    let (ds_store, ds_writer) = reflector::store::<DaemonSet>();
+    let (pdb_store, pdb_writer) = reflector::store::<PodDisruptionBudget>();
+    let children = reconcile::ChildStores {
+        config_maps: cm_store,
+        services: svc_store,
+        stateful_sets: sts_store,
+        daemon_sets: ds_store,
+        pdbs: pdb_store,
+    };
     let mut controller = controller
-        .owns(api::<ConfigMap>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned.clone())
-        .owns(api::<StatefulSet>(&client, ns), owned.clone())
-        .owns(api::<DaemonSet>(&client, ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
+        .owns_stream(
+            watcher(api::<ConfigMap>(&client, ns), owned.clone())
+                .reflect(cm_writer)
+                .touched_objects(),
+        )
+        .owns_stream(
+            watcher(api::<Service>(&client, ns), owned.clone())
+                .reflect(svc_writer)
+                .touched_objects(),
+        )
+        .owns_stream(
+            watcher(api::<StatefulSet>(&client, ns), owned.clone())
+                .reflect(sts_writer)
+                .touched_objects(),
+        )
+        .owns_stream(
+            watcher(api::<DaemonSet>(&client, ns), owned.clone())
+                .reflect(ds_writer)
+                .touched_objects(),
+        )
+        .owns_stream(
+            watcher(api::<PodDisruptionBudget>(&client, ns), owned.clone())
+                .reflect(pdb_writer)
+                .touched_objects(),
+        )
         .watches(api::<Pod>(&client, ns), worker_pods, |pod: Pod| {
             let ns = pod.namespace();
             pod.labels().get(LABEL_INSTANCE).map(|name| {
@@ -311,6 +347,8 @@ async fn run_controller(
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         swept: reconcile::Swept::default(),
+        children,
+        applied: reconcile::AppliedChildren::default(),
     });
     controller
         .graceful_shutdown_on(shutdown)
