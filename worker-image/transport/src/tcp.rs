@@ -6,6 +6,15 @@
 //! one vectored write (headers from a reused buffer, payload `Bytes` as their own slices, no
 //! copy). Readers read large payloads straight into their destination (a pool chunk when a
 //! pool is configured).
+//!
+//! Fast path: when a frame is alone (the client has no other call in flight on the
+//! connection; the server's reader has no further request buffered) and the writer is idle,
+//! the caller or the handler that answered in place writes it itself with a non-blocking
+//! vectored write ([`write_now`]) instead of queueing it for the writer task: one task hand-off
+//! (a thread wake-up when the writer runs elsewhere) fewer on each side of a round trip. Frames
+//! that are not alone still go to the writer task, which batches them into one `writev`.
+//! Whoever holds the writer's lock writes whole frames, so frames never interleave; a write the
+//! socket cannot take at once is finished by a task that keeps the lock.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -72,6 +81,131 @@ pub(crate) fn encode_into<'a, T: Frame>(
     data.filter(|d| !d.is_empty())
 }
 
+/// A connection's write half and its reusable buffers. Whoever holds the lock writes whole
+/// frames.
+pub(crate) struct FrameWriter {
+    wr: OwnedWriteHalf,
+    /// Frame headers and metadata, encoded back to back.
+    meta: BytesMut,
+    /// What is left to write, in order.
+    segs: VecDeque<Bytes>,
+}
+
+type SharedWriter = Arc<tokio::sync::Mutex<FrameWriter>>;
+
+impl FrameWriter {
+    fn shared(wr: OwnedWriteHalf) -> SharedWriter {
+        Arc::new(tokio::sync::Mutex::new(FrameWriter {
+            wr,
+            meta: BytesMut::with_capacity(64 << 10),
+            segs: VecDeque::with_capacity(2 * MAX_BATCH + 1),
+        }))
+    }
+
+    /// Appends one frame to `segs` (header+metadata from `meta`, payload as its own slice).
+    fn push<T: Frame>(&mut self, id: u64, msg: &T) {
+        if let Some(data) = encode_into(id, msg, &mut self.meta) {
+            let head = self.meta.split().freeze();
+            self.segs.push_back(head);
+            self.segs.push_back(data.clone());
+        }
+    }
+
+    /// Moves the encoded tail of `meta` (frames without payload) into `segs`.
+    fn seal(&mut self) {
+        if !self.meta.is_empty() {
+            let head = self.meta.split().freeze();
+            self.segs.push_back(head);
+        }
+        if self.meta.capacity() < 4096 {
+            self.meta.reserve(64 << 10);
+        }
+    }
+}
+
+/// Writes one frame now if the writer is idle, without waiting: `Err` gives the message back
+/// when another writer holds the lock (queue it for the writer task then). When the socket
+/// takes only part of the frame, a task that keeps the lock writes the rest; `on_err` is called
+/// (from that task) if that write fails. Errors of the immediate write go to `on_err` too.
+pub(crate) fn write_now<T: Frame, E>(
+    w: &SharedWriter,
+    id: u64,
+    msg: T,
+    on_err: E,
+) -> Result<(), (u64, T)>
+where
+    E: FnOnce(io::Error) + Send + 'static,
+{
+    let Ok(mut g) = w.clone().try_lock_owned() else {
+        return Err((id, msg));
+    };
+    if !g.segs.is_empty() {
+        // Cannot happen (segments are only left while the lock is held); be safe anyway.
+        return Err((id, msg));
+    }
+    g.push(id, &msg);
+    g.seal();
+    drop(msg);
+    loop {
+        let r = {
+            let FrameWriter { wr, segs, .. } = &mut *g;
+            let mut iov = [IoSlice::new(&[]); MAX_BATCH];
+            let mut k = 0;
+            for s in segs.iter().take(MAX_BATCH) {
+                iov[k] = IoSlice::new(s);
+                k += 1;
+            }
+            wr.try_write_vectored(&iov[..k])
+        };
+        match r {
+            Ok(0) => {
+                g.segs.clear();
+                on_err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "peer stopped reading",
+                ));
+                return Ok(());
+            }
+            Ok(n) => {
+                advance(&mut g.segs, n);
+                if g.segs.is_empty() {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                g.segs.clear();
+                on_err(e);
+                return Ok(());
+            }
+        }
+    }
+    tokio::spawn(async move {
+        let FrameWriter { wr, segs, .. } = &mut *g;
+        if let Err(e) = write_segments(wr, segs).await {
+            segs.clear();
+            on_err(e);
+        }
+    });
+    Ok(())
+}
+
+/// Drops the first `n` written bytes from `segs`.
+fn advance(segs: &mut VecDeque<Bytes>, n: usize) {
+    let mut left = n;
+    while left > 0 {
+        let Some(front) = segs.front_mut() else { break };
+        if left >= front.len() {
+            left -= front.len();
+            segs.pop_front();
+        } else {
+            front.advance(left);
+            left = 0;
+        }
+    }
+}
+
 async fn write_segments(wr: &mut OwnedWriteHalf, segs: &mut VecDeque<Bytes>) -> io::Result<()> {
     while !segs.is_empty() {
         let n = {
@@ -89,47 +223,27 @@ async fn write_segments(wr: &mut OwnedWriteHalf, segs: &mut VecDeque<Bytes>) -> 
                 "peer stopped reading",
             ));
         }
-        let mut left = n;
-        while left > 0 {
-            let Some(front) = segs.front_mut() else { break };
-            if left >= front.len() {
-                left -= front.len();
-                segs.pop_front();
-            } else {
-                front.advance(left);
-                left = 0;
-            }
-        }
+        advance(segs, n);
     }
     Ok(())
 }
 
 /// Writes every queued frame; ends when all senders are gone or the socket fails.
-async fn write_loop<T: Frame>(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<(u64, T)>,
-) -> io::Result<()> {
-    let mut meta = BytesMut::with_capacity(64 << 10);
-    let mut segs: VecDeque<Bytes> = VecDeque::with_capacity(2 * MAX_BATCH + 1);
+async fn write_loop<T: Frame>(w: SharedWriter, mut rx: mpsc::Receiver<(u64, T)>) -> io::Result<()> {
     let mut batch: Vec<(u64, T)> = Vec::with_capacity(MAX_BATCH);
     loop {
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            let _ = wr.shutdown().await;
+            let mut g = w.lock().await;
+            let _ = g.wr.shutdown().await;
             return Ok(());
         }
+        let mut g = w.lock().await;
         for (id, msg) in batch.drain(..) {
-            if let Some(data) = encode_into(id, &msg, &mut meta) {
-                segs.push_back(meta.split().freeze());
-                segs.push_back(data.clone());
-            }
+            g.push(id, &msg);
         }
-        if !meta.is_empty() {
-            segs.push_back(meta.split().freeze());
-        }
-        write_segments(&mut wr, &mut segs).await?;
-        if meta.capacity() < 4096 {
-            meta.reserve(64 << 10);
-        }
+        g.seal();
+        let FrameWriter { wr, segs, .. } = &mut *g;
+        write_segments(wr, segs).await?;
     }
 }
 
@@ -366,6 +480,16 @@ async fn accept_loop(
     }
 }
 
+/// A reply from the reader itself (errors): written now when the writer is idle, like the
+/// handlers' replies, so replies to a sequence of requests keep their order; else queued.
+async fn reply_soon(w: &SharedWriter, tx: &mpsc::Sender<(u64, Response)>, id: u64, resp: Response) {
+    if let Err(m) = write_now(w, id, resp, |e| {
+        tracing::debug!(error = %e, "TCP reply write failed");
+    }) {
+        let _ = tx.send(m).await;
+    }
+}
+
 async fn serve_conn(
     stream: TcpStream,
     handler: Arc<dyn Handler>,
@@ -374,7 +498,8 @@ async fn serve_conn(
 ) -> io::Result<()> {
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<(u64, Response)>(QUEUE_DEPTH);
-    let writer = tokio::spawn(write_loop(wr, rx));
+    let w = FrameWriter::shared(wr);
+    let writer = tokio::spawn(write_loop(w.clone(), rx));
     let mut reader = FrameReader {
         rd,
         buf: BytesMut::with_capacity(128 << 10),
@@ -390,10 +515,24 @@ async fn serve_conn(
             Ok(Some((h, meta, data))) => match Request::decode(h.op, &meta, data) {
                 Ok(req) => {
                     let tx = tx.clone();
+                    let w = w.clone();
+                    // More requests already read: let the writer task batch the replies.
+                    let alone = reader.buf.len() < HEADER_LEN;
                     dispatch(&handler, req, move |resp| {
+                        // Straight to the socket when alone and the writer is idle (module docs).
+                        let m = if alone {
+                            match write_now(&w, h.id, resp, |e| {
+                                tracing::debug!(error = %e, "TCP reply write failed");
+                            }) {
+                                Ok(()) => return,
+                                Err(m) => m,
+                            }
+                        } else {
+                            (h.id, resp)
+                        };
                         // try_send keeps the fast path synchronous; a full queue means the peer
                         // is not reading, so wait in a task.
-                        if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send((h.id, resp)) {
+                        if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send(m) {
                             tokio::spawn(async move {
                                 let _ = tx.send(m).await;
                             });
@@ -401,18 +540,13 @@ async fn serve_conn(
                     });
                 }
                 Err(e) => {
-                    let _ = tx
-                        .send((h.id, Response::error(e.code(), format!("bad request: {e}"))))
-                        .await;
+                    let resp = Response::error(e.code(), format!("bad request: {e}"));
+                    reply_soon(&w, &tx, h.id, resp).await;
                 }
             },
             Err(ReadError::Codec(id, e)) => {
-                let _ = tx
-                    .send((
-                        id.unwrap_or(0),
-                        Response::error(e.code(), format!("bad frame: {e}; closing")),
-                    ))
-                    .await;
+                let resp = Response::error(e.code(), format!("bad frame: {e}; closing"));
+                reply_soon(&w, &tx, id.unwrap_or(0), resp).await;
                 break Ok(());
             }
             Err(ReadError::Io(e)) => break Err(e),
@@ -457,6 +591,7 @@ impl Pending {
 pub(crate) struct TcpConnection {
     peer: SocketAddr,
     tx: mpsc::Sender<(u64, Request)>,
+    w: SharedWriter,
     pending: Arc<Pending>,
     next_id: AtomicU64,
     timeout: Option<Duration>,
@@ -506,13 +641,15 @@ pub(crate) async fn connect(
     tune_socket(&stream, opts.socket_buffer);
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<(u64, Request)>(QUEUE_DEPTH);
+    let w = FrameWriter::shared(wr);
     let pending = Arc::new(Pending {
         map: Mutex::new(HashMap::with_capacity(256)),
         closed: Mutex::new(None),
     });
     let p2 = pending.clone();
+    let w2 = w.clone();
     tokio::spawn(async move {
-        if let Err(e) = write_loop(wr, rx).await {
+        if let Err(e) = write_loop(w2, rx).await {
             p2.fail_all(addr, format!("write failed: {e}"));
         }
     });
@@ -550,6 +687,7 @@ pub(crate) async fn connect(
     Ok(TcpConnection {
         peer: addr,
         tx,
+        w,
         pending,
         next_id: AtomicU64::new(1),
         timeout: opts.request_timeout,
@@ -562,6 +700,7 @@ impl Connection for TcpConnection {
     async fn call(&self, req: Request) -> Result<Response, TransportError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (stx, srx) = oneshot::channel();
+        let alone;
         {
             let mut m = self.pending.map.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(reason) = self
@@ -576,13 +715,28 @@ impl Connection for TcpConnection {
                     reason: reason.clone(),
                 });
             }
+            alone = m.is_empty();
             m.insert(id, stx);
         }
         let _guard = PendingGuard {
             pending: &self.pending,
             id,
         };
-        if self.tx.send((id, req)).await.is_err() {
+        // Straight to the socket when alone and the writer is idle (module docs); else the
+        // writer task, which batches.
+        let pending = self.pending.clone();
+        let addr = self.peer;
+        let queued = if alone {
+            write_now(&self.w, id, req, move |e| {
+                pending.fail_all(addr, format!("write failed: {e}"));
+            })
+            .err()
+        } else {
+            Some((id, req))
+        };
+        if let Some(m) = queued
+            && self.tx.send(m).await.is_err()
+        {
             return Err(TransportError::Io {
                 addr: self.peer,
                 reason: "connection closed".into(),
@@ -657,6 +811,84 @@ mod tests {
             .await
             .unwrap();
         (s, c)
+    }
+
+    /// The fast path (a lone frame written by the caller or the answering handler itself) with
+    /// socket buffers far smaller than the frames: large writes and large replies are finished
+    /// by a task holding the writer's lock while lone and concurrent small calls keep coming, and
+    /// every reply is whole and matched to its call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lone_frames_written_in_place_never_interleave_with_other_frames() {
+        let small = Some(16 << 10);
+        let s = listen_any(
+            TransportKind::Tcp,
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Echo),
+            ServerOptions {
+                socket_buffer: small,
+                ..ServerOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let c = connect_any(
+            TransportKind::Tcp,
+            s.local_addr(),
+            ClientOptions {
+                socket_buffer: small,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        for round in 0..6usize {
+            // Lone calls: the client writes in place, the server answers in place.
+            let len = [1usize, 3 << 20, 4096, (2 << 20) + 5, 0, 65536][round];
+            match c
+                .call(Request::BenchRead { len: len as u32 })
+                .await
+                .unwrap()
+            {
+                Response::Data(d) => {
+                    assert_eq!(d.len(), len);
+                    assert!(d.iter().all(|&b| b == 0xab));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            let w = Bytes::from(vec![7u8; 3 << 20]);
+            assert_eq!(
+                c.call(Request::BenchWrite { payload: w }).await.unwrap(),
+                Response::Ack
+            );
+            // A burst of mixed calls racing the in-place writers and the writer task.
+            let mut tasks = Vec::new();
+            for i in 0..16usize {
+                let c = c.clone();
+                tasks.push(tokio::spawn(async move {
+                    let len = if i % 4 == 0 { 1 << 20 } else { 100 + i };
+                    match c
+                        .call(Request::BenchRead { len: len as u32 })
+                        .await
+                        .unwrap()
+                    {
+                        Response::Data(d) => assert_eq!(d.len(), len),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                    if i % 5 == 0 {
+                        let w = Bytes::from(vec![1u8; 1 << 20]);
+                        assert_eq!(
+                            c.call(Request::BenchWrite { payload: w }).await.unwrap(),
+                            Response::Ack
+                        );
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+        assert_eq!(c.call(Request::Ping).await.unwrap(), Response::Pong);
+        s.shutdown().await;
     }
 
     #[tokio::test]
