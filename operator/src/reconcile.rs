@@ -76,6 +76,7 @@ pub struct Context {
 /// Reflector stores of the owned children, filled by the same watch streams that trigger the
 /// controller (a store is updated before its event triggers a reconcile, so a reconcile caused by
 /// an edit or deletion of a child always sees it).
+/// The stored objects have no managedFields, and the ConfigMaps no data (see `run.rs`).
 #[derive(Clone)]
 pub struct ChildStores {
     /// Properties and membership ConfigMaps.

@@ -212,6 +212,11 @@ fn allocatable_fingerprint(node: &Node) -> String {
         .unwrap_or_default()
 }
 
+/// Drops `metadata.managedFields` (what the stores of children need not keep).
+fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+}
+
 async fn run_controller(
     client: Client,
     opts: &Options,
@@ -232,6 +237,8 @@ async fn run_controller(
     // into stores the reconcile reads to skip no-op applies. The store is updated before the
     // event triggers the owner's reconcile (`owns_stream` needs kube-runtime's
     // `unstable-runtime-stream-control`; a second, separate watch could lag the trigger).
+    // managedFields (and ConfigMap data) are dropped before the store: nothing reads them, and
+    // they are most of an object's size.
     let (cm_store, cm_writer) = reflector::store::<ConfigMap>();
     let (svc_store, svc_writer) = reflector::store::<Service>();
     let (sts_store, sts_writer) = reflector::store::<StatefulSet>();
@@ -247,26 +254,36 @@ async fn run_controller(
     let mut controller = controller
         .owns_stream(
             watcher(api::<ConfigMap>(&client, ns), owned.clone())
+                .modify(|cm: &mut ConfigMap| {
+                    // The skip rule of ConfigMaps reads only metadata.
+                    cm.managed_fields_mut().clear();
+                    cm.data = None;
+                    cm.binary_data = None;
+                })
                 .reflect(cm_writer)
                 .touched_objects(),
         )
         .owns_stream(
             watcher(api::<Service>(&client, ns), owned.clone())
+                .modify(strip_managed_fields)
                 .reflect(svc_writer)
                 .touched_objects(),
         )
         .owns_stream(
             watcher(api::<StatefulSet>(&client, ns), owned.clone())
+                .modify(strip_managed_fields)
                 .reflect(sts_writer)
                 .touched_objects(),
         )
         .owns_stream(
             watcher(api::<DaemonSet>(&client, ns), owned.clone())
+                .modify(strip_managed_fields)
                 .reflect(ds_writer)
                 .touched_objects(),
         )
         .owns_stream(
             watcher(api::<PodDisruptionBudget>(&client, ns), owned.clone())
+                .modify(strip_managed_fields)
                 .reflect(pdb_writer)
                 .touched_objects(),
         )
