@@ -20,6 +20,9 @@ e2e_log "building rcache-operator"
 (cd "$repo" && cargo test -q -p rcache-e2e --test operator --no-run 2>/dev/null) || true
 
 kubectl apply -f "$repo/crds/cacheclusters.rcache.io.yaml" >/dev/null
+# The CRD is cluster-scoped: this suite owns it while it runs and removes it at the end, so a
+# later suite that installs it with helm (90-journey) finds no CRD helm does not own.
+e2e_on_exit "kubectl delete crd cacheclusters.rcache.io --ignore-not-found --wait=true --timeout=60s >/dev/null"
 check "CacheCluster CRD is Established" wait_for 30 crd_established cacheclusters.rcache.io
 
 lease_ns=$(e2e_ns_create op-lease)
