@@ -163,6 +163,7 @@ check "worker crash loop patched into the pod status" patch_pod_status demo-work
 check "WorkersReady is WorkerPodsFailing with the termination message" wait_for 30 \
   cond_is WorkersReady False WorkerPodsFailing "1/2 workers ready; demo-worker-1 CrashLoopBackOff: $memlock"
 check "Degraded names the failing worker" wait_for 10 cond_is Degraded True WorkerPodsFailing "$memlock"
+check "Progressing is False (PodsFailing) while a pod fails" wait_for 10 cond_is Progressing False PodsFailing
 check "FUSE crash loop patched into the pod status" patch_pod_status "$fuse_pod" "$E2E_TMP/crash-fuse.json"
 check "FuseReady is FusePodsFailing with the termination message" wait_for 30 \
   cond_is FuseReady False FusePodsFailing "$fuse_pod CrashLoopBackOff: rcache.worker.page.size=1KB is invalid"
@@ -171,6 +172,7 @@ check "worker pod healed" patch_pod_status demo-worker-1 "$E2E_TMP/heal-worker.j
 check "FUSE pod healed" patch_pod_status "$fuse_pod" "$E2E_TMP/heal-fuse.json"
 check "healed pods make the cluster Ready again" wait_for 30 cond_is Ready True ClusterReady
 check "Degraded clears once the pods are healed" wait_for 10 cond_is Degraded False AsExpected
+check "Progressing is Stable once the pods are healed" wait_for 10 cond_is Progressing False Stable
 
 # 6. Leader election: a second replica waits while the first holds the Lease and takes over
 #    once the first stops (it releases the Lease on SIGTERM).

@@ -43,6 +43,8 @@ pub mod reason {
     pub const WORKER_PODS_FAILING: &str = "WorkerPodsFailing";
     /// FUSE containers crash, fail to start or cannot pull their image.
     pub const FUSE_PODS_FAILING: &str = "FusePodsFailing";
+    /// Progressing is False: failing pods keep the rollout from completing.
+    pub const PODS_FAILING: &str = "PodsFailing";
 }
 
 /// Failing pods named in a condition message; the rest are counted ("and N more").
@@ -302,7 +304,19 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
             format!("not ready: {}", details.join("; ")),
         )
     };
-    let progressing = if o.rollout_pending || !workers_ok || !fuse_ok {
+    let stalled = (!workers_ok && !o.workers_failing.is_empty())
+        || (o.fuse_enabled && !fuse_ok && !o.fuse_failing.is_empty());
+    let progressing = if stalled {
+        // Like a Deployment past its progress deadline: waiting longer will not help, the
+        // failing pods need the user (their messages are in WorkersReady / FuseReady).
+        cond(
+            PROGRESSING,
+            false,
+            reason::PODS_FAILING,
+            "the rollout cannot complete: pods are failing; see WorkersReady and FuseReady"
+                .to_string(),
+        )
+    } else if o.rollout_pending || !workers_ok || !fuse_ok {
         cond(
             PROGRESSING,
             true,
@@ -525,6 +539,20 @@ mod tests {
         assert!(message(&s, READY).contains(MEMLOCK));
         assert_eq!(get(&s, DEGRADED), ("True", reason::WORKER_PODS_FAILING));
         assert_eq!(message(&s, DEGRADED), message(&s, WORKERS_READY));
+        assert_eq!(get(&s, PROGRESSING), ("False", reason::PODS_FAILING));
+    }
+
+    #[test]
+    fn progressing_is_false_while_pods_fail_and_true_again_while_they_only_start() {
+        let fuse_failing = compute(&observed(
+            "{workersDesired: 1, workersReady: 1, fuseEnabled: true, fuseDesired: 2, fuseReady: 1, fuseFailing: [{pod: f-1, reason: Error, message: m}]}",
+        ));
+        assert_eq!(
+            get(&fuse_failing, PROGRESSING),
+            ("False", reason::PODS_FAILING)
+        );
+        let starting = compute(&observed("{workersDesired: 2, workersReady: 1}"));
+        assert_eq!(get(&starting, PROGRESSING), ("True", "RollingOut"));
     }
 
     #[test]
