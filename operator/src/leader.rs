@@ -117,27 +117,39 @@ impl LeaderElector {
         }
     }
 
-    /// Gives the Lease up if this candidate holds it.
+    /// Gives the Lease up if this candidate holds it. Retries on a write conflict (someone
+    /// updated the Lease between our read and our write).
     pub async fn release(&self) -> Result<(), Error> {
-        let Some(mut lease) = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .map_err(|e| Error::Lease(format!("get Lease {}: {e}", self.name)))?
-        else {
-            return Ok(());
-        };
-        let mut spec = lease.spec.clone().unwrap_or_default();
-        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
-            return Ok(());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(mut lease) = self
+                .api
+                .get_opt(&self.name)
+                .await
+                .map_err(|e| Error::Lease(format!("get Lease {}: {e}", self.name)))?
+            else {
+                return Ok(());
+            };
+            let mut spec = lease.spec.clone().unwrap_or_default();
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return Ok(());
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            lease.spec = Some(spec);
+            match self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => break,
+                Err(kube::Error::Api(ae)) if ae.code == 409 && attempt < 3 => continue,
+                Err(e) => {
+                    return Err(Error::Lease(format!("release Lease {}: {e}", self.name)));
+                }
+            }
         }
-        spec.holder_identity = None;
-        spec.lease_duration_seconds = Some(1);
-        lease.spec = Some(spec);
-        self.api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-            .map_err(|e| Error::Lease(format!("release Lease {}: {e}", self.name)))?;
         info!(lease = %self.name, identity = %self.identity, "released leader Lease");
         Ok(())
     }

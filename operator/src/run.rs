@@ -122,6 +122,7 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
         )
     });
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut renewer = None;
     if let Some(elector) = &elector {
         info!(lease = %format!("{}/{}", opts.lease_namespace, opts.lease_name), identity = %opts.identity, "waiting for leadership");
         loop {
@@ -153,7 +154,7 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
         let lost = lost.clone();
         let metrics = metrics.clone();
         let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
+        renewer = Some(tokio::spawn(async move {
             let mut last_ok = tokio::time::Instant::now();
             loop {
                 tokio::select! {
@@ -176,7 +177,7 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
             metrics.leader.set(0);
             lost.store(true, Ordering::Relaxed);
             let _ = stop_tx.send(true);
-        });
+        }));
     }
 
     run_controller(
@@ -187,6 +188,12 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
     )
     .await;
     info!("controller stopped");
+    // The renewal task must be done before the release: a renewal in flight would bump the
+    // Lease's resourceVersion under the release (a conflict, and the Lease kept until expiry).
+    let _ = stop_tx.send(true);
+    if let Some(r) = renewer {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), r).await;
+    }
     if let Some(elector) = &elector
         && !lost.load(Ordering::Relaxed)
     {
