@@ -393,13 +393,36 @@ impl Collector for StoreCollector {
     }
 }
 
+/// What a process shows on its web port: its metrics text and whether it is ready.
+pub trait WebEndpoints: Send + Sync + 'static {
+    /// The OpenMetrics text for `/metrics`.
+    fn encode(&self) -> String;
+    /// `/readyz` answers 200 while true.
+    fn is_ready(&self) -> bool;
+    /// `/readyz`'s body while not ready.
+    fn not_ready_text(&self) -> &'static str {
+        "not ready\n"
+    }
+}
+
+impl WebEndpoints for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+    fn is_ready(&self) -> bool {
+        Metrics::is_ready(self)
+    }
+}
+
 /// Serves `/metrics`, `/healthz`, `/readyz` on `addr` until the process ends. Returns the bound
-/// address (port 0 picks a free one).
-pub async fn serve_web(metrics: Arc<Metrics>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+/// address (port 0 picks a free one). Used by the worker and by `rcache-fuse`.
+pub async fn serve_web<E: WebEndpoints>(
+    endpoints: Arc<E>,
+    addr: SocketAddr,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let m = metrics.clone();
-    let m2 = metrics.clone();
+    let (m, m2) = (endpoints.clone(), endpoints);
     let app = Router::new()
         .route(
             "/metrics",
@@ -425,7 +448,7 @@ pub async fn serve_web(metrics: Arc<Metrics>, addr: SocketAddr) -> std::io::Resu
                     if m.is_ready() {
                         (StatusCode::OK, "ready\n").into_response()
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+                        (StatusCode::SERVICE_UNAVAILABLE, m.not_ready_text()).into_response()
                     }
                 }
             }),

@@ -10,16 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use rcache_worker::metrics::WebEndpoints;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -213,48 +210,21 @@ impl FuseMetrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz`, `/readyz` on `addr` until the process ends. Returns the bound
-/// address (port 0 picks a free one).
+impl WebEndpoints for FuseMetrics {
+    fn encode(&self) -> String {
+        FuseMetrics::encode(self)
+    }
+    fn is_ready(&self) -> bool {
+        FuseMetrics::is_ready(self)
+    }
+    fn not_ready_text(&self) -> &'static str {
+        "not mounted\n"
+    }
+}
+
+/// Serves `/metrics`, `/healthz`, `/readyz` on `addr` (the worker's web server, shared).
 pub async fn serve_web(metrics: Arc<FuseMetrics>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let (m, m2) = (metrics.clone(), metrics);
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = m.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let m = m2.clone();
-                async move {
-                    if m.is_ready() {
-                        (StatusCode::OK, "ready\n").into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not mounted\n").into_response()
-                    }
-                }
-            }),
-        );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "web server stopped");
-        }
-    });
-    Ok(local)
+    rcache_worker::metrics::serve_web(metrics, addr).await
 }
 
 #[cfg(test)]
