@@ -1309,15 +1309,14 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8).collect()
     }
 
-    /// Server and client in one process over whatever transports UCX picks here (shared
-    /// memory and tcp); the process-level tests pin UCX_TLS.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn ucx_serves_registered_memory_pipelined_large_metadata_and_async_handlers() {
+    /// A UCX server on 127.0.0.1 (port 0) whose `Served` handler answers reads from one pool
+    /// chunk of `chunk_size` filled with `pattern`.
+    async fn served(chunk_size: usize, max: usize) -> crate::Server {
         let pool = BufferPool::new(PoolConfig {
-            chunk_size: 2 << 20,
-            initial: 8 << 20,
-            prewarm: 2 << 20,
-            max: 16 << 20,
+            chunk_size,
+            initial: max / 2,
+            prewarm: chunk_size,
+            max,
         })
         .unwrap();
         let mut c = pool.alloc().unwrap();
@@ -1327,12 +1326,19 @@ mod tests {
             pool_bytes: c.freeze(n),
         });
         let opts = ServerOptions {
-            pool: Some(pool.clone()),
+            pool: Some(pool),
             ..Default::default()
         };
-        let s = listen(TransportKind::Ucx, "127.0.0.1:0".parse().unwrap(), h, opts)
+        listen(TransportKind::Ucx, "127.0.0.1:0".parse().unwrap(), h, opts)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Server and client in one process over whatever transports UCX picks here (shared
+    /// memory and tcp); the process-level tests pin UCX_TLS.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ucx_serves_registered_memory_pipelined_large_metadata_and_async_handlers() {
+        let s = served(2 << 20, 16 << 20).await;
         assert_ne!(s.local_addr().port(), 0);
         let cpool = BufferPool::new(PoolConfig {
             chunk_size: 1 << 20,
@@ -1416,26 +1422,7 @@ mod tests {
     /// the callers stop, the idle connection still answers.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn caller_progressed_calls_get_their_replies_fast_or_slow() {
-        let pool = BufferPool::new(PoolConfig {
-            chunk_size: 1 << 20,
-            initial: 4 << 20,
-            prewarm: 1 << 20,
-            max: 4 << 20,
-        })
-        .unwrap();
-        let mut c = pool.alloc().unwrap();
-        let n = c.capacity();
-        c.as_mut_slice().copy_from_slice(&pattern(n));
-        let h = Arc::new(Served {
-            pool_bytes: c.freeze(n),
-        });
-        let opts = ServerOptions {
-            pool: Some(pool.clone()),
-            ..Default::default()
-        };
-        let s = listen(TransportKind::Ucx, "127.0.0.1:0".parse().unwrap(), h, opts)
-            .await
-            .unwrap();
+        let s = served(1 << 20, 4 << 20).await;
         let copts = ClientOptions {
             busy_poll: Some(Duration::from_micros(500)),
             ..Default::default()
