@@ -140,7 +140,8 @@ where
         return Err((id, msg));
     };
     if !g.segs.is_empty() {
-        // Cannot happen (segments are only left while the lock is held); be safe anyway.
+        // Left by a write that failed (the connection is broken): the writer task's error
+        // path reports it; never write after a partial frame.
         return Err((id, msg));
     }
     g.push(id, &msg);
@@ -150,11 +151,7 @@ where
         let r = {
             let FrameWriter { wr, segs, .. } = &mut *g;
             let mut iov = [IoSlice::new(&[]); MAX_BATCH];
-            let mut k = 0;
-            for s in segs.iter().take(MAX_BATCH) {
-                iov[k] = IoSlice::new(s);
-                k += 1;
-            }
+            let k = fill_iov(segs, &mut iov);
             wr.try_write_vectored(&iov[..k])
         };
         match r {
@@ -191,6 +188,16 @@ where
     Ok(())
 }
 
+/// Points `iov` at the first segments (at most `MAX_BATCH`); returns how many.
+fn fill_iov<'a>(segs: &'a VecDeque<Bytes>, iov: &mut [IoSlice<'a>; MAX_BATCH]) -> usize {
+    let mut k = 0;
+    for s in segs.iter().take(MAX_BATCH) {
+        iov[k] = IoSlice::new(s);
+        k += 1;
+    }
+    k
+}
+
 /// Drops the first `n` written bytes from `segs`.
 fn advance(segs: &mut VecDeque<Bytes>, n: usize) {
     let mut left = n;
@@ -210,11 +217,7 @@ async fn write_segments(wr: &mut OwnedWriteHalf, segs: &mut VecDeque<Bytes>) -> 
     while !segs.is_empty() {
         let n = {
             let mut iov = [IoSlice::new(&[]); MAX_BATCH];
-            let mut k = 0;
-            for s in segs.iter().take(MAX_BATCH) {
-                iov[k] = IoSlice::new(s);
-                k += 1;
-            }
+            let k = fill_iov(segs, &mut iov);
             wr.write_vectored(&iov[..k]).await?
         };
         if n == 0 {
