@@ -372,45 +372,10 @@ async fn unreachable_ucx_port_fails_naming_the_worker_or_falls_back_to_tcp() {
     assert!(got[..] == bytes[..100]);
 }
 
+/// A bad property stops the worker with the key, the value and the accepted forms on stderr,
+/// and the same error in the Kubernetes termination message (`RCACHE_TERMINATION_LOG`).
 #[test]
 fn bad_property_stops_the_worker_naming_key_value_and_accepted_forms() {
-    let d = tempfile::tempdir().expect("tmp");
-    let props = d.path().join("p.properties");
-    std::fs::write(
-        &props,
-        "rcache.cluster.name=t\nrcache.ufs.uri=file:///tmp\nrcache.worker.page.size=12XB\n",
-    )
-    .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_rcache-worker"))
-        .args(["serve", "--config"])
-        .arg(&props)
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("rcache.worker.page.size") && err.contains("12XB"),
-        "{err}"
-    );
-    assert!(err.contains("accepted") && err.contains("MB"), "{err}");
-
-    let out = Command::new(env!("CARGO_BIN_EXE_rcache-worker"))
-        .args(["serve", "--config"])
-        .arg(&props)
-        .env("RCACHE_WORKER_PAGE_SIZE", "1MB")
-        .env("RCACHE_WORKER_DATA_PORT", "http")
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("RCACHE_WORKER_DATA_PORT") && err.contains("rcache.worker.data.port"),
-        "{err}"
-    );
-}
-
-#[test]
-fn a_fatal_error_is_written_to_the_termination_log_as_well_as_stderr() {
     let d = tempfile::tempdir().expect("tmp");
     let props = d.path().join("p.properties");
     std::fs::write(
@@ -427,7 +392,11 @@ fn a_fatal_error_is_written_to_the_termination_log_as_well_as_stderr() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("rcache.worker.page.size"), "{err}");
+    assert!(
+        err.contains("rcache.worker.page.size") && err.contains("12XB"),
+        "{err}"
+    );
+    assert!(err.contains("accepted") && err.contains("MB"), "{err}");
     let msg = std::fs::read_to_string(&log).expect("termination log written");
     assert!(
         msg.contains("rcache.worker.page.size") && msg.contains("12XB"),
@@ -436,6 +405,20 @@ fn a_fatal_error_is_written_to_the_termination_log_as_well_as_stderr() {
     assert!(
         err.contains(msg.trim()),
         "the termination message is the stderr error: {msg} vs {err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_rcache-worker"))
+        .args(["serve", "--config"])
+        .arg(&props)
+        .env("RCACHE_WORKER_PAGE_SIZE", "1MB")
+        .env("RCACHE_WORKER_DATA_PORT", "http")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("RCACHE_WORKER_DATA_PORT") && err.contains("rcache.worker.data.port"),
+        "{err}"
     );
 }
 
