@@ -363,6 +363,17 @@ mod tests {
         }
     }
 
+    /// `src` opened as "f" at its current version, with fresh prefetch counters.
+    fn open_f(src: &Arc<Pattern>, policy: PrefetchPolicy) -> Arc<OpenFile<Pattern>> {
+        OpenFile::open(
+            src.clone(),
+            "f".into(),
+            src.version(),
+            policy,
+            PrefetchCounters::default(),
+        )
+    }
+
     fn expect(offset: u64, end: u64) -> Vec<u8> {
         (offset..end).map(byte).collect()
     }
@@ -370,13 +381,7 @@ mod tests {
     #[tokio::test]
     async fn sequential_reads_prefetch_up_to_max_parts_ahead_and_return_exact_bytes() {
         let src = Pattern::new(40 * PS + 100, 0);
-        let f = OpenFile::open(
-            src.clone(),
-            "f".into(),
-            src.version(),
-            policy(3, 0),
-            PrefetchCounters::default(),
-        );
+        let f = open_f(&src, policy(3, 0));
         let mut off = 0;
         while off < src.len {
             let b = f.read(off, 3000).await.unwrap();
@@ -407,13 +412,7 @@ mod tests {
     #[tokio::test]
     async fn random_reads_fetch_only_the_requested_bytes() {
         let src = Pattern::new(100 * PS, 0);
-        let f = OpenFile::open(
-            src.clone(),
-            "f".into(),
-            src.version(),
-            policy(8, 0),
-            PrefetchCounters::default(),
-        );
+        let f = open_f(&src, policy(8, 0));
         let b = f.read(50 * PS + 7, 4096).await.unwrap();
         assert_eq!(&b[..], &expect(50 * PS + 7, 51 * PS + 7)[..]);
         let b = f.read(10 * PS, 100).await.unwrap();
@@ -425,13 +424,7 @@ mod tests {
     #[tokio::test]
     async fn out_of_order_readahead_requests_within_the_window_still_count_as_sequential() {
         let src = Pattern::new(100 * PS, 0);
-        let f = OpenFile::open(
-            src.clone(),
-            "f".into(),
-            src.version(),
-            policy(4, 0),
-            PrefetchCounters::default(),
-        );
+        let f = open_f(&src, policy(4, 0));
         f.read(0, PS as u32).await.unwrap();
         // The kernel's next readahead requests arrive in another order.
         let b = f.read(3 * PS, PS as u32).await.unwrap();
@@ -486,13 +479,7 @@ mod tests {
     #[tokio::test]
     async fn a_transient_worker_error_is_retried_and_the_read_succeeds() {
         let src = Pattern::new(2 * PS, 2);
-        let f = OpenFile::open(
-            src.clone(),
-            "f".into(),
-            src.version(),
-            policy(0, 0),
-            PrefetchCounters::default(),
-        );
+        let f = open_f(&src, policy(0, 0));
         let b = f.read(0, PS as u32).await.unwrap();
         assert_eq!(&b[..], &expect(0, PS)[..]);
     }
@@ -527,13 +514,7 @@ mod tests {
     #[tokio::test]
     async fn a_persistent_error_surfaces_with_its_errno() {
         let src = Pattern::new(2 * PS, 100);
-        let f = OpenFile::open(
-            src.clone(),
-            "f".into(),
-            src.version(),
-            policy(0, 0),
-            PrefetchCounters::default(),
-        );
+        let f = open_f(&src, policy(0, 0));
         let err = f.read(0, 10).await.unwrap_err();
         assert_eq!(err.errno, libc::EIO);
         assert!(err.message.contains("w0"));
