@@ -49,7 +49,13 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     }
 
     /// Looks up without changing the order.
-    pub fn peek(&self, key: &K) -> Option<&V> {
+    /// Looks `key` up without touching the order; takes a borrowed form of the key (e.g. a
+    /// `&str` for `Arc<str>` keys) so a lookup allocates nothing.
+    pub fn peek<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.map.get(key).map(|s| &s.value)
     }
 
@@ -74,7 +80,11 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         old
     }
 
-    pub fn remove(&mut self, key: &K) -> Option<V> {
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let slot = self.map.remove(key)?;
         self.order.remove(&slot.tick);
         self.weight -= slot.weight;

@@ -66,7 +66,7 @@ impl MetaCache {
     pub fn fresh(&self, path: &str) -> Option<Result<FileStat, UfsError>> {
         // `peek`: a lookup does not reorder; paths are forgotten in the order they were stat'ed.
         let entries = self.lock();
-        let e = entries.peek(&Arc::from(path))?;
+        let e = entries.peek(path)?;
         let trusted = match (self.interval, &e.stat) {
             (SyncInterval::Always, _) => false,
             (SyncInterval::Every(d), _) => e.at.elapsed() < d,
@@ -88,7 +88,7 @@ impl MetaCache {
         }
         let key: Arc<str> = Arc::from(path);
         let mut entries = self.lock();
-        let previous = entries.peek(&key).and_then(|e| e.last_version);
+        let previous = entries.peek(path).and_then(|e| e.last_version);
         let now = match stat {
             Ok(s) if !s.is_dir => Some(version_of(s)),
             _ => None,
@@ -115,7 +115,7 @@ impl MetaCache {
 
     /// Forgets `path`: its next read stats the under-storage again.
     pub fn forget(&self, path: &str) {
-        self.lock().remove(&Arc::from(path));
+        self.lock().remove(path);
     }
 
     pub fn len(&self) -> usize {
