@@ -205,10 +205,12 @@ fn reply_read<S: FileSource>(
             // end of a shrunk file. Sent from another thread: a notification from inside a
             // request handler may deadlock against the kernel's inode lock.
             if let Some(n) = shared.kernel.get().cloned() {
-                std::thread::spawn(move || {
-                    if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
-                        tracing::debug!(ino, error = %e, "kernel cache invalidation failed");
+                let metrics = shared.metrics.clone();
+                std::thread::spawn(move || match n.inval_inode(INodeNo(ino), 0, 0) {
+                    Ok(()) => {
+                        metrics.kernel_invalidations.inc();
                     }
+                    Err(e) => tracing::debug!(ino, error = %e, "kernel cache invalidation failed"),
                 });
             }
         }

@@ -113,7 +113,7 @@ fn run() -> anyhow::Result<()> {
                 ),
             }
             let handle = rt.handle().clone();
-            let mounted = match local_dir {
+            let mut mounted = match local_dir {
                 Some(dir) => {
                     rcache_fuse::mount(LocalDirSource::new(dir), &opts, handle, metrics.clone())?
                 }

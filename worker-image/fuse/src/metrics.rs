@@ -71,6 +71,8 @@ pub struct FuseMetrics {
     pub read_seconds: Histogram,
     errors: Family<ErrorLabels, Counter>,
     pub stale_reads: Counter,
+    /// Cache invalidations the kernel accepted (sent after an ESTALE read).
+    pub kernel_invalidations: Counter,
     pub open_files: Gauge,
     pub stat_cache_hits: Counter,
     pub stat_cache_misses: Counter,
@@ -119,6 +121,12 @@ impl FuseMetrics {
             "Reads answered ESTALE: the file changed since it was opened",
             stale_reads.clone(),
         );
+        let kernel_invalidations = Counter::default();
+        registry.register(
+            "kernel_invalidations",
+            "Kernel attribute and page cache invalidations sent after a file was found changed",
+            kernel_invalidations.clone(),
+        );
         let open_files = Gauge::default();
         registry.register("open_files", "Open file handles", open_files.clone());
         let stat_cache_hits = Counter::default();
@@ -156,6 +164,7 @@ impl FuseMetrics {
             read_seconds,
             errors,
             stale_reads,
+            kernel_invalidations,
             open_files,
             stat_cache_hits,
             stat_cache_misses,

@@ -8,10 +8,10 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
@@ -97,16 +97,40 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The filesystem type mounted exactly at `path`, if any (the topmost mount wins).
-pub fn mounted_fs_type(path: &Path) -> Option<String> {
+/// What /proc/self/mountinfo says of the mount exactly at a path (the topmost one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// The filesystem type, e.g. `fuse.rcache`.
+    pub fs_type: String,
+    /// The device (`major`, `minor`) of the mount: for FUSE, the minor is the connection's
+    /// number under /sys/fs/fuse/connections and /sys/class/bdi.
+    pub dev: (u32, u32),
+}
+
+/// The mount exactly at `path`, if any (the topmost mount wins). Reads only mountinfo, never
+/// the mount itself, so it cannot block on a FUSE server that does not answer.
+pub fn mount_entry(path: &Path) -> Option<MountEntry> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_string_lossy();
     info.lines().rev().find_map(|line| {
         let mut fields = line.split(' ');
-        let mount_point = unescape_mountinfo(fields.nth(4)?);
-        let fstype = line.split(" - ").nth(1)?.split(' ').next()?.to_owned();
-        (mount_point == want).then_some(fstype)
+        let dev = fields.nth(2)?;
+        let mount_point = unescape_mountinfo(fields.nth(1)?);
+        if mount_point != want {
+            return None;
+        }
+        let (major, minor) = dev.split_once(':')?;
+        let fs_type = line.split(" - ").nth(1)?.split(' ').next()?.to_owned();
+        Some(MountEntry {
+            fs_type,
+            dev: (major.parse().ok()?, minor.parse().ok()?),
+        })
     })
+}
+
+/// The filesystem type mounted exactly at `path`, if any (the topmost mount wins).
+pub fn mounted_fs_type(path: &Path) -> Option<String> {
+    mount_entry(path).map(|e| e.fs_type)
 }
 
 /// Makes `path` a plain directory ready to mount on: creates it when missing, and detaches a
@@ -169,19 +193,13 @@ pub fn clear_stale_mount(path: &Path) -> anyhow::Result<MountPointState> {
     Ok(state)
 }
 
-/// Raises the kernel readahead of the FUSE mount at `path` (the kernel starts it at 128 KiB and
-/// only sysfs can raise it), so sequential reads reach us as `MAX_READ`-sized requests and the
-/// kernel keeps several in flight. Best effort: a read-only /sys only costs throughput.
-fn raise_readahead(path: &Path, kib: u64) {
-    let Ok(md) = std::fs::metadata(path) else {
-        return;
-    };
-    let dev = md.dev();
-    let bdi = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        libc::major(dev),
-        libc::minor(dev)
-    );
+/// Raises the kernel readahead of the FUSE mount with device `dev` (the kernel starts it at
+/// 128 KiB and only sysfs can raise it), so sequential reads reach us as `MAX_READ`-sized
+/// requests and the kernel keeps several in flight. Best effort: a read-only /sys only costs
+/// throughput. The device comes from mountinfo: the client never stats its own mount, since a
+/// thread blocked on its own mount cannot be killed if the session stops answering.
+fn raise_readahead(dev: (u32, u32), kib: u64) {
+    let bdi = format!("/sys/class/bdi/{}:{}/read_ahead_kb", dev.0, dev.1);
     match std::fs::write(&bdi, kib.to_string()) {
         Ok(()) => tracing::info!(bdi, kib, "raised kernel readahead of the mount"),
         Err(e) => {
@@ -190,10 +208,27 @@ fn raise_readahead(path: &Path, kib: u64) {
     }
 }
 
+/// Errors with which a FUSE session ends when its connection is already gone: unmounted
+/// (`ENODEV`), aborted through /sys/fs/fuse/connections (`ECONNABORTED`), or not connected.
+/// For a read-only cache that is a finished session, not a failure.
+pub fn is_finished_session(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENODEV | libc::ECONNABORTED | libc::ENOTCONN)
+    )
+}
+
+/// How long [`MountedFs::unmount`] waits for the session threads once the mount is detached.
+/// They end when the kernel ends the connection, which a lazily detached mount delays until its
+/// last open file closes; past this the process may exit and those files see `ENOTCONN`.
+const SESSION_END_WAIT: Duration = Duration::from_secs(10);
+
 /// A mounted filesystem; unmounted by [`MountedFs::unmount`] or on drop.
 pub struct MountedFs {
     session: Option<BackgroundSession>,
     mount_point: PathBuf,
+    /// Our mount's device, to tell it from another mount at the same path.
+    dev: Option<(u32, u32)>,
     metrics: Arc<FuseMetrics>,
 }
 
@@ -237,14 +272,23 @@ pub fn mount<S: FileSource>(
     let session = session
         .spawn()
         .context("cannot start the FUSE session threads")?;
+    let dev = mount_entry(&mount_point)
+        .filter(|e| e.fs_type == format!("fuse.{FS_SUBTYPE}"))
+        .map(|e| e.dev);
     // Readahead covers the prefetch window, so the kernel asks far enough ahead.
     let ra_kib =
         (u64::from(MAX_READ) / 1024).max(opts.part_size * opts.prefetch_parts.max(1) as u64 / 1024);
-    raise_readahead(&mount_point, ra_kib);
+    match dev {
+        Some(dev) => raise_readahead(dev, ra_kib),
+        None => {
+            tracing::warn!(mount_point = %mount_point.display(), "our mount is not in mountinfo; readahead left at the kernel default")
+        }
+    }
     metrics.set_mounted(&mount_point, true);
     Ok(MountedFs {
         session: Some(session),
         mount_point,
+        dev,
         metrics,
     })
 }
@@ -261,9 +305,23 @@ impl MountedFs {
             .is_some_and(|s| !s.guard.is_finished())
     }
 
-    /// Unmounts (lazily when files are still open) and waits for the session threads.
-    pub fn unmount(mut self) -> anyhow::Result<()> {
+    /// Unmounts (lazily when files are still open) and waits, bounded, for the session threads.
+    /// Idempotent: a mount already detached from outside (`umount -l`, the preStop hook), a
+    /// connection aborted through /sys/fs/fuse/connections, or a second call all return `Ok`.
+    pub fn unmount(&mut self) -> anyhow::Result<()> {
         self.unmount_inner()
+    }
+
+    /// The FUSE connection's number under /sys/fs/fuse/connections (the mount's minor).
+    pub fn connection(&self) -> Option<u32> {
+        self.dev.map(|d| d.1)
+    }
+
+    /// True while the mount at our path is ours (same device as when we mounted).
+    fn still_mounted_here(&self) -> bool {
+        let ours = format!("fuse.{FS_SUBTYPE}");
+        mount_entry(&self.mount_point)
+            .is_some_and(|e| e.fs_type == ours && (self.dev.is_none() || self.dev == Some(e.dev)))
     }
 
     fn unmount_inner(&mut self) -> anyhow::Result<()> {
@@ -272,28 +330,66 @@ impl MountedFs {
         };
         let mp = self.mount_point.clone();
         self.metrics.set_mounted(&mp, false);
-        if session.guard.is_finished() {
-            // Unmounted from outside; only collect the session's result.
-            return session
-                .join()
-                .map_err(|e| anyhow::anyhow!("FUSE session at {} ended with {e}", mp.display()));
-        }
-        match session.umount_and_join() {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                // Files are still open: detach now; the kernel ends the session (and our
-                // threads) when the last one closes.
-                tracing::warn!(mount_point = %mp.display(), "mount busy; detaching lazily");
-                lazy_unmount(&mp).with_context(|| format!("cannot unmount {}", mp.display()))
+        if self.still_mounted_here() {
+            match umount2(&mp, 0) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // Files are still open: detach now; the kernel ends the session (and our
+                    // threads) when the last one closes.
+                    tracing::warn!(mount_point = %mp.display(), "mount busy; detaching lazily");
+                    lazy_unmount(&mp)
+                        .with_context(|| format!("cannot unmount {}", mp.display()))?;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    lazy_unmount(&mp)
+                        .with_context(|| format!("cannot unmount {}", mp.display()))?;
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOENT | libc::ENOTCONN | libc::ECONNABORTED)
+                    ) =>
+                {
+                    tracing::info!(mount_point = %mp.display(), "already unmounted");
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot unmount {}", mp.display()));
+                }
             }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {
-                // Already detached (the DaemonSet's preStop runs `umount -l`); files still open
-                // lose their mount when we exit.
-                tracing::info!(mount_point = %mp.display(), "already unmounted");
-                Ok(())
-            }
-            Err(e) => Err(e).with_context(|| format!("cannot unmount {}", mp.display())),
+        } else {
+            // Unmounted from outside (the DaemonSet's preStop runs `umount -l`).
+            tracing::info!(mount_point = %mp.display(), "already unmounted");
         }
+        // The session's threads end once the kernel ends the connection; wait for them with a
+        // deadline (a detached mount with open files keeps the connection until they close).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let joiner = std::thread::Builder::new()
+            .name("fuse-unmount-join".into())
+            .spawn(move || {
+                let _ = tx.send(session.join());
+            })
+            .context("cannot start a thread to wait for the FUSE session")?;
+        match rx.recv_timeout(SESSION_END_WAIT) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if is_finished_session(&e) => {
+                tracing::info!(mount_point = %mp.display(), error = %e, "FUSE connection was already gone");
+            }
+            Ok(Err(e)) => {
+                return Err(anyhow::anyhow!(
+                    "FUSE session at {} ended with {e}",
+                    mp.display()
+                ));
+            }
+            Err(_) => {
+                tracing::warn!(
+                    mount_point = %mp.display(),
+                    "files are still open on the detached mount after {SESSION_END_WAIT:?}; they see ENOTCONN once this process exits"
+                );
+                return Ok(());
+            }
+        }
+        let _ = joiner.join();
+        Ok(())
     }
 }
 

@@ -50,7 +50,7 @@ fn readiness_follows_the_mount_and_reads_are_counted() {
         mount_point: mnt.clone(),
         ..FuseOptions::default()
     };
-    let m = rcache_fuse::mount(
+    let mut m = rcache_fuse::mount(
         LocalDirSource::new(ufs.clone()),
         &opts,
         rt.handle().clone(),
@@ -82,7 +82,7 @@ fn every_byte_of_the_tree_reads_back_with_default_prefetch() {
     let dir = tempfile::tempdir().unwrap();
     let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
     common::make_tree(&ufs);
-    let (_rt, m) = mount_local(&ufs, &mnt, FuseOptions::default());
+    let (_rt, mut m) = mount_local(&ufs, &mnt, FuseOptions::default());
     let n = common::assert_same_tree(&ufs, &mnt);
     assert!(n > 5 << 20);
     // A second pass (page cache kept across opens of unchanged files) reads the same bytes.
@@ -105,7 +105,7 @@ fn every_byte_reads_back_with_whole_file_fetch_stat_cache_and_small_parts() {
         prefetch_parts: 2,
         ..FuseOptions::default()
     };
-    let (_rt, m) = mount_local(&ufs, &mnt, opts);
+    let (_rt, mut m) = mount_local(&ufs, &mnt, opts);
     common::assert_same_tree(&ufs, &mnt);
     m.unmount().unwrap();
 }
@@ -116,7 +116,7 @@ fn missing_paths_are_enoent_and_writes_are_erofs() {
     let dir = tempfile::tempdir().unwrap();
     let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
     common::make_tree(&ufs);
-    let (_rt, m) = mount_local(&ufs, &mnt, FuseOptions::default());
+    let (_rt, mut m) = mount_local(&ufs, &mnt, FuseOptions::default());
     let erofs = |r: std::io::Result<()>, what: &str| {
         let e = r.expect_err(what);
         assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
@@ -166,9 +166,11 @@ fn a_stale_mount_left_by_a_killed_client_is_recovered_and_sigterm_unmounts() {
     first.signal_and_wait(libc::SIGKILL);
     // The dead client left its mount behind: "Transport endpoint is not connected" (once the
     // kernel's cached attributes of the root expire).
-    common::wait_until("ENOTCONN on the dead mount", Duration::from_secs(5), || {
-        std::fs::read_dir(&mnt).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
-    });
+    common::wait_until(
+        "ENOTCONN on the dead mount",
+        Duration::from_secs(30),
+        || std::fs::read_dir(&mnt).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN),
+    );
     assert_eq!(common::mount_type(&mnt).as_deref(), Some("fuse.rcache"));
 
     let mut second =
@@ -182,7 +184,7 @@ fn a_stale_mount_left_by_a_killed_client_is_recovered_and_sigterm_unmounts() {
 
     let status = second.signal_and_wait(libc::SIGTERM);
     assert!(status.success(), "exit {status}:\n{}", second.log_text());
-    common::wait_until("the mount to go away", Duration::from_secs(5), || {
+    common::wait_until("the mount to go away", Duration::from_secs(30), || {
         common::mount_type(&mnt).is_none()
     });
     assert!(
@@ -211,4 +213,59 @@ fn a_lazy_unmount_from_outside_like_the_prestop_hook_ends_the_client_cleanly() {
     drop(open);
     let status = fuse.signal_and_wait(libc::SIGTERM);
     assert!(status.success(), "exit {status}:\n{}", fuse.log_text());
+}
+
+/// Mounts the fuse control filesystem at /sys/fs/fuse/connections when it is not (idempotent).
+fn ensure_fusectl() {
+    let dir = std::path::Path::new("/sys/fs/fuse/connections");
+    if common::mount_type(dir).as_deref() == Some("fusectl") {
+        return;
+    }
+    let st = std::process::Command::new("mount")
+        .args(["-t", "fusectl", "fusectl"])
+        .arg(dir)
+        .status()
+        .expect("run mount -t fusectl");
+    assert!(
+        st.success(),
+        "mount -t fusectl fusectl {}: {st}",
+        dir.display()
+    );
+}
+
+#[test]
+fn unmount_succeeds_after_an_outside_lazy_unmount_a_connection_abort_and_a_first_unmount() {
+    require_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
+    common::make_tree(&ufs);
+
+    // `umount -l` from outside (the preStop hook), then our unmount, then a second one.
+    let (_rt, mut m) = mount_local(&ufs, &mnt, FuseOptions::default());
+    rcache_fuse::mount::lazy_unmount(&mnt).unwrap();
+    m.unmount().expect("unmount after an outside lazy unmount");
+    m.unmount().expect("a second unmount");
+    assert_eq!(common::mount_type(&mnt), None);
+
+    // The connection aborted through /sys/fs/fuse/connections (only this mount's): the
+    // session ends with ECONNABORTED, which is a finished session; the dead mount is detached.
+    ensure_fusectl();
+    let (_rt2, mut m) = mount_local(&ufs, &mnt, FuseOptions::default());
+    let conn = m.connection().expect("the mount's connection number");
+    std::fs::write(format!("/sys/fs/fuse/connections/{conn}/abort"), "1")
+        .expect("abort our own FUSE connection");
+    common::wait_until(
+        "the aborted session to end",
+        Duration::from_secs(30),
+        || !m.is_alive(),
+    );
+    m.unmount().expect("unmount after a connection abort");
+    assert_eq!(common::mount_type(&mnt), None, "the dead mount is detached");
+    m.unmount().expect("a second unmount after the abort");
+
+    // A clean unmount, then a second one.
+    let (_rt3, mut m) = mount_local(&ufs, &mnt, FuseOptions::default());
+    m.unmount().expect("a clean unmount");
+    m.unmount().expect("a second clean unmount");
+    assert_eq!(common::mount_type(&mnt), None);
 }

@@ -98,7 +98,6 @@ fn a_worker_killed_in_the_middle_of_a_read_does_not_fail_the_read() {
     assert_eq!(got.len(), want.len());
     assert!(got == want, "content differs after failover");
     // New opens keep working on the two survivors.
-    std::thread::sleep(Duration::from_millis(100));
     let again = std::fs::read(mnt.join("big.bin")).unwrap();
     assert!(again == want);
 }
@@ -195,8 +194,16 @@ fn a_file_replaced_under_an_open_handle_reads_estale_and_a_reopen_reads_the_new_
     // found stale. Right away, within the kernel's attribute TTL (1 s): the ESTALE also told
     // the kernel to drop the file's cached size and pages (FUSE_NOTIFY_INVAL_INODE), so its
     // readahead cannot run past the new end and zero-fill the tail. That notification is sent
-    // from another thread just after the reply: give it a moment.
-    std::thread::sleep(Duration::from_millis(50));
+    // from another thread just after the reply: wait until the kernel has taken it.
+    let web = fuse.web_addr();
+    common::wait_until(
+        "the kernel invalidation after ESTALE",
+        Duration::from_secs(10),
+        || {
+            let (_, m) = common::http_get(web, "/metrics");
+            common::metric_value(&m, "rcache_fuse_kernel_invalidations_total") >= 1.0
+        },
+    );
     let got = std::fs::read(mnt.join("data.bin"))
         .unwrap_or_else(|e| panic!("reopen failed: {e}\n{}", fuse.log_text()));
     assert_eq!(got.len(), new.len(), "the new size");
