@@ -24,8 +24,9 @@ lint: deps
 crds-check: ## the committed CRD must match the Rust types
 	scripts/check-generated.sh
 
-test-rust: deps ## unit and process-level integration tests
-	cargo test --workspace --no-fail-fast
+test-rust: deps ## unit and process-level integration tests (the cluster tests of rcache-e2e run in test-e2e)
+	cargo test --workspace --no-fail-fast --exclude rcache-e2e
+	cargo test -p rcache-e2e --lib
 
 test-e2e: deps tools ## suites against a fresh local real control plane (e2e/suites/*.sh, in order)
 	RCACHE_CLUSTER=rcache-test RCACHE_FRESH_CLUSTER=1 e2e/run-suites.sh

@@ -26,6 +26,12 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 /// A client when RCACHE_E2E=1, else None after printing that the test is skipped.
 async fn cluster_client(test: &str) -> Option<Client> {
     if std::env::var("RCACHE_E2E").as_deref() != Ok("1") {
+        // `make test` runs these only from e2e/suites/20-operator.sh (RCACHE_E2E=1) and keeps
+        // them out of test-rust, so under CI a skip means they were run the wrong way.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true and {test} cannot run: RCACHE_E2E=1 is not set (run e2e/suites/20-operator.sh)"
+        );
         eprintln!(
             "skipped {test}: set RCACHE_E2E=1 and run e2e/suites/20-operator.sh (needs the local cluster)"
         );

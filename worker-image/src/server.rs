@@ -537,7 +537,25 @@ mod tests {
         .expect("props");
         let cfg = WorkerConfig::from_properties(&p).expect("cfg");
         if memlock_limit().1 == u64::MAX {
-            return; // unlimited here: nothing to refuse
+            // Unlimited here, so nothing would be refused: run this same test again in a child
+            // whose limit is 8 MiB (what containers get by default), set with prlimit.
+            let exe = std::env::current_exe().expect("the test binary");
+            let out = std::process::Command::new("prlimit")
+                .arg("--memlock=8388608:8388608")
+                .arg(exe)
+                .args([
+                    "--exact",
+                    "server::tests::memlock_check_names_the_keys_and_the_fix",
+                ])
+                .output()
+                .expect("run prlimit (util-linux)");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "under an 8 MiB limit:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
         }
         let e = check_memlock(&cfg).expect_err("too low").to_string();
         assert!(
