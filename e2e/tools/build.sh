@@ -3,8 +3,10 @@
 #   $RCACHE_TOOLS/<tool>-<version>/bin/...
 # A second run finds the binaries and builds nothing. Prints progress while building, checks that
 # every binary reports the pinned version, and serialises concurrent builds of one tool (flock).
-# Usage: e2e/tools/build.sh [kubernetes|etcd|kwok|helm ...]   (default: all)
+# Usage: e2e/tools/build.sh [kubernetes|etcd|kwok|helm|kubelet|containerd|cni|multus|node ...]
+#        (default: the control plane tools; `node` = kubelet containerd cni multus)
 #        e2e/tools/build.sh --bin-path   prints the tool bin dirs joined by ':' (builds nothing)
+#        e2e/tools/build.sh --node-bin-path   the same for the real node's tools
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
@@ -19,10 +21,18 @@ bin_dir() { # bin_dir <tool>
     etcd) echo "$RCACHE_TOOLS/etcd-$ETCD_VERSION/bin" ;;
     kwok) echo "$RCACHE_TOOLS/kwok-$KWOK_VERSION/bin" ;;
     helm) echo "$RCACHE_TOOLS/helm-$HELM_VERSION/bin" ;;
+    kubelet) echo "$RCACHE_TOOLS/kubelet-$K8S_VERSION/bin" ;;
+    containerd) echo "$RCACHE_TOOLS/containerd-$CONTAINERD_VERSION/bin" ;;
+    cni) echo "$RCACHE_TOOLS/cni-$CNI_PLUGINS_VERSION/bin" ;;
+    multus) echo "$RCACHE_TOOLS/multus-$MULTUS_VERSION/bin" ;;
   esac
 }
 if [ "${1:-}" = --bin-path ]; then
   echo "$(bin_dir kubernetes):$(bin_dir etcd):$(bin_dir kwok):$(bin_dir helm)"
+  exit 0
+fi
+if [ "${1:-}" = --node-bin-path ]; then
+  echo "$(bin_dir kubelet):$(bin_dir containerd):$(bin_dir cni):$(bin_dir multus)"
   exit 0
 fi
 
@@ -50,6 +60,23 @@ verify() {
         out=$("$d/$b" --version 2>&1) || true
         [[ $out == *"$KWOK_VERSION"* ]] || { log "$b reports '$out', want $KWOK_VERSION"; return 1; }
       done ;;
+    kubelet)
+      for b in kubelet kube-proxy; do
+        out=$("$d/$b" --version 2>&1) || true
+        [ "$out" = "Kubernetes $K8S_VERSION" ] || { log "$b reports '$out', want 'Kubernetes $K8S_VERSION'"; return 1; }
+      done ;;
+    containerd)
+      out=$("$d/containerd" --version 2>&1) || true
+      [[ $out == *" $CONTAINERD_VERSION "* ]] || { log "containerd reports '$out', want $CONTAINERD_VERSION"; return 1; }
+      for b in ctr containerd-shim-runc-v2; do [ -x "$d/$b" ] || { log "missing $b"; return 1; }; done ;;
+    cni)
+      for b in bridge loopback host-local macvlan portmap; do
+        out=$(CNI_COMMAND=VERSION "$d/$b" </dev/null 2>&1) || true
+        [[ $out == *cniVersion* ]] || { log "CNI plugin $b answers VERSION with '$out'"; return 1; }
+      done ;;
+    multus)
+      out=$(CNI_COMMAND=VERSION "$d/multus" </dev/null 2>&1) || true
+      [[ $out == *cniVersion* ]] || { log "multus answers VERSION with '$out'"; return 1; } ;;
     helm)
       out=$("$d/helm" version --short 2>&1) || true
       [[ $out == "$HELM_VERSION"* ]] || { log "helm reports '$out', want $HELM_VERSION"; return 1; } ;;
@@ -121,7 +148,25 @@ for t in "${want[@]}"; do
       build_module helm "$HELM_VERSION" "$here/helm" \
         "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
         helm.sh/helm/v3/cmd/helm ;;
-    *) echo "unknown tool: $t (known: kubernetes etcd kwok helm)" >&2; exit 2 ;;
+    kubelet)
+      build_module kubelet "$K8S_VERSION" "$here/kubernetes" "$(k8s_ldflags "$K8S_VERSION")" \
+        k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy ;;
+    containerd)
+      build_module containerd "$CONTAINERD_VERSION" "$here/containerd" \
+        "-s -w -X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION} -X github.com/containerd/containerd/v2/version.Revision=go-module" \
+        github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/ctr \
+        github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 ;;
+    cni)
+      build_module cni "$CNI_PLUGINS_VERSION" "$here/cni" \
+        "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=${CNI_PLUGINS_VERSION}" \
+        github.com/containernetworking/plugins/plugins/main/bridge github.com/containernetworking/plugins/plugins/main/loopback \
+        github.com/containernetworking/plugins/plugins/main/macvlan github.com/containernetworking/plugins/plugins/ipam/host-local \
+        github.com/containernetworking/plugins/plugins/meta/portmap ;;
+    multus)
+      build_module multus "$MULTUS_VERSION" "$here/multus" "-s -w" \
+        gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/multus ;;
+    node) "$0" kubelet containerd cni multus ;;
+    *) echo "unknown tool: $t (known: kubernetes etcd kwok helm; for the real node: kubelet containerd cni multus, or node for all four)" >&2; exit 2 ;;
   esac
 done
 log "tools ready in $((SECONDS - total))s: $(bin_dir kubernetes) $(bin_dir etcd) $(bin_dir kwok) $(bin_dir helm)"
