@@ -1,80 +1,94 @@
 # shellcheck shell=bash
 # journey: the steps of the rcache user journey, shared by e2e/suites/90-journey.sh and
-# e2e/demo.sh: install the chart, run the operator as the chart's ServiceAccount, apply a
-# CacheCluster, bring up its data path (worker and FUSE containers run by podsim, since kwok runs
-# no containers), read through the FUSE mount.
+# e2e/demo.sh, on the local cluster's real node (e2e/node/node: kubelet, containerd, CNI, Multus):
+# build the image, start the node, helm install the chart (the operator is a real pod), apply a
+# CacheCluster whose worker and FUSE pods run there, and read through the cache from an
+# application pod.
 #
-# Needs KUBECONFIG and our tools on PATH (eval "$(e2e/cluster env)"), root, jq, ip, nsenter.
+# Needs KUBECONFIG and our tools on PATH (eval "$(e2e/cluster env)"), root, jq, curl.
 
 JOURNEY_E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 JOURNEY_REPO=$(cd "$JOURNEY_E2E/.." && pwd)
-# shellcheck source=e2e/podsim.sh
-. "$JOURNEY_E2E/podsim.sh"
+JOURNEY_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$JOURNEY_REPO/Cargo.toml" | head -n1)
+# The image the chart and the samples name; `scripts/build-image.sh` builds it and e2e/node/node
+# imports it into the node's containerd (no registry: pullPolicy IfNotPresent finds it there).
+JOURNEY_IMAGE=rcache/rcache:$JOURNEY_VERSION
+# Label and taint of the real node (e2e/node/node): pods that must run for real select and
+# tolerate it; the kwok nodes (no containers run there) keep serving the scheduling and API cases,
+# and pods that do not ask for the real node (the samples as they are) never land on it.
+JOURNEY_NODE_LABEL=rcache.io/node
+JOURNEY_NODE_VALUE=real
 
 jlog() { printf '[journey %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# journey_build [--release]: builds the operator, worker and FUSE binaries; sets JOURNEY_BIN and
-# puts it first on PATH, so podsim finds the images' entrypoints (rcache-worker, rcache-fuse).
+# journey_build [--release]: builds the image from the operator, worker and FUSE binaries
+# (scripts/build-image.sh, offline). The tests use the debug binaries cargo test already built;
+# the demo uses release ones.
 journey_build() {
-  local profile=debug flag=()
-  if [ "${1:-}" = --release ]; then profile=release; flag=(--release); fi
-  jlog "building rcache-operator, rcache-worker, rcache-fuse ($profile)"
-  (cd "$JOURNEY_REPO" && cargo build -q "${flag[@]}" -p rcache-operator -p rcache-worker -p rcache-fuse --bins)
-  JOURNEY_BIN=${CARGO_TARGET_DIR:-$JOURNEY_REPO/target}/$profile
-  export PATH="$JOURNEY_BIN:$PATH"
+  local profile=dev
+  [ "${1:-}" = --release ] && profile=release
+  jlog "building the image $JOURNEY_IMAGE ($profile binaries; scripts/build-image.sh)"
+  (cd "$JOURNEY_REPO" && RCACHE_IMAGE_PROFILE=$profile scripts/build-image.sh) >"${JOURNEY_LOG_DIR:-/tmp}/build-image.log" 2>&1 ||
+    { jlog "image build failed: $(tail -n 20 "${JOURNEY_LOG_DIR:-/tmp}/build-image.log")"; return 1; }
 }
 
-# journey_install_chart <namespace> <release> [helm args...]
+# journey_node_up: the real node joins the cluster (idempotent) and its image store has the image.
+journey_node_up() {
+  "$JOURNEY_E2E/node/node" up
+}
+
+# journey_install_chart <namespace> <release> [helm args...]: the operator Deployment runs on the
+# real node from the built image, with the chart's ServiceAccount token.
 journey_install_chart() {
   local ns=$1 rel=$2; shift 2
   kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  helm upgrade --install "$rel" "$JOURNEY_REPO/charts/rcache-operator" -n "$ns" --wait --timeout 120s "$@"
+  helm upgrade --install "$rel" "$JOURNEY_REPO/charts/rcache-operator" -n "$ns" --wait --timeout 180s \
+    --set-string "nodeSelector.rcache\.io/node=$JOURNEY_NODE_VALUE" \
+    --set-json "tolerations=[$(journey_real_node_toleration)]" "$@"
 }
 
-# journey_sa_kubeconfig <namespace> <serviceaccount> <out file>: a kubeconfig whose only
-# credential is a token of the ServiceAccount (kubectl create token), so every call the
-# operator makes is checked against the chart's RBAC.
-journey_sa_kubeconfig() {
-  local ns=$1 sa=$2 out=$3 user token
-  kubectl config view --minify --raw --flatten >"$out" || return 1
-  user=$(kubectl --kubeconfig "$out" config view -o jsonpath='{.contexts[0].context.user}') || return 1
-  kubectl --kubeconfig "$out" config unset "users.$user" >/dev/null || return 1
-  token=$(kubectl -n "$ns" create token "$sa" --duration=2h) || return 1
-  kubectl --kubeconfig "$out" config set-credentials "$user" --token="$token" >/dev/null
+# journey_operator_pod <namespace> <release>: the Ready operator pod's name.
+journey_operator_pod() {
+  kubectl -n "$1" get pods -l "app.kubernetes.io/instance=$2" \
+    -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.name}{"\n"}{end}' | head -n1
 }
 
-# journey_start_operator <namespace> <release> <workdir>: runs target's rcache-operator as a host
-# process with a kubeconfig of the release Deployment's ServiceAccount; sets JOURNEY_OP_PID and JOURNEY_OP_PORT; waits for
-# /readyz. Log: <workdir>/operator.log
-journey_start_operator() {
-  local ns=$1 rel=$2 dir=$3 i
-  mkdir -p "$dir"
-  local sa
-  sa=$(kubectl -n "$ns" get deployments -l "app.kubernetes.io/instance=$rel" \
-    -o jsonpath='{.items[0].spec.template.spec.serviceAccountName}')
-  journey_sa_kubeconfig "$ns" "$sa" "$dir/sa.kubeconfig" || { jlog "no token for ServiceAccount $ns/$sa"; return 1; }
-  JOURNEY_OP_PORT=$((20000 + RANDOM % 20000))
-  KUBECONFIG=$dir/sa.kubeconfig POD_NAME=journey-operator-0 POD_NAMESPACE=$ns RCACHE_LEADER_ELECT=true \
-    RUST_LOG=${RUST_LOG:-info} "$JOURNEY_BIN/rcache-operator" --metrics-addr "127.0.0.1:$JOURNEY_OP_PORT" \
-    >>"$dir/operator.log" 2>&1 &
-  JOURNEY_OP_PID=$!
-  for i in $(seq 1 60); do
-    curl -fsS "http://127.0.0.1:$JOURNEY_OP_PORT/readyz" >/dev/null 2>&1 && return 0
-    kill -0 "$JOURNEY_OP_PID" 2>/dev/null || { jlog "operator exited: $(tail -n 20 "$dir/operator.log")"; return 1; }
-    sleep 1
+# journey_operator_logs <namespace> <release>: every operator pod's log (current and previous).
+journey_operator_logs() {
+  local p
+  for p in $(kubectl -n "$1" get pods -l "app.kubernetes.io/instance=$2" -o name); do
+    kubectl -n "$1" logs "$p" --previous 2>/dev/null || true
+    kubectl -n "$1" logs "$p" 2>/dev/null || true
   done
-  jlog "operator not ready after 60s"; return 1
 }
 
-journey_stop_operator() {
-  [ -n "${JOURNEY_OP_PID:-}" ] || return 0
-  kill "$JOURNEY_OP_PID" 2>/dev/null || true
-  wait "$JOURNEY_OP_PID" 2>/dev/null || true
-  JOURNEY_OP_PID=
+# journey_fabric_nad <namespace>: the stand-in fabric network (e2e/fixtures/fabric-nad.yaml,
+# named like the IPoIB sample's NAD) in the namespace.
+journey_fabric_nad() {
+  kubectl -n "$1" apply -f "$JOURNEY_E2E/fixtures/fabric-nad.yaml" >/dev/null
+}
+
+# journey_on_real_node_patch <ufs dir> <mem quota>: a merge patch that puts a CacheCluster's
+# workers and FUSE pods on the real node and its under-storage at <ufs dir> on that node.
+journey_on_real_node_patch() {
+  jq -nc --arg d "$1" --arg q "$2" --arg k "$JOURNEY_NODE_LABEL" --arg v "$JOURNEY_NODE_VALUE" \
+    '{spec: {ufs: {hostPath: $d},
+             worker: {nodeSelector: {($k): $v}, tiers: [{medium: "MEM", quota: $q}],
+                      resources: {requests: {cpu: "100m", memory: "256Mi"}, limits: {memory: "2Gi"}}},
+             fuse: {nodeSelector: {($k): $v}}}}
+    | .spec.worker.tolerations = [{key: $k, operator: "Equal", value: $v, effect: "NoSchedule"}]
+    | .spec.fuse.tolerations = .spec.worker.tolerations'
+}
+
+# journey_real_node_toleration: the toleration of the real node's taint, as JSON.
+journey_real_node_toleration() {
+  jq -nc --arg k "$JOURNEY_NODE_LABEL" --arg v "$JOURNEY_NODE_VALUE" \
+    '{key: $k, operator: "Equal", value: $v, effect: "NoSchedule"}'
 }
 
 # journey_make_dataset <dir>: a tree of files that exercises page boundaries: empty, small,
-# exactly one page (1 MiB), many pages and a bit, nested directories.
+# exactly one page (1 MiB), many pages and a bit, nested directories. World-readable: the worker
+# runs as the image's user (65532).
 journey_make_dataset() {
   local d=$1
   mkdir -p "$d/models/llama-tiny" "$d/datasets/shards/part-a" "$d/empty-dir"
@@ -85,6 +99,14 @@ journey_make_dataset() {
   local i
   for i in 0 1 2 3 4 5 6 7; do head -c $((4096 * (i + 1) + i)) /dev/urandom >"$d/datasets/shards/part-a/shard-$i.rec"; done
   head -c $((3 * 1048576)) /dev/urandom >"$d/datasets/shards/big.rec"
+  journey_world_readable "$d"
+}
+
+# journey_world_readable <dir>: <dir>, its files and every parent directory readable by others.
+journey_world_readable() {
+  chmod -R a+rX "$1"
+  local p=$1
+  while [ "$p" != / ] && [ -n "$p" ]; do chmod a+rx "$p"; p=$(dirname "$p"); done
 }
 
 # journey_worker_pods <namespace> <cacheclusters name>: worker pod names, ordinal order.
@@ -94,12 +116,10 @@ journey_worker_pods() {
 }
 
 # journey_rollout_done <namespace> <cluster> [timeout-seconds]: the operator has reconciled the
-# CacheCluster's latest generation and the worker StatefulSet has finished rolling out. A spec
-# change that alters the properties changes the pod template's config hash, so the worker pods
-# are replaced one by one; attaching the fabric (Multus' part) to a pod that is about to be
-# replaced would leave its successor without an address. Waiting for observedGeneration first
-# matters: right after the patch the StatefulSet still has its old template and reads as rolled
-# out. (The FUSE DaemonSet is `OnDelete`: a spec change never replaces a running FUSE pod.)
+# CacheCluster's latest generation and the worker StatefulSet has finished rolling out. Waiting
+# for observedGeneration first matters: right after a patch the StatefulSet still has its old
+# template and reads as rolled out. (The FUSE DaemonSet is `OnDelete`: a spec change never
+# replaces a running FUSE pod.)
 journey_rollout_done() {
   local ns=$1 rcc=$2 t=${3:-120} gens i
   for ((i = 0; i < t; i++)); do
@@ -112,15 +132,6 @@ journey_rollout_done() {
   kubectl -n "$ns" rollout status "statefulset/$rcc-worker" --timeout="${t}s" >/dev/null
 }
 
-# journey_attach <namespace> <pod> <nad namespace/name> <ifname> <ip>: the pod's fabric
-# interface (podsim netns) and the Multus network-status annotation; prints the netns name.
-journey_attach() {
-  local ns=$1 pod=$2 nad=$3 ifname=$4 ip=$5 netns
-  netns=$(podsim_netns "$ns-$pod" "$ifname" "$ip")
-  podsim_annotate_network_status "$ns" "$pod" "$nad" "$ifname" "$ip"
-  echo "$netns"
-}
-
 # journey_members_ready <namespace> <cluster> <count>: the membership the operator published
 # lists <count> ready members.
 journey_members_ready() {
@@ -131,23 +142,54 @@ journey_members_ready() {
   [ "$n" -ge "$3" ]
 }
 
-# journey_worker_up <namespace> <pod> <port>: the worker's /readyz answers inside its netns.
-journey_worker_up() {
-  ip netns exec "ps-$1-$2" curl -fsS "http://127.0.0.1:$3/readyz" >/dev/null 2>&1
+# journey_multus_ips <namespace> <cluster> <ifname>: the addresses Multus gave the worker pods'
+# <ifname> (from their network-status annotation), sorted, space-separated.
+journey_multus_ips() {
+  kubectl -n "$1" get pods -l "app.kubernetes.io/instance=$2,app.kubernetes.io/component=worker" -o json |
+    jq -r --arg i "$3" '[.items[].metadata.annotations["k8s.v1.cni.cncf.io/network-status"] // "[]"
+      | fromjson | .[] | select(.interface == $i) | .ips[0]] | sort | join(" ")'
 }
 
-# journey_fuse_pid <pod>: pid of the FUSE process (the exec'd entrypoint) of a simulated pod.
-journey_fuse_pid() { cat "$PODSIM_DIR/$1/fuse.pid"; }
-
-# journey_in_fuse <pod> <cmd...>: run a command in the FUSE pod's mount namespace, where the
-# cache is mounted at /mnt/rcache (an application pod on that node sees the same through the
-# hostPath).
-journey_in_fuse() {
-  local pod=$1; shift
-  nsenter --target "$(journey_fuse_pid "$pod")" --mount -- "$@"
+# journey_member_ips <namespace> <cluster>: the members' data addresses the operator published.
+journey_member_ips() {
+  kubectl -n "$1" get configmap "$2-membership" -o jsonpath='{.data.members\.json}' |
+    jq -r '[.members[].dataAddress] | sort | join(" ")'
 }
 
-# journey_fuse_mounted <pod>: /mnt/rcache in the FUSE pod's mount namespace is a FUSE mount.
-journey_fuse_mounted() {
-  journey_in_fuse "$1" grep -q ' /mnt/rcache fuse' /proc/self/mounts
+# journey_host_fuse_mounted <host path>: the host's mount table shows the cache's FUSE mount
+# there (Bidirectional propagation from the FUSE pod).
+journey_host_fuse_mounted() {
+  findmnt -n -o FSTYPE --mountpoint "$1" 2>/dev/null | grep -q '^fuse\.rcache'
+}
+
+# journey_app_pod <namespace> <name> <host mount path>: an application pod on the real node, a
+# plain pod from the same image as the reader, mounting the node's cache mount read-only with
+# HostToContainer propagation (so a FUSE restart's new mount reaches it).
+journey_app_pod() {
+  kubectl -n "$1" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $2, labels: {app: rcache-reader}}
+spec:
+  nodeSelector: {$JOURNEY_NODE_LABEL: $JOURNEY_NODE_VALUE}
+  tolerations: [$(journey_real_node_toleration)]
+  terminationGracePeriodSeconds: 1
+  securityContext: {runAsUser: 65532, runAsGroup: 65532, runAsNonRoot: true}
+  containers:
+    - name: reader
+      image: $JOURNEY_IMAGE
+      imagePullPolicy: IfNotPresent
+      command: [sleep, infinity]
+      securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+      volumeMounts: [{name: cache, mountPath: /data, readOnly: true, mountPropagation: HostToContainer}]
+  volumes:
+    - {name: cache, hostPath: {path: $3, type: Directory}}
+EOF
+  kubectl -n "$1" wait --for=condition=Ready --timeout=120s "pod/$2" >/dev/null
+}
+
+# journey_app_sha <namespace> <pod> <path>: sha256 of /data/<path> read in the application pod
+# with O_DIRECT (every byte comes through FUSE from the workers, not the node's page cache).
+journey_app_sha() {
+  kubectl -n "$1" exec "$2" -- sh -c "dd if=/data/$3 bs=1M iflag=direct status=none | sha256sum | cut -d' ' -f1"
 }

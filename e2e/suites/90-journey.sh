@@ -1,37 +1,52 @@
 #!/usr/bin/env bash
-# The whole user journey on the local control plane:
-#   helm install the chart → the operator runs as the chart's ServiceAccount → kubectl apply
-#   the samples → kubectl wait for Ready → children, fabric wiring, properties, membership and
-#   conditions are right → failure cases show their condition or admission message → the data
-#   path: worker and FUSE containers started the way their pods would (podsim: same entrypoint,
-#   the ConfigMaps the operator rendered, a veth `ib0` with the pod's fabric address) → every byte
-#   read through the FUSE mount equals the under-storage → scale, image roll, operator restart
-#   (no child rewritten), delete (every child gone).
+# The whole user journey on the local cluster, with its real node (e2e/node/node: kubelet,
+# containerd + runc, CNI bridge, Multus) next to the kwok nodes:
+#   the image is built → the real node joins → helm install the chart (the operator is a real pod
+#   with the chart's ServiceAccount token) → kubectl apply the samples → the IPoIB sample's worker
+#   and FUSE pods run on the real node, attached to the stand-in fabric by Multus → members are
+#   their ib0 addresses → an application pod reads through the cache, byte-identical to the
+#   under-storage, cold and hot, and while a worker pod is deleted → pods that cannot run say why
+#   in conditions → scale, image roll (kwok), operator restart (no child rewritten), delete.
 . "$(dirname "$0")/../lib.sh"
 # shellcheck source=e2e/journey.sh
 . "$E2E_DIR/journey.sh"
 
-[ "$(id -u)" = 0 ] || { fail "journey needs root (network namespaces, FUSE)"; e2e_finish; }
+[ "$(id -u)" = 0 ] || { fail "journey needs root (the real node: containerd, kubelet, FUSE)"; e2e_finish; }
 
-export PODSIM_DIR=$E2E_TMP/podsim
 crd=cacheclusters.rcache.io
 rel=rcache
 sys=$(e2e_ns_create rcache-system)
 app=$(e2e_ns_create journey)
+export JOURNEY_LOG_DIR=$E2E_TMP
+# Kept for the CI log when a check fails: the node's daemons' logs are under ~/.cache/rcache/node.
+e2e_on_exit "$E2E_DIR/node/node down"
 e2e_on_exit "kubectl delete crd $crd --ignore-not-found --wait=false"
 e2e_on_exit "helm uninstall $rel -n $sys --wait --timeout 60s"
 e2e_on_exit "kubectl -n $app get $crd -o name | xargs -r kubectl -n $app patch --type=merge -p '{\"metadata\":{\"finalizers\":null}}'"
-e2e_on_exit "podsim_cleanup"
-e2e_on_exit "journey_stop_operator"
 
-journey_build
+e2e_log "building the image and starting the real node"
+if ! journey_build; then fail "image builds (scripts/build-image.sh)" "$(tail -n 30 "$E2E_TMP/build-image.log")"; e2e_finish; fi
+pass "image $JOURNEY_IMAGE builds"
+if ! journey_node_up >"$E2E_TMP/node.log" 2>&1; then fail "real node joins" "$(tail -n 30 "$E2E_TMP/node.log")"; e2e_finish; fi
+eval "$("$E2E_DIR/node/node" env)"
+nodes=$(kubectl get nodes -o wide)
+echo "$nodes"
+real=$(kubectl get node "$RCACHE_NODE" -o json)
+assert_eq "real node Ready" True "$(jq -r '.status.conditions[] | select(.type=="Ready") | .status' <<<"$real")"
+assert_contains "real node runs containerd 2.x" "containerd://2." "$(jq -r .status.nodeInfo.containerRuntimeVersion <<<"$real")"
+assert_eq "real node runs kubelet v1.35.4" v1.35.4 "$(jq -r .status.nodeInfo.kubeletVersion <<<"$real")"
+check "kwok nodes stay next to it" bash -c "[ \$(kubectl get nodes -l type=kwok -o name | wc -l) -ge 3 ]"
+
+# --------------------------------------------------------------------------------------------
+e2e_log "helm install: the operator is a real pod"
 check "helm install the chart" journey_install_chart "$sys" "$rel"
 check "CRD Established" wait_for 60 crd_established "$crd"
-if ! journey_start_operator "$sys" "$rel" "$E2E_TMP"; then
-  fail "operator starts as the chart's ServiceAccount" "$(tail -n 30 "$E2E_TMP/operator.log")"
-  e2e_finish
-fi
-pass "operator starts as the chart's ServiceAccount"
+check "operator pod Running and Ready on the real node" wait_for 120 pods_ready "$sys" "app.kubernetes.io/instance=$rel" 1
+oppod=$(journey_operator_pod "$sys" "$rel")
+assert_eq "operator pod is on the real node" "$RCACHE_NODE" "$(kubectl -n "$sys" get pod "$oppod" -o jsonpath='{.spec.nodeName}')"
+assert_eq "operator pod runs as the chart's ServiceAccount" \
+  "$(kubectl -n "$sys" get deploy -l "app.kubernetes.io/instance=$rel" -o jsonpath='{.items[0].spec.template.spec.serviceAccountName}')" \
+  "$(kubectl -n "$sys" get pod "$oppod" -o jsonpath='{.spec.serviceAccountName}')"
 
 # --------------------------------------------------------------------------------------------
 e2e_log "every sample is accepted and reconciled"
@@ -42,87 +57,125 @@ for n in tcp ipoib rdma-roce rdma-ib; do
   kubectl -n "$app" get "$crd" "$n" >/dev/null 2>&1 || continue
   check "$n: worker StatefulSet created" wait_for 60 kubectl -n "$app" get statefulset "$n-worker"
 done
-
-# --------------------------------------------------------------------------------------------
-e2e_log "ipoib sample: fabric wiring, properties, conditions"
-dataset=$E2E_TMP/ufs
-journey_make_dataset "$dataset"
-kubectl -n "$app" patch "$crd" ipoib --type=merge \
-  -p "{\"spec\":{\"ufs\":{\"hostPath\":\"$dataset\"},\"worker\":{\"tiers\":[{\"medium\":\"MEM\",\"quota\":\"256Mi\"}]}}}" >/dev/null
-check "2 worker pods Ready (kwok)" wait_for 90 pods_ready "$app" "app.kubernetes.io/instance=ipoib,app.kubernetes.io/component=worker" 2
-check "worker rollout complete after the spec change" journey_rollout_done "$app" ipoib
-sts=$(kubectl -n "$app" get statefulset ipoib-worker -o json)
-assert_contains "worker pods carry the Multus annotation with the interface" '"interface":"ib0"' \
-  "$(jq -r '.spec.template.metadata.annotations["k8s.v1.cni.cncf.io/networks"]' <<<"$sts" | tr -d ' ')"
 rdma=$(kubectl -n "$app" get statefulset rdma-ib-worker -o json)
 assert_contains "rdma sample: worker container has IPC_LOCK" IPC_LOCK \
   "$(jq -c '.spec.template.spec.containers[0].securityContext.capabilities.add' <<<"$rdma")"
 assert_contains "rdma sample: device-plugin resource in limits" nvidia.com/mlnxnics \
   "$(jq -c '.spec.template.spec.containers[0].resources.limits' <<<"$rdma")"
+
+# --------------------------------------------------------------------------------------------
+e2e_log "ipoib sample on the real node: Multus attaches the stand-in fabric as ib0"
+dataset=$E2E_TMP/ufs
+journey_make_dataset "$dataset"
+head -c $((256 * 1048576)) /dev/urandom >"$dataset/models/weights.bin"
+journey_world_readable "$dataset"
+journey_fabric_nad "$app"
+kubectl -n "$app" patch "$crd" ipoib --type=merge -p "$(journey_on_real_node_patch "$dataset" 384Mi)" >/dev/null
+check "worker rollout complete after the spec change" journey_rollout_done "$app" ipoib 240
+check "2 worker pods Running and Ready (real kubelet probes)" wait_for 180 pods_ready "$app" "app.kubernetes.io/instance=ipoib,app.kubernetes.io/component=worker" 2
+check "FUSE pod Running and Ready" wait_for 120 pods_ready "$app" "app.kubernetes.io/instance=ipoib,app.kubernetes.io/component=fuse" 1
+check "kubectl wait --for=condition=Ready cachecluster/ipoib" \
+  kubectl -n "$app" wait --for=condition=Ready --timeout=120s "$crd/ipoib"
+check "membership lists 2 ready workers" wait_for 60 journey_members_ready "$app" ipoib 2
 props=$(kubectl -n "$app" get configmap ipoib-properties -o jsonpath='{.data.rcache\.properties}')
 assert_contains "properties bind the worker data path to ib0" "rcache.worker.data.bind.device=ib0" "$props"
 assert_contains "properties bind the client data path to ib0" "rcache.user.network.data.bind.device=ib0" "$props"
 assert_contains "properties keep RDMA off in ipoib mode" "rcache.network.rdma.data.enabled=false" "$props"
-
-# Multus' part: each worker pod gets ib0 with a fabric address (podsim), and the
-# network-status annotation Multus would write.
-mapfile -t workers < <(journey_worker_pods "$app" ipoib)
-i=0
-for p in "${workers[@]}"; do
-  journey_attach "$app" "$p" "$app/ipoib" ib0 "$PODSIM_NET.$((10 + i))" >/dev/null
-  i=$((i + 1))
-done
-check "kubectl wait --for=condition=Ready cachecluster/ipoib" \
-  kubectl -n "$app" wait --for=condition=Ready --timeout=120s "$crd/ipoib"
-check "membership lists 2 ready workers" wait_for 60 journey_members_ready "$app" ipoib 2
-members=$(kubectl -n "$app" get configmap ipoib-membership -o jsonpath='{.data.members\.json}')
-assert_eq "members' data addresses are their ib0 addresses" "$PODSIM_NET.10 $PODSIM_NET.11" \
-  "$(jq -r '[.members[].dataAddress] | sort | join(" ")' <<<"$members")"
+multus=$(journey_multus_ips "$app" ipoib ib0)
+assert_contains "Multus gave each worker an ib0 address on the fabric" "192.168.77." "$multus"
+members_are_multus_ips() {
+  local m w
+  m=$(journey_member_ips "$app" ipoib) w=$(journey_multus_ips "$app" ipoib ib0)
+  echo "members: $m; Multus: $w"
+  [ "$m" = "$w" ]
+}
+check "members' data addresses are their ib0 addresses from Multus" wait_for 60 members_are_multus_ips
 assert_eq "NetworkReady is True" True \
   "$(kubectl -n "$app" get "$crd" ipoib -o jsonpath='{.status.conditions[?(@.type=="NetworkReady")].status}')"
+check "the FUSE mount is in the host's mount table at /mnt/rcache" wait_for 60 journey_host_fuse_mounted /mnt/rcache
 
 # --------------------------------------------------------------------------------------------
-e2e_log "data path: workers and FUSE as their pods would run them"
-for p in "${workers[@]}"; do
-  podsim_start "$app" "$p" worker "ps-$app-$p" >/dev/null
-  podsim_keep_synced "$app" "$p"
-done
-for p in "${workers[@]}"; do
-  check "worker $p serves /readyz on its pod address" wait_for 60 journey_worker_up "$app" "$p" 30000
-done
-fusepod=$(kubectl -n "$app" get pods -l "app.kubernetes.io/instance=ipoib,app.kubernetes.io/component=fuse" \
-  -o jsonpath='{.items[0].metadata.name}')
-journey_attach "$app" "$fusepod" "$app/ipoib" ib0 "$PODSIM_NET.100" >/dev/null
-podsim_start "$app" "$fusepod" fuse "ps-$app-$fusepod" >/dev/null
-podsim_keep_synced "$app" "$fusepod"
-if check "FUSE pod $fusepod mounts /mnt/rcache" wait_for 60 journey_fuse_mounted "$fusepod"; then
-  check "every byte read through FUSE equals the under-storage (first read)" \
-    journey_in_fuse "$fusepod" diff -r "$dataset" /mnt/rcache
-  check "every byte equals again (hot, from the cache)" \
-    journey_in_fuse "$fusepod" diff -r "$dataset" /mnt/rcache
-  check "writes are refused (read-only)" bash -c "! nsenter --target $(journey_fuse_pid "$fusepod") --mount -- touch /mnt/rcache/new-file"
-else
-  fail "FUSE log" "$(tail -n 30 "$PODSIM_DIR/$fusepod/fuse.log")"
-fi
+e2e_log "an application pod reads through the cache"
+check "application pod (hostPath, HostToContainer) Running" journey_app_pod "$app" reader /mnt/rcache
+want=$(sha256sum "$dataset/models/weights.bin" | cut -d' ' -f1)
+assert_eq "256 MiB file: sha256 through the cache equals the under-storage (cold)" "$want" \
+  "$(journey_app_sha "$app" reader models/weights.bin 2>&1)"
+assert_eq "256 MiB file: sha256 equals again (hot, from the workers' memory tier)" "$want" \
+  "$(journey_app_sha "$app" reader models/weights.bin 2>&1)"
+tree_sums() { (cd "$1" && find . -type f | LC_ALL=C sort | xargs sha256sum); }
+assert_eq "every file of the tree is byte-identical through the cache" "$(tree_sums "$dataset")" \
+  "$(kubectl -n "$app" exec reader -- sh -c 'cd /data && find . -type f | LC_ALL=C sort | xargs sha256sum' 2>&1)"
+check "writes are refused (read-only)" bash -c "! touch /mnt/rcache/new-file"
 hits=0
-for p in "${workers[@]}"; do
-  h=$(ip netns exec "ps-$app-$p" curl -fsS "http://127.0.0.1:30000/metrics" 2>/dev/null |
-    awk '/^rcache_cache_hits_total/ {s += $2} END {print s + 0}')
+for ip in $(kubectl -n "$app" get pods -l app.kubernetes.io/instance=ipoib,app.kubernetes.io/component=worker -o jsonpath='{.items[*].status.podIP}'); do
+  h=$(curl -fsS "http://$ip:30000/metrics" 2>/dev/null | awk '/^rcache_cache_hits_total/ {s += $2} END {print s + 0}')
   hits=$((hits + ${h%.*}))
 done
-check "workers served cache hits" test "$hits" -gt 0
-podsim_stop "$fusepod"
-for p in "${workers[@]}"; do podsim_stop "$p"; done
+check "workers served cache hits (their /metrics on the pod network)" test "$hits" -gt 0
+
+e2e_log "a worker pod is deleted while the application reads in a loop"
+rounds=10
+kubectl -n "$app" exec reader -- sh -c "i=0; while [ \$i -lt $rounds ]; do dd if=/data/models/weights.bin bs=1M iflag=direct status=none | sha256sum | cut -d' ' -f1 || echo READ-FAILED; i=\$((i+1)); done" \
+  >"$E2E_TMP/loop.out" 2>&1 &
+loop=$!
+sleep 3
+kubectl -n "$app" delete pod ipoib-worker-0 --wait=false >/dev/null
+wait "$loop" || true
+assert_eq "$rounds reads during the deletion, every one byte-identical (zero failed reads)" \
+  "$(printf "$want\n%.0s" $(seq $rounds))" "$(cat "$E2E_TMP/loop.out")"
+check "the deleted worker is back: 2 ready members" wait_for 180 journey_members_ready "$app" ipoib 2
 
 # --------------------------------------------------------------------------------------------
-e2e_log "failure cases"
-# network_reason_is <cachecluster> <reason>: its NetworkReady condition carries <reason>.
-network_reason_is() {
+e2e_log "pods that cannot run say why (real termination messages)"
+# reason_is <cachecluster> <condition> <reason>
+reason_is() {
   local got
-  got=$(kubectl -n "$app" get "$crd" "$1" -o jsonpath='{.status.conditions[?(@.type=="NetworkReady")].reason}')
-  echo "NetworkReady reason: ${got:-none} (want $2)"
-  [ "$got" = "$2" ]
+  got=$(kubectl -n "$app" get "$crd" "$1" -o jsonpath="{.status.conditions[?(@.type==\"$2\")].reason}")
+  echo "$2 reason: ${got:-none} (want $3)"
+  [ "$got" = "$3" ]
 }
+message_of() { kubectl -n "$app" get "$crd" "$1" -o jsonpath="{.status.conditions[?(@.type==\"$2\")].message}"; }
+on_real=$(journey_on_real_node_patch "$dataset" 64Mi)
+# Memlock: rdma mode pins the buffer pool; this node's runtime gives containers 8 MiB
+# (RLIMIT_MEMLOCK, not raisable here) and a non-root worker has no effective IPC_LOCK.
+jq --argjson p "$on_real" -n '{apiVersion: "rcache.io/v1alpha1", kind: "CacheCluster", metadata: {name: "memlock"},
+  spec: ({ufs: {uri: "file:///data"}, worker: {replicas: 1, ports: {data: 31999, rdma: 31998, web: 31997}},
+          fuse: {enabled: false},
+          network: {mode: "rdma", hostNetwork: true, fallback: "tcp",
+                    rdma: {bufferPool: {initial: "64Mi", prewarm: "64Mi", max: "128Mi"}}}} * $p.spec | del(.fuse.nodeSelector, .fuse.tolerations))}' \
+  >"$E2E_TMP/memlock.json"
+check "memlock sample admitted" kubectl -n "$app" apply -f "$E2E_TMP/memlock.json"
+check "memlock below the pool: WorkersReady False, WorkerPodsFailing" wait_for 180 reason_is memlock WorkersReady WorkerPodsFailing
+assert_contains "the condition carries the worker's termination message naming the limit" "RLIMIT_MEMLOCK" "$(message_of memlock WorkersReady)"
+assert_contains "... and the fix" "unlimited" "$(message_of memlock WorkersReady)"
+assert_eq "memlock: Ready is False" False \
+  "$(kubectl -n "$app" get "$crd" memlock -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')"
+# A property the apiserver cannot check: the under-storage root does not exist on the node
+# (no ufs.hostPath, so /data is not in the container).
+jq --argjson p "$on_real" -n '{apiVersion: "rcache.io/v1alpha1", kind: "CacheCluster", metadata: {name: "no-ufs"},
+  spec: ({ufs: {uri: "file:///data"}, worker: {replicas: 1}, fuse: {enabled: false}, network: {mode: "tcp"}} * $p.spec
+         | del(.ufs.hostPath, .fuse.nodeSelector, .fuse.tolerations))}' >"$E2E_TMP/no-ufs.json"
+check "missing under-storage sample admitted" kubectl -n "$app" apply -f "$E2E_TMP/no-ufs.json"
+check "bad under-storage: WorkersReady False, WorkerPodsFailing" wait_for 180 reason_is no-ufs WorkersReady WorkerPodsFailing
+assert_contains "the condition names the key" "rcache.ufs.uri" "$(message_of no-ufs WorkersReady)"
+# Specs the worker refuses: refused at apply (admission, naming the field), or, where admission
+# cannot tell, Ready False with the worker's message; never Ready True.
+for bad in 'worker: {pageSize: "3000"}' 'network: {rdma: {operationTimeout: 0s}}'; do
+  name=bad-$(printf '%s' "$bad" | cksum | cut -c1-6)
+  spec=$(printf 'apiVersion: rcache.io/v1alpha1\nkind: CacheCluster\nmetadata: {name: %s}\nspec: {ufs: {uri: "file:///data"}, fuse: {enabled: false}, %s}\n' "$name" "$bad")
+  if out=$(kubectl -n "$app" apply -f - <<<"$spec" 2>&1); then
+    kubectl -n "$app" patch "$crd" "$name" --type=merge -p "$(journey_on_real_node_patch "$dataset" 64Mi | jq -c 'del(.spec.fuse)')" >/dev/null
+    check "'$bad' is admitted, then Ready False with the worker's message" wait_for 180 reason_is "$name" WorkersReady WorkerPodsFailing
+  else
+    assert_contains "'$bad' is refused at apply, naming the field" "spec." "$out"
+  fi
+done
+for n in memlock no-ufs; do kubectl -n "$app" delete "$crd" "$n" --wait=false >/dev/null 2>&1 || true; done
+kubectl -n "$app" get "$crd" -o name | grep '/bad-' | xargs -r kubectl -n "$app" delete --wait=false >/dev/null 2>&1 || true
+
+# --------------------------------------------------------------------------------------------
+e2e_log "API failure cases (kwok nodes)"
+network_reason_is() { reason_is "$1" NetworkReady "$2"; }
 cat >"$E2E_TMP/missing-nad.yaml" <<'EOF'
 apiVersion: rcache.io/v1alpha1
 kind: CacheCluster
@@ -157,7 +210,7 @@ EOF
 assert_contains "replicas 0 refused at apply, naming the field" "replicas" "$bad"
 
 # --------------------------------------------------------------------------------------------
-e2e_log "scale, image roll, operator restart, delete"
+e2e_log "scale, image roll (kwok), operator restart, delete"
 kubectl -n "$app" patch "$crd" tcp --type=merge -p '{"spec":{"worker":{"replicas":3}}}' >/dev/null
 check "scale up: 3 worker pods Ready" wait_for 90 pods_ready "$app" "app.kubernetes.io/instance=tcp,app.kubernetes.io/component=worker" 3
 check "scale up: status counts 3 ready workers" wait_for 60 bash -c \
@@ -177,16 +230,20 @@ children() {
 }
 sleep 5
 before=$(children)
-journey_stop_operator
-journey_start_operator "$sys" "$rel" "$E2E_TMP" || fail "operator restarts"
+kubectl -n "$sys" delete pod "$oppod" --wait=true --timeout=60s >/dev/null
+check "a new operator pod takes over" wait_for 120 bash -c \
+  "p=\$(kubectl -n $sys get pods -l app.kubernetes.io/instance=$rel -o name | grep -v $oppod); [ -n \"\$p\" ] && kubectl -n $sys wait --for=condition=Ready --timeout=5s \$p"
 sleep 15
 assert_eq "operator restart rewrites no child (resourceVersions unchanged)" "$before" "$(children)"
 
 uid=$(kubectl -n "$app" get "$crd" ipoib -o jsonpath='{.metadata.uid}')
+kubectl -n "$app" delete pod reader --wait=false >/dev/null 2>&1 || true
 kubectl -n "$app" delete "$crd" ipoib --wait=true --timeout=90s >/dev/null || true
 check "delete removes every child of ipoib" wait_for 60 bash -c \
   "[ -z \"\$(kubectl -n $app get configmaps,services,statefulsets,daemonsets,poddisruptionbudgets -l rcache.io/owner-uid=$uid -o name)\" ]"
-denials=$(grep -iE 'forbidden' "$E2E_TMP/operator.log" || true)
+host_unmounted() { ! journey_host_fuse_mounted /mnt/rcache; }
+check "the FUSE pod's preStop unmounted /mnt/rcache on the host" wait_for 120 host_unmounted
+denials=$(journey_operator_logs "$sys" "$rel" | grep -iE 'forbidden' || true)
 if [ -z "$denials" ]; then pass "no RBAC denial in the operator log"; else fail "no RBAC denial in the operator log" "${denials:0:1500}"; fi
 
 e2e_finish

@@ -78,15 +78,30 @@ pub fn resources(
     }
 }
 
-/// Capabilities a data-path container needs: IPC_LOCK with RDMA.
-pub fn security_context(plan: &ClusterPlan) -> Option<SecurityContext> {
-    (plan.transport == Transport::Ucx).then(|| SecurityContext {
+/// The image's unprivileged user (Dockerfile: `USER 65532:65532`); worker containers run as it.
+pub const IMAGE_USER: i64 = 65532;
+
+/// The worker container's security context: the image's non-root user, stated explicitly so the
+/// kubelet refuses to start it as root (`runAsNonRoot`), no privilege escalation, every
+/// capability dropped but `IPC_LOCK` with RDMA.
+///
+/// A non-root process gets no *effective* capabilities from `capabilities.add` (no ambient set),
+/// so IPC_LOCK does not lift RLIMIT_MEMLOCK here: the registered pool must fit the runtime's
+/// memlock limit, which GPU/IB nodes raise (containerd `LimitMEMLOCK=infinity`). The worker checks
+/// the limit at start and stops with a message naming the keys and the fix when it is too low.
+pub fn security_context(plan: &ClusterPlan) -> SecurityContext {
+    let add = (plan.transport == Transport::Ucx).then(|| vec!["IPC_LOCK".to_string()]);
+    SecurityContext {
+        run_as_user: Some(IMAGE_USER),
+        run_as_group: Some(IMAGE_USER),
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
-            add: Some(vec!["IPC_LOCK".to_string()]),
-            drop: None,
+            add,
+            drop: Some(vec!["ALL".to_string()]),
         }),
         ..SecurityContext::default()
-    })
+    }
 }
 
 /// Applies host networking to a pod spec.
@@ -113,7 +128,7 @@ pub fn pod_annotations(plan: &ClusterPlan, config_hash: &str) -> BTreeMap<String
 pub fn wire_container(plan: &ClusterPlan, c: &mut Container, user: Option<&ResourceRequirements>) {
     c.resources = resources(plan, user);
     if c.security_context.is_none() {
-        c.security_context = security_context(plan);
+        c.security_context = Some(security_context(plan));
     }
 }
 
@@ -157,7 +172,7 @@ mod tests {
     #[test]
     fn rdma_containers_get_ipc_lock_and_a_memlock_raising_entrypoint() {
         let plan = plan_of(RDMA);
-        let sc = security_context(&plan).unwrap();
+        let sc = security_context(&plan);
         assert_eq!(sc.capabilities.unwrap().add.unwrap(), vec!["IPC_LOCK"]);
         let cmd = entrypoint(&plan, "rcache-worker serve");
         assert!(cmd[2].starts_with("ulimit -l"), "{cmd:?}");
@@ -167,7 +182,9 @@ mod tests {
     #[test]
     fn tcp_containers_get_no_capabilities() {
         let plan = plan_of("ufs: {uri: 'file:///data'}");
-        assert!(security_context(&plan).is_none());
+        let caps = security_context(&plan).capabilities.unwrap();
+        assert_eq!(caps.add, None);
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
         assert!(resources(&plan, None).is_none());
         assert_eq!(entrypoint(&plan, "x")[2], "exec x");
     }

@@ -103,9 +103,14 @@ pub fn daemon_set(plan: &ClusterPlan, config_hash: &str) -> DaemonSet {
         ..Container::default()
     };
     fabric::wire_container(plan, &mut container, f.resources.as_ref());
-    // Mounting FUSE with Bidirectional propagation requires a privileged container.
+    // Mounting FUSE with Bidirectional propagation requires a privileged container, and
+    // mount(2) needs CAP_SYS_ADMIN in the effective set, which only root gets: the image's user is
+    // 65532, so the FUSE container says root explicitly.
     container.security_context = Some(SecurityContext {
         privileged: Some(true),
+        run_as_user: Some(0),
+        run_as_group: Some(0),
+        run_as_non_root: Some(false),
         ..SecurityContext::default()
     });
     let host = |name: &str, path: &str, type_: &str| Volume {
@@ -172,7 +177,9 @@ mod tests {
     fn fuse_is_privileged_with_dev_fuse_and_bidirectional_host_mount() {
         let p = pod("ufs: {uri: 'file:///data'}\nfuse: {hostMountPath: /mnt/data-cache}");
         let c = &p.containers[0];
-        assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.privileged, Some(true));
+        assert_eq!(sc.run_as_user, Some(0), "mount(2) needs root's effective caps");
         let vols = p.volumes.unwrap();
         let mount = vols.iter().find(|v| v.name == "mount").unwrap();
         assert_eq!(mount.host_path.as_ref().unwrap().path, "/mnt/data-cache");

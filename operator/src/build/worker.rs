@@ -4,10 +4,10 @@
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath, ObjectFieldSelector, PodSpec,
     PodTemplateSpec, Probe, ProjectedVolumeSource, SecretEnvSource, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    SecurityContext, ServiceSpec, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -196,6 +196,7 @@ pub fn stateful_set(plan: &ClusterPlan, config_hash: &str) -> StatefulSet {
     };
     fabric::wire_container(plan, &mut container, w.resources.as_ref());
     let mut pod = PodSpec {
+        init_containers: tier_owner_init(plan),
         containers: vec![container],
         volumes: Some(volumes),
         node_selector: (!w.node_selector.is_empty()).then(|| w.node_selector.clone()),
@@ -227,6 +228,39 @@ pub fn stateful_set(plan: &ClusterPlan, config_hash: &str) -> StatefulSet {
         }),
         status: None,
     }
+}
+
+/// A hostPath disk tier is created by the kubelet as root (mode 0755), and fsGroup does not apply
+/// to hostPath volumes: an init container (root, only CAP_CHOWN) gives the directory to the
+/// worker's user before the worker starts. Not needed for an emptyDir tier (world-writable).
+fn tier_owner_init(plan: &ClusterPlan) -> Option<Vec<Container>> {
+    let ssd = plan.ssd.as_ref()?;
+    ssd.host_path.as_ref()?;
+    let owner = format!("{}:{}", fabric::IMAGE_USER, fabric::IMAGE_USER);
+    Some(vec![Container {
+        name: "tier-owner".to_string(),
+        image: Some(plan.spec.worker.image.clone()),
+        image_pull_policy: Some(plan.spec.worker.image_pull_policy.as_str().to_string()),
+        command: Some(vec!["chown".to_string(), owner, ssd.path.clone()]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tier-ssd".to_string(),
+            mount_path: ssd.path.clone(),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["CHOWN".to_string()]),
+                drop: Some(vec!["ALL".to_string()]),
+            }),
+            ..SecurityContext::default()
+        }),
+        termination_message_policy: Some(TERMINATION_MESSAGE_POLICY.to_string()),
+        ..Container::default()
+    }])
 }
 
 /// Headless Service giving workers stable DNS names; not-ready workers are published too
@@ -379,7 +413,44 @@ mod tests {
                 .unwrap()
                 .contains_key("rdma/hca_shared_devices_a")
         );
-        assert!(c.security_context.is_some());
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().add.as_deref(),
+            Some(&["IPC_LOCK".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn worker_runs_as_the_image_user_without_privileges() {
+        let spec = pod("ufs: {uri: 'file:///data'}").spec.unwrap();
+        let sc = spec.containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.run_as_user, Some(65532));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(caps.add, None, "no capability without RDMA");
+        assert_eq!(sc.privileged, None);
+    }
+
+    #[test]
+    fn a_host_path_disk_tier_is_given_to_the_worker_user_by_an_init_container() {
+        let spec = pod(
+            "ufs: {uri: 'file:///data'}\nworker: {tiers: [{medium: MEM, quota: 1Gi}, {medium: SSD, path: /cache/ssd, hostPath: /var/lib/rcache/ssd, quota: 10Gi}]}",
+        )
+        .spec
+        .unwrap();
+        let init = spec.init_containers.expect("init container for the hostPath tier");
+        assert_eq!(init[0].command.as_ref().unwrap(), &["chown", "65532:65532", "/cache/ssd"]);
+        let sc = init[0].security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_user, Some(0));
+        assert_eq!(sc.capabilities.as_ref().unwrap().add.as_deref(), Some(&["CHOWN".to_string()][..]));
+        let no_host = pod(
+            "ufs: {uri: 'file:///data'}\nworker: {tiers: [{medium: MEM, quota: 1Gi}, {medium: SSD, path: /cache/ssd, quota: 10Gi}]}",
+        )
+        .spec
+        .unwrap();
+        assert_eq!(no_host.init_containers, None, "an emptyDir tier is writable as is");
     }
 
     #[test]
