@@ -11,8 +11,8 @@ all: build
 deps: ## install Debian packages (UCX, FUSE, fio, iperf3, clang for bindgen)
 	scripts/install-deps.sh
 
-tools: ## build kube-apiserver & co., etcd, kwok, helm from Go modules (cached by version)
-	e2e/tools/build.sh
+tools: ## build kube-apiserver & co., etcd, kwok, helm, and the real node's kubelet, containerd, CNI, Multus from Go modules (cached by version)
+	e2e/tools/build.sh etcd kubernetes kwok helm node
 
 build: deps
 	cargo build --workspace --all-targets

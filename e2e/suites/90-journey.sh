@@ -126,6 +126,28 @@ assert_eq "$rounds reads during the deletion, every one byte-identical (zero fai
 check "the deleted worker is back: 2 ready members" wait_for 180 journey_members_ready "$app" ipoib 2
 
 # --------------------------------------------------------------------------------------------
+e2e_log "rdma mode on the real node: the kubelet allocates the device-plugin resource"
+# The stand-in device plugin advertises rdma/hca_shared_devices_a through the kubelet's
+# device-plugin API (no RDMA hardware here: UCX runs over tcp). The pool fits this node's 8 MiB
+# RLIMIT_MEMLOCK, which a non-root worker cannot lift.
+assert_eq "the real node advertises rdma/hca_shared_devices_a (stand-in device plugin)" 10 \
+  "$(kubectl get node "$RCACHE_NODE" -o jsonpath='{.status.allocatable.rdma/hca_shared_devices_a}')"
+jq --argjson p "$(journey_on_real_node_patch "$dataset" 8Mi)" -n '{apiVersion: "rcache.io/v1alpha1", kind: "CacheCluster",
+  metadata: {name: "rdma-real"},
+  spec: ({ufs: {uri: "file:///data"}, worker: {replicas: 1}, fuse: {enabled: false},
+          network: {mode: "rdma", attachments: [{name: "ipoib", interface: "ib0"}],
+                    rdma: {resourceName: "rdma/hca_shared_devices_a", resourceCount: 1,
+                           bufferPool: {initial: "4Mi", prewarm: "4Mi", max: "8Mi"}}}} * $p.spec
+         | del(.fuse.nodeSelector, .fuse.tolerations))}' >"$E2E_TMP/rdma-real.json"
+check "rdma-mode CacheCluster admitted" kubectl -n "$app" apply -f "$E2E_TMP/rdma-real.json"
+check "rdma worker pod Running and Ready" wait_for 180 pods_ready "$app" "app.kubernetes.io/instance=rdma-real,app.kubernetes.io/component=worker" 1
+assert_contains "the kubelet allocated a stand-in RDMA device to the worker" standin- \
+  "$(kubectl -n "$app" exec rdma-real-worker-0 -- printenv RCACHE_STANDIN_RDMA_DEVICES 2>&1)"
+check "rdma-real Ready" kubectl -n "$app" wait --for=condition=Ready --timeout=120s "$crd/rdma-real"
+assert_contains "its member's data address is its ib0 address" "192.168.77." "$(journey_member_ips "$app" rdma-real)"
+kubectl -n "$app" delete "$crd" rdma-real --wait=false >/dev/null
+
+# --------------------------------------------------------------------------------------------
 e2e_log "pods that cannot run say why (real termination messages)"
 # reason_is <cachecluster> <condition> <reason>
 reason_is() {

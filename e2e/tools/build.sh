@@ -3,8 +3,8 @@
 #   $RCACHE_TOOLS/<tool>-<version>/bin/...
 # A second run finds the binaries and builds nothing. Prints progress while building, checks that
 # every binary reports the pinned version, and serialises concurrent builds of one tool (flock).
-# Usage: e2e/tools/build.sh [kubernetes|etcd|kwok|helm|kubelet|containerd|cni|multus|node ...]
-#        (default: the control plane tools; `node` = kubelet containerd cni multus)
+# Usage: e2e/tools/build.sh [kubernetes|etcd|kwok|helm|kubelet|containerd|cni|multus|deviceplugin|node ...]
+#        (default: the control plane tools; `node` = kubelet containerd cni multus deviceplugin)
 #        e2e/tools/build.sh --bin-path   prints the tool bin dirs joined by ':' (builds nothing)
 #        e2e/tools/build.sh --node-bin-path   the same for the real node's tools
 set -euo pipefail
@@ -12,6 +12,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=/dev/null
 . "$here/versions.env"
 RCACHE_TOOLS=${RCACHE_TOOLS:-$HOME/.cache/rcache/tools}
+# The stand-in device plugin is our own source (e2e/node/deviceplugin): cached by its content.
+DEVICEPLUGIN_VERSION=$(cat "$here/../node/deviceplugin/"{main.go,go.mod,go.sum} | sha256sum | cut -c1-12)
 export GOFLAGS=${GOFLAGS:--mod=mod}
 export CGO_ENABLED=0
 
@@ -25,6 +27,7 @@ bin_dir() { # bin_dir <tool>
     containerd) echo "$RCACHE_TOOLS/containerd-$CONTAINERD_VERSION/bin" ;;
     cni) echo "$RCACHE_TOOLS/cni-$CNI_PLUGINS_VERSION/bin" ;;
     multus) echo "$RCACHE_TOOLS/multus-$MULTUS_VERSION/bin" ;;
+    deviceplugin) echo "$RCACHE_TOOLS/deviceplugin-$DEVICEPLUGIN_VERSION/bin" ;;
   esac
 }
 if [ "${1:-}" = --bin-path ]; then
@@ -32,7 +35,7 @@ if [ "${1:-}" = --bin-path ]; then
   exit 0
 fi
 if [ "${1:-}" = --node-bin-path ]; then
-  echo "$(bin_dir kubelet):$(bin_dir containerd):$(bin_dir cni):$(bin_dir multus)"
+  echo "$(bin_dir kubelet):$(bin_dir containerd):$(bin_dir cni):$(bin_dir multus):$(bin_dir deviceplugin)"
   exit 0
 fi
 
@@ -77,6 +80,9 @@ verify() {
     multus)
       out=$(CNI_COMMAND=VERSION "$d/multus" </dev/null 2>&1) || true
       [[ $out == *cniVersion* ]] || { log "multus answers VERSION with '$out'"; return 1; } ;;
+    deviceplugin)
+      [ -x "$d/deviceplugin" ] || { log "deviceplugin binary missing"; return 1; }
+      mv "$d/deviceplugin" "$d/rcache-standin-device-plugin" ;;
     helm)
       out=$("$d/helm" version --short 2>&1) || true
       [[ $out == "$HELM_VERSION"* ]] || { log "helm reports '$out', want $HELM_VERSION"; return 1; } ;;
@@ -165,8 +171,10 @@ for t in "${want[@]}"; do
     multus)
       build_module multus "$MULTUS_VERSION" "$here/multus" "-s -w" \
         gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/multus ;;
-    node) "$0" kubelet containerd cni multus ;;
-    *) echo "unknown tool: $t (known: kubernetes etcd kwok helm; for the real node: kubelet containerd cni multus, or node for all four)" >&2; exit 2 ;;
+    deviceplugin)
+      build_module deviceplugin "$DEVICEPLUGIN_VERSION" "$here/../node/deviceplugin" "-s -w" . ;;
+    node) "$0" kubelet containerd cni multus deviceplugin ;;
+    *) echo "unknown tool: $t (known: kubernetes etcd kwok helm; for the real node: kubelet containerd cni multus deviceplugin, or node for all five)" >&2; exit 2 ;;
   esac
 done
 log "tools ready in $((SECONDS - total))s: $(bin_dir kubernetes) $(bin_dir etcd) $(bin_dir kwok) $(bin_dir helm)"
