@@ -214,7 +214,44 @@ async fn each_bad_spec_is_refused_at_apply_with_a_message_naming_the_field() {
         ),
         (
             json!({"ufs": {"uri": "ftp://host/data"}}),
-            "spec.ufs.uri must use a supported scheme",
+            "spec.ufs.uri must be file://",
+        ),
+        // Specs the worker refuses at start are refused at apply (issue 16).
+        (
+            json!({"ufs": {"uri": "file:///d"}, "worker": {"pageSize": "3000"}}),
+            "spec.worker.pageSize must be a power of two",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d"}, "network": {"rdma": {"operationTimeout": "0s"}}}),
+            "spec.network.rdma.operationTimeout must be a positive duration",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d"}, "network": {"rdma": {"device": "mlx5_0"}}}),
+            "spec.network.rdma.device must name an RDMA device and its port",
+        ),
+        (
+            json!({"ufs": {"uri": "hdfs://namenode:8020/data"}}),
+            "spec.ufs.uri must be file://",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d"}, "fuse": {"hostMountPath": "/etc"}}),
+            "spec.fuse.hostMountPath must not be /, a system directory",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d", "hostPath": "/var/lib/kubelet/pods"}}),
+            "spec.ufs.hostPath must not be /, a system directory",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d"}, "worker": {"tiers": [{"medium": "SSD", "path": "/cache", "hostPath": "/var", "quota": "1Gi"}]}}),
+            "spec.worker.tiers[]: an SSD tier needs a path",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d"}, "worker": {"ports": {"data": 29999, "rdma": 29999}}}),
+            "spec.worker.ports: data, rdma and web must be three different ports",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d"}, "worker": {"ports": {"web": 30001}}}),
+            "spec.worker.ports must not use 30001",
         ),
         (
             json!({"ufs": {"uri": "file:///d", "metadataSyncInterval": "10"}}),
@@ -246,7 +283,7 @@ async fn each_bad_spec_is_refused_at_apply_with_a_message_naming_the_field() {
         &client,
         &ns.0,
         "good",
-        json!({"ufs": {"uri": "s3://bucket/prefix"}}),
+        json!({"ufs": {"uri": "file:///data/set", "hostPath": "/srv/datasets"}, "worker": {"pageSize": "4Mi"}, "network": {"rdma": {"device": "mlx5_0:1", "operationTimeout": "500ms"}}}),
     )
     .await
     .expect("valid spec accepted");

@@ -522,7 +522,12 @@ async fn write_status(
 }
 
 fn quantity_positive(q: &Quantity) -> bool {
-    crate::quantity::parse_bytes(&q.0).is_ok_and(|v| v > 0)
+    // Positive: a number (no sign) with a non-zero digit before its suffix.
+    let number = q.0.trim();
+    let digits = number
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or(number, |end| &number[..end]);
+    digits.bytes().any(|b| (b'1'..=b'9').contains(&b))
 }
 
 /// Nodes advertising `resource` as allocatable (> 0).
