@@ -165,13 +165,15 @@ pub fn check_rdma_device(value: &str) -> Result<(), String> {
 /// The RE2 pattern equal to [`check_rdma_device`].
 pub const RDMA_DEVICE_PATTERN: &str = "^[A-Za-z0-9_.-]+:([1-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])(,[A-Za-z0-9_.-]+:([1-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5]))*$";
 
-/// The RE2 pattern of the quantities the CRD's size fields accept: digits, an optional fraction
-/// of up to 9 digits and an optional suffix. [`parse_quantity`] accepts the same text.
-pub const QUANTITY_PATTERN: &str = r"^[0-9]+(\.[0-9]{1,9})?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+/// The RE2 pattern of the quantities the CRD's size fields accept: digits and an optional
+/// suffix, no fraction. [`parse_quantity`] accepts the same text. (The apiserver's
+/// `quantity(x).isInteger()` is false for any quantity written with a fraction, `1.5Gi`
+/// included, so sizes are written whole: `1536Mi`.)
+pub const QUANTITY_PATTERN: &str = r"^[0-9]+(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
 
-/// Parses a Kubernetes quantity of bytes (`256Mi`, `8Gi`, `1G`, `4096`, `1.5Gi`) of the
-/// [`QUANTITY_PATTERN`] grammar. It must be a whole number of bytes no larger than `i64::MAX`
-/// (what the apiserver's `quantity(x).isInteger()` accepts): `0.5` or `1.0001Ki` are refused.
+/// Parses a Kubernetes quantity of bytes (`256Mi`, `8Gi`, `1G`, `4096`) of the
+/// [`QUANTITY_PATTERN`] grammar, no larger than `i64::MAX` (what the apiserver's
+/// `quantity(x).isInteger()` accepts): fractions (`1.5Gi`, `0.5`) are refused.
 pub fn parse_quantity(q: &str) -> Result<u64, String> {
     let not = || format!("{q:?} is not a quantity of bytes (expected e.g. 256Mi)");
     let split = q
@@ -198,29 +200,17 @@ pub fn parse_quantity(q: &str) -> Result<u64, String> {
             ));
         }
     };
-    let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(int_part)
-        || (num.contains('.') && !digits(frac_part))
-        || frac_part.len() > 9
-        || int_part.len() > 30
-    {
+    if num.contains('.') {
+        return Err(format!(
+            "{q:?} has a fraction; write a whole number with a smaller unit (1536Mi, not 1.5Gi)"
+        ));
+    }
+    if num.is_empty() || num.len() > 30 {
         return Err(not());
     }
-    let int: u128 = int_part.parse().map_err(|_| not())?;
-    let frac: u128 = if frac_part.is_empty() {
-        0
-    } else {
-        frac_part.parse().map_err(|_| not())?
-    };
-    let scale = 10u128.pow(frac_part.len() as u32);
-    let frac_bytes = frac * mult;
-    if !frac_bytes.is_multiple_of(scale) {
-        return Err(format!("{q:?} is not a whole number of bytes"));
-    }
+    let int: u128 = num.parse().map_err(|_| not())?;
     let total = int
         .checked_mul(mult)
-        .and_then(|v| v.checked_add(frac_bytes / scale))
         .filter(|&v| v <= i64::MAX as u128)
         .ok_or_else(|| format!("{q:?} is too large"))?;
     u64::try_from(total).map_err(|_| format!("{q:?} is too large"))
@@ -259,20 +249,20 @@ mod tests {
         assert_eq!(parse_quantity("8Gi"), Ok(8 << 30));
         assert_eq!(parse_quantity("1G"), Ok(1_000_000_000));
         assert_eq!(parse_quantity("4096"), Ok(4096));
-        assert_eq!(parse_quantity("1.5Gi"), Ok(3 << 29));
+        assert_eq!(parse_quantity("1536Mi"), Ok(3 << 29));
         assert_eq!(parse_quantity("0"), Ok(0));
-        assert_eq!(parse_quantity("0.5Ki"), Ok(512));
     }
 
     #[test]
-    fn quantities_that_are_not_whole_bytes_or_not_our_grammar_are_refused() {
+    fn fractions_and_quantities_outside_our_grammar_are_refused() {
         for q in [
-            "12XB", "Mi", "1.2.3", "0.5", "1.0001Ki", ".5Mi", "5.Mi", "1e3", "-1Mi", "+1Mi",
-            " 1Mi", "1m", "8Ei", "",
+            "12XB", "Mi", "1.2.3", "0.5", "1.5Gi", ".5Mi", "5.Mi", "1e3", "-1Mi", "+1Mi", " 1Mi",
+            "1m", "8Ei", "",
         ] {
             assert!(parse_quantity(q).is_err(), "{q}");
         }
         assert!(parse_quantity("12XB").unwrap_err().contains("12XB"));
+        assert!(parse_quantity("1.5Gi").unwrap_err().contains("1536Mi"));
     }
 
     #[test]

@@ -48,12 +48,12 @@ fn s(v: &str) -> Value {
     Value::String(v.to_string())
 }
 
-const PAGE_OK: &[&str] = &["1Mi", "4Ki", "16Mi", "4096", "0.5Mi"];
-const PAGE_BAD: &[&str] = &["32Mi", "3000", "2Ki", "1.5Mi", "1e3", "abc", "0"];
-const SIZE_OK: &[&str] = &["1Gi", "256Mi", "8Gi", "1.5Gi", "16Mi", "4096"];
-const SIZE_BAD: &[&str] = &["0.5", "1e3", "abc", "512Ki", "0", "8Ei", "-1Gi"];
+const PAGE_OK: &[&str] = &["1Mi", "4Ki", "16Mi", "4096", "512Ki"];
+const PAGE_BAD: &[&str] = &["32Mi", "3000", "2Ki", "0.5Mi", "1e3", "abc", "0"];
+const SIZE_OK: &[&str] = &["1Gi", "256Mi", "8Gi", "1536Mi", "16Mi", "4096"];
+const SIZE_BAD: &[&str] = &["0.5", "1e3", "abc", "512Ki", "0", "8Ei", "-1Gi", "1.5Gi"];
 /// Bad alone, or out of order (prewarm ≤ initial ≤ max) or below a page with the good ones.
-const POOL_BAD: &[&str] = &["0.5", "1e3", "4096", "0", "16Gi", "1Mi"];
+const POOL_BAD: &[&str] = &["0.5", "1e3", "4096", "0", "16Gi", "1Mi", "1.5Gi"];
 const PATH_OK: &[&str] = &[
     "/cache",
     "/data/c",
@@ -133,7 +133,7 @@ fn fuse() -> impl Strategy<Value = Value> {
     (
         field(&[true, false], &[]),
         field(PATH_OK, PATH_BAD),
-        field(&["0", "4Mi", "1.5Ki"], &["1.5", "x"]),
+        field(&["0", "4Mi", "1536"], &["1.5", "x", "1.5Ki"]),
         field(&[0i64, 8, 1024], &[2000, -1]),
         field(&[1i64, 10000], &[0]),
     )
@@ -207,7 +207,7 @@ fn network() -> impl Strategy<Value = Value> {
             field(&["30s", "500", "1m", "0500ms"], &["0s", "0", "10x", "1min"]),
             field(&["256Mi", "1Gi", "16Mi"], POOL_BAD),
             field(&["256Mi", "64Mi", "16Mi"], POOL_BAD),
-            field(&["8Gi", "1Gi", "1.5Gi"], POOL_BAD),
+            field(&["8Gi", "1Gi", "1536Mi"], POOL_BAD),
         ),
     )
         .prop_map(

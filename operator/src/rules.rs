@@ -45,7 +45,7 @@ fn clear_of_system_dirs(x: &str) -> String {
 /// A size field: a whole number of bytes such as 4Gi.
 pub fn size(field: &str, example: &str) -> Rule {
     Rule::new(whole_bytes("self")).message(Message::Message(format!(
-        "{field} must be a whole number of bytes written as a quantity such as {example} (digits, an optional fraction, an optional suffix Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P or E)"
+        "{field} must be a whole number of bytes written as a quantity such as {example}: digits and an optional suffix Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P or E, no fraction (1536Mi, not 1.5Gi)"
     )))
 }
 
@@ -103,7 +103,7 @@ pub fn ssd_tier_paths() -> Rule {
 /// `spec.worker`: a MEM tier of a non-zero quota and an SSD tier hold at least one page.
 pub fn tiers_hold_a_page() -> Rule {
     Rule::new(format!(
-        "!{page} || self.tiers.all(t, !{q} || (t.medium == 'MEM' && quantity(t.quota).sign() == 0) || quantity(t.quota).compareTo(quantity(self.pageSize)) >= 0)",
+        "!{page} || self.tiers.all(t, !{q} || (t.medium == 'MEM' && quantity(t.quota).asInteger() == 0) || quantity(t.quota).compareTo(quantity(self.pageSize)) >= 0)",
         page = whole_bytes("self.pageSize"),
         q = whole_bytes("t.quota"),
     ))
