@@ -289,6 +289,37 @@ async fn each_bad_spec_is_refused_at_apply_with_a_message_naming_the_field() {
     .expect("valid spec accepted");
 }
 
+/// A child the apiserver refuses (here the StatefulSet, for a node selector key that is not a
+/// label key; admission of the CacheCluster cannot see pod-template rules) turns Ready False with
+/// reason ApplyFailed and the API's message, instead of leaving the cluster without status.
+#[tokio::test]
+async fn a_child_the_apiserver_refuses_sets_apply_failed_with_its_message() {
+    let Some(client) = cluster_client("apply failed").await else {
+        return;
+    };
+    let ns = test_ns(&client, "op-applyfail").await;
+    let n = ns.0.as_str();
+    create_cc(
+        &client,
+        n,
+        "refused",
+        json!({"ufs": {"uri": "file:///data"}, "worker": {"nodeSelector": {"bad key!": "x"}}}),
+    )
+    .await
+    .expect("create");
+    let api: Api<CacheCluster> = Api::namespaced(client.clone(), n);
+    let s = wait_condition(&api, "refused", "Ready", "False", Some("ApplyFailed")).await;
+    let msg = &condition(&s, "Ready").expect("Ready").message;
+    assert!(
+        msg.contains("StatefulSet") && msg.contains("nodeSelector"),
+        "{msg}"
+    );
+    assert_eq!(
+        condition(&s, "Degraded").map(|c| (c.status.as_str(), c.reason.as_str())),
+        Some(("True", "ApplyFailed"))
+    );
+}
+
 #[tokio::test]
 async fn valid_spec_produces_its_children_and_turns_ready_when_kwok_readies_the_pods() {
     let Some(client) = cluster_client("valid spec").await else {

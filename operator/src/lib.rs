@@ -27,6 +27,15 @@ pub enum Error {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The API server refused a child the operator built from the spec (400/422: invalid or
+    /// malformed); reported as `ApplyFailed` with the API's message, retried with backoff.
+    #[error("the API server refused {child}: {message}")]
+    ApplyRefused {
+        /// `Kind namespace/name` of the child.
+        child: String,
+        /// The API server's message (it names the field).
+        message: String,
+    },
     /// A Kubernetes API call failed.
     #[error("{action}: {source}")]
     Kube {
@@ -46,6 +55,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::InvalidSpec { .. } => "invalid_spec",
+            Error::ApplyRefused { .. } => "apply_refused",
             Error::Kube { .. } => "kube_api",
             Error::Lease(_) => "lease",
         }
