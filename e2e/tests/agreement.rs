@@ -138,6 +138,10 @@ fn the_issue_examples_are_refused_naming_the_field() {
             "spec.ufs.uri",
         ),
         (
+            base(json!({"network": {"bindDevice": ""}})),
+            "spec.network.bindDevice",
+        ),
+        (
             base(json!({"fuse": {"hostMountPath": "/etc"}})),
             "spec.fuse.hostMountPath",
         ),
@@ -155,4 +159,20 @@ fn the_issue_examples_are_refused_naming_the_field() {
             "{spec}: the operator or worker runs it"
         );
     }
+    // A name its children cannot carry (the Service would start with a digit).
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "rcache.io/v1alpha1",
+        "kind": "CacheCluster",
+        "metadata": {"name": "1st", "namespace": "default"},
+        "spec": {"ufs": {"uri": "file:///data"}},
+    }))
+    .expect("object");
+    let pp = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let err = rt
+        .block_on(api.create(&pp, &obj))
+        .expect_err("name 1st admitted");
+    assert!(err.to_string().contains("metadata.name"), "{err}");
 }

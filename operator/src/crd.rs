@@ -25,6 +25,7 @@ pub const DEFAULT_IMAGE: &str = "rcache/rcache:0.1.0";
     shortname = "rcc",
     status = "CacheClusterStatus",
     derive = "PartialEq",
+    validation = rules::cluster_name(),
     doc = "CacheCluster is an RDMA-enabled cache: worker pods that cache pages of an under storage (UFS) and FUSE pods that mount the cache on nodes, wired to InfiniBand/RoCE secondary networks.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether workers, FUSE and network are all ready"}"#,
     printcolumn = r#"{"name":"Workers","type":"string","jsonPath":".status.workers","description":"Ready/desired cache workers"}"#,

@@ -178,6 +178,22 @@ pub fn ufs_uri_not_system_dir() -> Rule {
     )))
 }
 
+/// Longest CacheCluster name: its StatefulSet `<name>-worker` and DaemonSet `<name>-fuse` get
+/// a `controller-revision-hash` label `<workload>-<hash of up to 10 characters>` that must fit
+/// in 63 characters.
+pub const MAX_CLUSTER_NAME: usize = 45;
+
+/// The CacheCluster's name: a DNS-1035 label (its Service `<name>-worker` must be one) short
+/// enough for its children's names and labels.
+pub fn cluster_name() -> Rule {
+    Rule::new(format!(
+        "self.metadata.name.matches(r'^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= {MAX_CLUSTER_NAME}"
+    ))
+    .message(Message::Message(format!(
+        "metadata.name of a CacheCluster must start with a letter, hold only lower-case letters, digits and -, end with a letter or digit, and be at most {MAX_CLUSTER_NAME} characters (its Service and workloads are named after it)"
+    )))
+}
+
 /// The spec: the registered pool holds at least one page.
 pub fn pool_holds_a_page() -> Rule {
     Rule::new(format!(

@@ -142,6 +142,21 @@ pub fn plan(cc: &CacheCluster) -> Result<ClusterPlan, Error> {
         .namespace()
         .ok_or_else(|| invalid("metadata.namespace", "CacheCluster must be namespaced"))?;
     let uid = cc.uid().unwrap_or_default();
+    let name = cc.name_any();
+    let dns_label = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !dns_label || name.len() > crate::rules::MAX_CLUSTER_NAME {
+        return Err(invalid(
+            "metadata.name",
+            format!(
+                "must be a DNS-1035 label of at most {} characters (its Service and workloads are named after it)",
+                crate::rules::MAX_CLUSTER_NAME
+            ),
+        ));
+    }
     let spec = cc.spec.clone();
     let w = &spec.worker;
     if w.replicas < 1 {
@@ -422,6 +437,19 @@ mod tests {
     }
 
     #[test]
+    fn a_name_its_children_cannot_carry_is_refused() {
+        for name in ["1st", "Demo", "a-", &"a".repeat(46)] {
+            let mut cc = cluster("ufs: {uri: 'file:///data'}");
+            cc.metadata.name = Some(name.to_string());
+            let err = plan(&cc).unwrap_err();
+            assert!(err.to_string().contains("metadata.name"), "{name}: {err}");
+        }
+        let mut cc = cluster("ufs: {uri: 'file:///data'}");
+        cc.metadata.name = Some("a".repeat(45));
+        plan(&cc).expect("45 characters");
+    }
+
+    #[test]
     fn each_bad_spec_is_refused_with_its_field() {
         let cases = [
             ("worker: {replicas: 0}", "spec.worker.replicas"),
@@ -451,12 +479,62 @@ mod tests {
                 "spec.network.attachments",
             ),
         ];
-        for (extra, field) in cases {
+        let issue_16 = [
+            ("worker: {pageSize: '3000'}", "spec.worker.pageSize"),
+            ("worker: {pageSize: 1.5Mi}", "spec.worker.pageSize"),
+            (
+                "network: {rdma: {operationTimeout: 0s}}",
+                "spec.network.rdma.operationTimeout",
+            ),
+            (
+                "network: {rdma: {device: mlx5_0}}",
+                "spec.network.rdma.device",
+            ),
+            ("fuse: {hostMountPath: /etc}", "spec.fuse.hostMountPath"),
+            ("fuse: {hostMountPath: /var}", "spec.fuse.hostMountPath"),
+            (
+                "worker: {ports: {data: 29999, rdma: 29999}}",
+                "spec.worker.ports",
+            ),
+            ("worker: {ports: {web: 30001}}", "spec.worker.ports"),
+            ("network: {bindDevice: ''}", "spec.network.bindDevice"),
+            (
+                "worker: {tiers: [{medium: SSD, path: /data/cache, quota: 1Gi}]}",
+                "spec.worker.tiers[].path",
+            ),
+            (
+                "worker: {tiers: [{medium: SSD, path: /c, hostPath: /var/lib/kubelet, quota: 1Gi}]}",
+                "spec.worker.tiers[0].hostPath",
+            ),
+            (
+                "worker: {tiers: [{medium: SSD, path: /c, hostPath: /mnt/rcache/x, quota: 1Gi}]}",
+                "spec.fuse.hostMountPath",
+            ),
+            (
+                "worker: {tiers: [{medium: MEM, quota: 512Ki}], pageSize: 1Mi}",
+                "spec.worker.tiers[0].quota",
+            ),
+            (
+                "network: {rdma: {bufferPool: {initial: 1Mi, prewarm: 1Mi, max: 1Mi}}}\nworker: {pageSize: 4Mi}",
+                "spec.network.rdma.bufferPool.max",
+            ),
+        ];
+        for (extra, field) in cases.into_iter().chain(issue_16) {
             let err =
                 plan(&cluster(&format!("ufs: {{uri: 'file:///data'}}\n{extra}"))).unwrap_err();
             assert!(err.to_string().contains(field), "{extra}: {err}");
         }
-        let err = plan(&cluster("ufs: {uri: 'ftp://x'}")).unwrap_err();
-        assert!(err.to_string().contains("spec.ufs.uri"), "{err}");
+        for uri in [
+            "ftp://x",
+            "hdfs://nn:8020/d",
+            "s3://b/p",
+            "file:///etc",
+            "file://data",
+        ] {
+            let err = plan(&cluster(&format!("ufs: {{uri: '{uri}'}}"))).unwrap_err();
+            assert!(err.to_string().contains("spec.ufs.uri"), "{uri}: {err}");
+        }
+        let err = plan(&cluster("ufs: {uri: 'file:///data', hostPath: /proc/1}")).unwrap_err();
+        assert!(err.to_string().contains("spec.ufs.hostPath"), "{err}");
     }
 }
