@@ -179,7 +179,11 @@ mod tests {
         let c = &p.containers[0];
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.privileged, Some(true));
-        assert_eq!(sc.run_as_user, Some(0), "mount(2) needs root's effective caps");
+        assert_eq!(
+            sc.run_as_user,
+            Some(0),
+            "mount(2) needs root's effective caps"
+        );
         let vols = p.volumes.unwrap();
         let mount = vols.iter().find(|v| v.name == "mount").unwrap();
         assert_eq!(mount.host_path.as_ref().unwrap().path, "/mnt/data-cache");

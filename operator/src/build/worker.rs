@@ -4,10 +4,10 @@
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, ProjectedVolumeSource, SecretEnvSource, Service, ServicePort,
-    SecurityContext, ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SecretEnvSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -440,17 +440,28 @@ mod tests {
         )
         .spec
         .unwrap();
-        let init = spec.init_containers.expect("init container for the hostPath tier");
-        assert_eq!(init[0].command.as_ref().unwrap(), &["chown", "65532:65532", "/cache/ssd"]);
+        let init = spec
+            .init_containers
+            .expect("init container for the hostPath tier");
+        assert_eq!(
+            init[0].command.as_ref().unwrap(),
+            &["chown", "65532:65532", "/cache/ssd"]
+        );
         let sc = init[0].security_context.as_ref().unwrap();
         assert_eq!(sc.run_as_user, Some(0));
-        assert_eq!(sc.capabilities.as_ref().unwrap().add.as_deref(), Some(&["CHOWN".to_string()][..]));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().add.as_deref(),
+            Some(&["CHOWN".to_string()][..])
+        );
         let no_host = pod(
             "ufs: {uri: 'file:///data'}\nworker: {tiers: [{medium: MEM, quota: 1Gi}, {medium: SSD, path: /cache/ssd, quota: 10Gi}]}",
         )
         .spec
         .unwrap();
-        assert_eq!(no_host.init_containers, None, "an emptyDir tier is writable as is");
+        assert_eq!(
+            no_host.init_containers, None,
+            "an emptyDir tier is writable as is"
+        );
     }
 
     #[test]
