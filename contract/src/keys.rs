@@ -105,6 +105,9 @@ pub const FUSE_STATUS_CACHE_SIZE: &str = "rcache.fuse.open.read.status.cache.max
 pub const FUSE_MOUNT_POINT: &str = "rcache.fuse.mount.point";
 pub const FUSE_WEB_PORT: &str = "rcache.fuse.web.port";
 pub const METADATA_SYNC_INTERVAL: &str = "rcache.user.file.metadata.sync.interval";
+/// Whether `serve` answers the transport benchmark's `BenchRead`/`BenchWrite` (off in
+/// production: they read and write the registered pool for anyone who can connect).
+pub const BENCH_ENABLED: &str = "rcache.worker.bench.enabled";
 
 /// Every key of `docs/contracts.md`, with its default.
 pub const KEYS: &[KeySpec] = &[
@@ -143,6 +146,7 @@ pub const KEYS: &[KeySpec] = &[
     spec(FUSE_MOUNT_POINT, Kind::Text, Some("/mnt/rcache")),
     spec(FUSE_WEB_PORT, Kind::Port, Some("30001")),
     spec(METADATA_SYNC_INTERVAL, Kind::SyncInterval, Some("10s")),
+    spec(BENCH_ENABLED, Kind::Bool, Some("false")),
 ];
 
 /// Looks up a known key.

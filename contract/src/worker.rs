@@ -49,6 +49,8 @@ pub struct WorkerConfig {
     pub op_timeout: Duration,
     /// `rcache.user.file.metadata.sync.interval`.
     pub metadata_sync: SyncInterval,
+    /// `rcache.worker.bench.enabled`: answer the transport benchmark's requests.
+    pub bench_enabled: bool,
 }
 
 /// The ports of a worker and of the FUSE client beside it (host network) must differ: the
@@ -195,6 +197,7 @@ impl WorkerConfig {
             pool_max,
             op_timeout,
             metadata_sync: p.sync_interval(METADATA_SYNC_INTERVAL),
+            bench_enabled: p.flag(BENCH_ENABLED),
         })
     }
 }
@@ -218,6 +221,13 @@ mod tests {
         assert_eq!(w.data_port, DEFAULT_DATA_PORT);
         assert_eq!(w.rdma_port, DEFAULT_RDMA_PORT);
         assert_eq!(w.web_port, DEFAULT_WEB_PORT);
+    }
+
+    #[test]
+    fn benchmark_requests_are_off_unless_enabled() {
+        assert!(!accept(BASE, "t").expect("accepted").bench_enabled);
+        let on = accept(&format!("{BASE}rcache.worker.bench.enabled=true\n"), "t");
+        assert!(on.expect("accepted").bench_enabled);
     }
 
     #[test]
