@@ -416,6 +416,7 @@ fn parse_value(spec: &KeySpec, value: &str) -> Result<Value, String> {
 mod tests {
     use super::*;
     use crate::keys::*;
+    use crate::ufs::UfsConfig;
     use crate::values::*;
     use crate::worker::*;
     use std::path::PathBuf;
@@ -481,7 +482,7 @@ mod tests {
         assert_eq!(p.text(FALLBACK).as_deref(), Some("none"));
         assert!(!p.flag(RDMA_ENABLED));
         let w = WorkerConfig::from_properties(&p).expect("valid");
-        assert_eq!(w.ufs_root, PathBuf::from("/data"));
+        assert_eq!(w.ufs, UfsConfig::File(PathBuf::from("/data")));
         assert_eq!(w.ssd, None);
     }
 

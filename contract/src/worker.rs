@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::keys::*;
 use crate::paths::{SAFE_DIR_ACCEPTED, check_safe_dir, overlaps};
 use crate::properties::{ConfigError, Properties};
+use crate::ufs::UfsConfig;
 use crate::values::SyncInterval;
 
 /// The worker's verdict on properties text (no environment overrides): the configuration it
@@ -30,7 +31,8 @@ pub struct SsdTier {
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     pub cluster: String,
-    pub ufs_root: PathBuf,
+    /// `rcache.ufs.uri`.
+    pub ufs: UfsConfig,
     pub page_size: u64,
     pub block_size: u64,
     pub mem_quota: u64,
@@ -83,21 +85,7 @@ impl WorkerConfig {
             CLUSTER_NAME,
             "the CacheCluster name; the operator renders it",
         )?;
-        let uri = p.required(UFS_URI, "the under-storage root, e.g. file:///data")?;
-        let ufs_path = match uri.strip_prefix("file://") {
-            Some(path) if path.starts_with('/') => path.to_string(),
-            _ => {
-                return Err(p.bad(
-                    UFS_URI,
-                    "the worker serves only file:// under-storage with an absolute path",
-                    "file:///absolute/path (hostPath, NFS or PVC mount)",
-                ));
-            }
-        };
-        if let Err(reason) = check_safe_dir(&ufs_path) {
-            return Err(p.bad(UFS_URI, reason, format!("file:// and {SAFE_DIR_ACCEPTED}")));
-        }
-        let ufs_root = PathBuf::from(&ufs_path);
+        let ufs = UfsConfig::from_properties(p)?;
         let page_size = p.size(PAGE_SIZE);
         if !(MIN_PAGE..=MAX_PAGE).contains(&page_size) || !page_size.is_power_of_two() {
             return Err(p.bad(
@@ -128,10 +116,12 @@ impl WorkerConfig {
                 if let Err(reason) = check_safe_dir(&dir) {
                     return Err(p.bad(SSD_DIR, reason, SAFE_DIR_ACCEPTED));
                 }
-                if overlaps(&dir, &ufs_path) {
+                if let Some(root) = ufs.local_root()
+                    && overlaps(&dir, root)
+                {
                     return Err(p.bad(
                         SSD_DIR,
-                        format!("overlaps the under-storage root {ufs_path} ({UFS_URI})"),
+                        format!("overlaps the under-storage root {root} ({UFS_URI})"),
                         "a directory that neither is, holds nor lies inside the UFS root",
                     ));
                 }
@@ -179,7 +169,7 @@ impl WorkerConfig {
         }
         Ok(WorkerConfig {
             cluster,
-            ufs_root,
+            ufs,
             page_size,
             block_size,
             mem_quota,

@@ -6,5 +6,6 @@
 pub use rcache_contract::keys::*;
 pub use rcache_contract::paths;
 pub use rcache_contract::properties::*;
+pub use rcache_contract::ufs::*;
 pub use rcache_contract::values::*;
 pub use rcache_contract::worker::*;

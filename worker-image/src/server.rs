@@ -296,7 +296,8 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
             "rcache.worker.page.store.mem.quota exceeds {POOL_MAX}: pages beyond the pool live on the heap and are copied when sent"
         );
     }
-    let ufs = LocalUfs::new(&cfg.ufs_root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let crate::config::UfsConfig::File(root) = &cfg.ufs;
+    let ufs = LocalUfs::new(root).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (store, report) = PageStore::open(
         StoreConfig {
             page_size: cfg.page_size,
