@@ -25,8 +25,8 @@ fn put(obj: &mut Map<String, Value>, key: &str, value: Option<Value>) {
     }
 }
 
-/// Left out (the default) or one of `good` most of the time, one of `bad` once in 23: so about
-/// one spec in eight runs and each bad value still appears often.
+/// Left out (the default) or one of `good` most of the time, one of `bad` once in 31 (so that
+/// specs with several bad fields appear too).
 fn field<T: Clone + std::fmt::Debug + 'static>(
     good: &[T],
     bad: &[T],
@@ -38,8 +38,8 @@ fn field<T: Clone + std::fmt::Debug + 'static>(
         bad.to_vec()
     };
     prop_oneof![
-        8 => Just(None),
-        14 => select(good).prop_map(Some),
+        10 => Just(None),
+        20 => select(good).prop_map(Some),
         1 => select(bad).prop_map(Some),
     ]
 }
@@ -77,6 +77,19 @@ const RDMA_PORT_OK: &[i64] = &[59999, 4321];
 const WEB_PORT_OK: &[i64] = &[30000, 8080];
 /// Bad alone (30001, 0, 70000) or colliding with another field's good ports.
 const PORT_BAD: &[i64] = &[30001, 0, 70000, 29999, 59999, 30000];
+
+const URI_BAD: &[&str] = &[
+    "file:///etc",
+    "file:///data/../x",
+    "s3://b/p",
+    "hdfs://nn:8020/d",
+    "gs://b/p",
+    "file://data",
+    "file:///",
+    "file:///var",
+    "file:///da ta",
+    "file:///data/",
+];
 
 fn string(v: Option<&str>) -> Option<Value> {
     v.map(s)
@@ -167,16 +180,7 @@ fn ufs() -> impl Strategy<Value = Value> {
                 "file:///cache",
                 "file:///mnt/rcache",
             ],
-            &[
-                "file:///etc",
-                "file:///data/../x",
-                "s3://b/p",
-                "hdfs://nn:8020/d",
-                "gs://b/p",
-                "file://data",
-                "file:///",
-                "file:///var",
-            ],
+            URI_BAD,
         ),
         field(PATH_OK, PATH_BAD),
         field(
@@ -196,8 +200,9 @@ fn ufs() -> impl Strategy<Value = Value> {
 fn network() -> impl Strategy<Value = Value> {
     (
         (
-            field(&["tcp", "ipoib", "rdma"], &[]),
-            field(&[true, false], &[]),
+            // rdma and ipoib with what they need; bare (refused) by a mutation.
+            field(&["tcp", "tcp", "ipoib", "rdma"], &[]),
+            field(&[false], &[true]),
             field(
                 &["ib0", "net1", "eth0.100"],
                 &["bad name", "ib0-too-long-name", ""],
@@ -225,6 +230,14 @@ fn network() -> impl Strategy<Value = Value> {
             )| {
                 let mut n = Map::new();
                 put(&mut n, "mode", string(mode));
+                let resource = match mode {
+                    Some("rdma") => resource.or(Some("rdma/hca_shared_devices_a")),
+                    _ => resource,
+                };
+                let iface = match mode {
+                    Some("ipoib") => iface.or(Some("ib0")),
+                    _ => iface,
+                };
                 put(&mut n, "fallback", string(fallback));
                 put(&mut n, "hostNetwork", host.map(Value::from));
                 put(
@@ -251,10 +264,133 @@ fn network() -> impl Strategy<Value = Value> {
         )
 }
 
-/// A spec as a user would write it.
+/// Sets the value at JSON `pointer` (`/worker/ports/web`), creating missing objects; an array
+/// index past the end leaves `spec` as it is.
+fn set(spec: &mut Value, pointer: &str, value: Value) {
+    let mut cur = spec;
+    let parts: Vec<&str> = pointer.split('/').skip(1).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        cur = match cur {
+            Value::Array(items) => {
+                match part.parse::<usize>().ok().and_then(|n| items.get_mut(n)) {
+                    Some(item) => item,
+                    None => return,
+                }
+            }
+            Value::Object(map) if last => {
+                map.insert((*part).to_string(), value);
+                return;
+            }
+            Value::Object(map) => map.entry(*part).or_insert_with(|| json!({})),
+            _ => return,
+        };
+        if last {
+            *cur = value;
+            return;
+        }
+    }
+}
+
+/// One bad value per entry, each put into an otherwise drawn spec on its own, so every value the
+/// contract refuses is tried in isolation many times per run.
+fn mutations() -> Vec<(String, Value)> {
+    let mut m: Vec<(String, Value)> = Vec::new();
+    let mut add = |pointer: &str, values: Vec<Value>| {
+        for v in values {
+            m.push((pointer.to_string(), v));
+        }
+    };
+    let strs = |v: &[&str]| v.iter().map(|x| s(x)).collect::<Vec<_>>();
+    let ints = |v: &[i64]| v.iter().map(|&x| Value::from(x)).collect::<Vec<_>>();
+    add("/worker/pageSize", strs(PAGE_BAD));
+    add("/worker/replicas", ints(&[0, -1]));
+    add("/worker/image", strs(&[""]));
+    for port in ["data", "rdma", "web"] {
+        add(&format!("/worker/ports/{port}"), ints(PORT_BAD));
+    }
+    add(
+        "/worker/tiers",
+        vec![
+            json!([{"medium": "MEM", "quota": "512Ki"}]),
+            json!([{"medium": "MEM", "quota": "1.5Gi"}]),
+            json!([{"medium": "MEM", "quota": "1Gi"}, {"medium": "MEM", "quota": "2Gi"}]),
+            json!([{"medium": "SSD", "quota": "1Gi"}]),
+            json!([{"medium": "SSD", "path": "/etc/x", "quota": "1Gi"}]),
+            json!([{"medium": "SSD", "path": "/data/c", "quota": "1Gi"}]),
+            json!([{"medium": "SSD", "path": "/c", "hostPath": "/var", "quota": "1Gi"}]),
+            json!([{"medium": "SSD", "path": "/c", "hostPath": "/mnt/rcache/x", "quota": "1Gi"}]),
+            json!([{"medium": "SSD", "path": "/c", "quota": "64Ki"}]),
+        ],
+    );
+    add("/worker/tiers/0/quota", strs(SIZE_BAD));
+    add("/worker/tiers/0/path", strs(PATH_BAD));
+    add("/worker/tiers/0/hostPath", strs(PATH_BAD));
+    add("/fuse/hostMountPath", strs(PATH_BAD));
+    add(
+        "/fuse/smallFilePrefetchThreshold",
+        strs(&["1.5", "x", "1.5Ki", "-1"]),
+    );
+    add("/fuse/prefetchParts", ints(&[2000, -1]));
+    add("/fuse/openStatusCache/maxSize", ints(&[0]));
+    add("/fuse/image", strs(&[""]));
+    add("/ufs/uri", strs(URI_BAD));
+    add("/ufs/hostPath", strs(PATH_BAD));
+    add("/ufs/hostPath", strs(&["/mnt/rcache"]));
+    add(
+        "/ufs/metadataSyncInterval",
+        strs(&["-2", "10", "9999999999s", "1min", "1.5s"]),
+    );
+    add(
+        "/network/attachments",
+        vec![
+            json!([{"name": "net", "interface": "bad name"}]),
+            json!([{"name": "net", "interface": "ib0-too-long-name"}]),
+        ],
+    );
+    add(
+        "/network/bindDevice",
+        strs(&["", "ib 0", "-x", "ib0\nrcache.ufs.uri=file:///etc"]),
+    );
+    add(
+        "/network/rdma/device",
+        strs(&["mlx5_0", "mlx5_0:0", "mlx5_0:256", "mlx5_0:01", "mlx5_0:1,"]),
+    );
+    add(
+        "/network/rdma/operationTimeout",
+        strs(&["0s", "0", "10x", "1min", "0000ms", "1234567890s"]),
+    );
+    for f in ["initial", "prewarm", "max"] {
+        add(&format!("/network/rdma/bufferPool/{f}"), strs(POOL_BAD));
+    }
+    add("/network/rdma/resourceCount", ints(&[0]));
+    add("/network/hostNetwork", vec![Value::Bool(true)]);
+    add("/network/mode", strs(&["rdma", "ipoib"]));
+    m
+}
+
+/// A spec as a user would write it: fields left out or drawn from accepted values (now and
+/// then a refused one), then, two times in three, one entry of [`mutations`] put in.
 pub fn spec() -> impl Strategy<Value = Value> {
-    (worker(), fuse(), ufs(), network())
+    // Boxed parts keep the strategy's value trees small enough for a test thread's stack.
+    let base = (
+        worker().boxed(),
+        fuse().boxed(),
+        ufs().boxed(),
+        network().boxed(),
+    )
         .prop_map(|(w, f, u, n)| json!({"worker": w, "fuse": f, "ufs": u, "network": n}))
+        .boxed();
+    let mutation = prop_oneof![
+        1 => Just(None),
+        2 => select(mutations()).prop_map(Some),
+    ];
+    (base, mutation).prop_map(|(mut spec, mutation)| {
+        if let Some((pointer, value)) = mutation {
+            set(&mut spec, &pointer, value);
+        }
+        spec
+    })
 }
 
 /// What the operator and the worker make of `spec` once admitted: `Ok(())` when the operator

@@ -16,7 +16,7 @@ use rcache_operator::crd::CacheCluster;
 use serde_json::{Value, json};
 
 /// Generated specs sent to the apiserver.
-const CASES: u32 = 400;
+const CASES: u32 = 1000;
 
 fn cluster_enabled() -> bool {
     if std::env::var("RCACHE_E2E").as_deref() == Ok("1") {
