@@ -48,6 +48,7 @@ if [[ "$TRANSPORT" == ucx ]]; then
 fi
 cat > "$work/rcache.properties" <<EOF
 rcache.cluster.name=bench
+rcache.worker.bench.enabled=true
 rcache.ufs.uri=file://$work/ufs
 rcache.worker.data.bind.host=127.0.0.1
 rcache.worker.data.port=0

@@ -3,7 +3,8 @@
 # local process against the cluster (leader election on a Lease in a throwaway namespace), then
 #  1. runs the Rust cluster tests (e2e/tests/operator.rs: bad specs refused with their messages,
 #     children, Ready via kwok, NetworkAttachmentNotFound, ResourceNotAllocatable, scaling,
-#     deletion) with RCACHE_E2E=1;
+#     deletion; e2e/tests/agreement.rs: the apiserver admits exactly the generated specs the
+#     operator plans and the worker accepts) with RCACHE_E2E=1;
 #  2. checks `kubectl explain` and the `kubectl get rcc` columns;
 #  3. restarts the operator and proves no child's resourceVersion changed;
 #  4. checks /healthz, /readyz, /metrics and a graceful SIGTERM (Lease released, exit 0);
@@ -17,7 +18,7 @@ op_bin=$target/debug/rcache-operator
 
 e2e_log "building rcache-operator"
 (cd "$repo" && cargo build -q -p rcache-operator --bins)
-(cd "$repo" && cargo test -q -p rcache-e2e --test operator --no-run 2>/dev/null) || true
+(cd "$repo" && cargo test -q -p rcache-e2e --test operator --test agreement --no-run 2>/dev/null) || true
 
 kubectl apply -f "$repo/crds/cacheclusters.rcache.io.yaml" >/dev/null
 # The CRD is cluster-scoped: this suite owns it while it runs and removes it at the end, so a
@@ -65,6 +66,12 @@ if (cd "$repo" && RCACHE_E2E=1 cargo test -q -p rcache-e2e --test operator) >"$E
   pass "operator cluster tests ($(grep -Eo '[0-9]+ passed' "$E2E_TMP/cargo-test.log" | tail -1))"
 else
   fail "operator cluster tests" "$(tail -n 60 "$E2E_TMP/cargo-test.log")" "operator log tail:" "$(tail -n 20 "$op_log")"
+fi
+e2e_log "cargo test -p rcache-e2e --test agreement (RCACHE_E2E=1)"
+if (cd "$repo" && RCACHE_E2E=1 cargo test -q -p rcache-e2e --test agreement -- --nocapture) >"$E2E_TMP/agreement.log" 2>&1; then
+  pass "admission agrees with the operator and the worker ($(grep -Eo 'agreement: .*' "$E2E_TMP/agreement.log" | tail -1))"
+else
+  fail "admission agrees with the operator and the worker" "$(tail -n 40 "$E2E_TMP/agreement.log")"
 fi
 
 # 2. kubectl views.

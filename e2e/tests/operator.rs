@@ -214,7 +214,44 @@ async fn each_bad_spec_is_refused_at_apply_with_a_message_naming_the_field() {
         ),
         (
             json!({"ufs": {"uri": "ftp://host/data"}}),
-            "spec.ufs.uri must use a supported scheme",
+            "spec.ufs.uri must be file://",
+        ),
+        // Specs the worker refuses at start are refused at apply (issue 16).
+        (
+            json!({"ufs": {"uri": "file:///d"}, "worker": {"pageSize": "3000"}}),
+            "spec.worker.pageSize must be a power of two",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d"}, "network": {"rdma": {"operationTimeout": "0s"}}}),
+            "spec.network.rdma.operationTimeout must be a positive duration",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d"}, "network": {"rdma": {"device": "mlx5_0"}}}),
+            "spec.network.rdma.device must name an RDMA device and its port",
+        ),
+        (
+            json!({"ufs": {"uri": "hdfs://namenode:8020/data"}}),
+            "spec.ufs.uri must be file://",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d"}, "fuse": {"hostMountPath": "/etc"}}),
+            "spec.fuse.hostMountPath must not be /, a system directory",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d", "hostPath": "/var/lib/kubelet/pods"}}),
+            "spec.ufs.hostPath must not be /, a system directory",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d"}, "worker": {"tiers": [{"medium": "SSD", "path": "/cache", "hostPath": "/var", "quota": "1Gi"}]}}),
+            "spec.worker.tiers[]: an SSD tier needs a path",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d"}, "worker": {"ports": {"data": 29999, "rdma": 29999}}}),
+            "spec.worker.ports: data, rdma and web must be three different ports",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d"}, "worker": {"ports": {"web": 30001}}}),
+            "spec.worker.ports must not use 30001",
         ),
         (
             json!({"ufs": {"uri": "file:///d", "metadataSyncInterval": "10"}}),
@@ -246,10 +283,41 @@ async fn each_bad_spec_is_refused_at_apply_with_a_message_naming_the_field() {
         &client,
         &ns.0,
         "good",
-        json!({"ufs": {"uri": "s3://bucket/prefix"}}),
+        json!({"ufs": {"uri": "file:///data/set", "hostPath": "/srv/datasets"}, "worker": {"pageSize": "4Mi"}, "network": {"rdma": {"device": "mlx5_0:1", "operationTimeout": "500ms"}}}),
     )
     .await
     .expect("valid spec accepted");
+}
+
+/// A child the apiserver refuses (here the StatefulSet, for a node selector key that is not a
+/// label key; admission of the CacheCluster cannot see pod-template rules) turns Ready False with
+/// reason ApplyFailed and the API's message, instead of leaving the cluster without status.
+#[tokio::test]
+async fn a_child_the_apiserver_refuses_sets_apply_failed_with_its_message() {
+    let Some(client) = cluster_client("apply failed").await else {
+        return;
+    };
+    let ns = test_ns(&client, "op-applyfail").await;
+    let n = ns.0.as_str();
+    create_cc(
+        &client,
+        n,
+        "refused",
+        json!({"ufs": {"uri": "file:///data"}, "worker": {"nodeSelector": {"bad key!": "x"}}}),
+    )
+    .await
+    .expect("create");
+    let api: Api<CacheCluster> = Api::namespaced(client.clone(), n);
+    let s = wait_condition(&api, "refused", "Ready", "False", Some("ApplyFailed")).await;
+    let msg = &condition(&s, "Ready").expect("Ready").message;
+    assert!(
+        msg.contains("StatefulSet") && msg.contains("nodeSelector"),
+        "{msg}"
+    );
+    assert_eq!(
+        condition(&s, "Degraded").map(|c| (c.status.as_str(), c.reason.as_str())),
+        Some(("True", "ApplyFailed"))
+    );
 }
 
 #[tokio::test]

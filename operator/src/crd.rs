@@ -9,6 +9,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::rules;
+
 /// Default worker and FUSE image.
 pub const DEFAULT_IMAGE: &str = "rcache/rcache:0.1.0";
 
@@ -23,6 +25,7 @@ pub const DEFAULT_IMAGE: &str = "rcache/rcache:0.1.0";
     shortname = "rcc",
     status = "CacheClusterStatus",
     derive = "PartialEq",
+    validation = rules::cluster_name(),
     doc = "CacheCluster is an RDMA-enabled cache: worker pods that cache pages of an under storage (UFS) and FUSE pods that mount the cache on nodes, wired to InfiniBand/RoCE secondary networks.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether workers, FUSE and network are all ready"}"#,
     printcolumn = r#"{"name":"Workers","type":"string","jsonPath":".status.workers","description":"Ready/desired cache workers"}"#,
@@ -31,6 +34,11 @@ pub const DEFAULT_IMAGE: &str = "rcache/rcache:0.1.0";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = rules::pool_holds_a_page(),
+    validation = rules::ssd_clear_of_ufs(),
+    validation = rules::host_paths_apart()
+)]
 pub struct CacheClusterSpec {
     /// Cache workers: a StatefulSet of pods that hold cached pages in memory and on local disk
     /// and serve them to clients.
@@ -51,6 +59,7 @@ pub struct CacheClusterSpec {
 /// Cache worker settings.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::tiers_hold_a_page())]
 pub struct WorkerSpec {
     /// Number of worker pods (at least 1). Members are identified by pod name, so scaling keeps
     /// the identities of the remaining workers.
@@ -59,6 +68,7 @@ pub struct WorkerSpec {
     pub replicas: i32,
     /// Container image holding the `rcache-worker` binary.
     #[serde(default = "default_image")]
+    #[schemars(length(min = 1))]
     pub image: String,
     /// Image pull policy: Always, IfNotPresent or Never.
     #[serde(default)]
@@ -82,19 +92,21 @@ pub struct WorkerSpec {
     #[schemars(length(max = 4))]
     #[x_kube(validation = Rule::new("self.all(t, self.exists_one(u, u.medium == t.medium))").message("spec.worker.tiers: each medium (MEM, SSD) may appear at most once"))]
     pub tiers: Vec<TierSpec>,
-    /// Cache page size as a Kubernetes quantity (e.g. 1Mi). Rendered as rcache.worker.page.size.
+    /// Cache page size as a Kubernetes quantity: a power of two from 4Ki to 16Mi (e.g. 1Mi).
+    /// Rendered as rcache.worker.page.size.
     #[serde(default = "default_page_size")]
     #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("spec.worker.pageSize must be a positive quantity such as 1Mi"))]
+    #[x_kube(validation = rules::page_size())]
     pub page_size: String,
     /// Ports the worker listens on.
     #[serde(default)]
     pub ports: WorkerPorts,
 }
 
-/// Worker ports.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// Worker ports: three different ports, none of them 30001 (the FUSE client's web port).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::ports_differ(), validation = rules::ports_not_fuse_web())]
 pub struct WorkerPorts {
     /// TCP data port (rcache.worker.data.port).
     #[serde(default = "default_data_port")]
@@ -113,22 +125,26 @@ pub struct WorkerPorts {
 /// One cache tier.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.medium != 'SSD' || (has(self.path) && self.path.startsWith('/'))").message("spec.worker.tiers[].path: an SSD tier needs an absolute path (the directory inside the worker)"))]
+#[x_kube(validation = rules::ssd_tier_paths())]
 pub struct TierSpec {
     /// Storage medium: MEM (registered memory) or SSD (a directory).
     pub medium: Medium,
-    /// Directory inside the worker container holding the tier's pages (SSD only).
+    /// Directory inside the worker container holding the tier's pages (SSD only): an absolute
+    /// path outside the system directories (/etc, /proc, /var/lib/kubelet, ...) and apart from
+    /// the under-storage path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub path: Option<String>,
-    /// Host directory backing an SSD tier. When unset, the SSD tier uses an emptyDir volume
-    /// limited to the quota.
+    /// Host directory backing an SSD tier (an absolute path outside the system directories, apart
+    /// from spec.ufs.hostPath and spec.fuse.hostMountPath). When unset, the SSD tier uses an
+    /// emptyDir volume limited to the quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub host_path: Option<String>,
-    /// Capacity of the tier as a Kubernetes quantity (e.g. 4Gi).
+    /// Capacity of the tier as a Kubernetes quantity (e.g. 4Gi), at least one page; a MEM tier
+    /// of 0 is off.
     #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.worker.tiers[].quota must be a quantity such as 4Gi"))]
+    #[x_kube(validation = rules::size("spec.worker.tiers[].quota", "4Gi"))]
     pub quota: String,
 }
 
@@ -177,12 +193,18 @@ pub struct FuseSpec {
     pub enabled: bool,
     /// Image holding the `rcache-fuse` binary. Default: spec.worker.image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub image: Option<String>,
     /// Absolute host directory where the cache is mounted on each node (hostPath with
-    /// Bidirectional mount propagation). Other pods mount this path to read the cache.
+    /// Bidirectional mount propagation). Other pods mount this path to read the cache. It must
+    /// lie outside the system directories (/, /etc, /proc, /sys, /dev, /usr, /var/lib/kubelet,
+    /// ... and their parents such as /var) and apart from the UFS and SSD host paths.
     #[serde(default = "default_host_mount_path")]
     #[schemars(length(max = 4096))]
-    #[x_kube(validation = Rule::new("self.startsWith('/')").message("spec.fuse.hostMountPath must be an absolute path (start with /)"))]
+    #[x_kube(
+        validation = rules::absolute_path("spec.fuse.hostMountPath"),
+        validation = rules::not_system_dir("spec.fuse.hostMountPath")
+    )]
     pub host_mount_path: String,
     /// Node labels a FUSE pod's node must have.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -202,7 +224,7 @@ pub struct FuseSpec {
     /// (rcache.user.position.reader.streaming.async.prefetch.file.length.threshold).
     #[serde(default = "default_zero")]
     #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.fuse.smallFilePrefetchThreshold must be a quantity such as 4Mi or 0"))]
+    #[x_kube(validation = rules::size("spec.fuse.smallFilePrefetchThreshold", "4Mi or 0"))]
     pub small_file_prefetch_threshold: String,
     /// Cache of open/stat results in the FUSE client.
     #[serde(default)]
@@ -226,19 +248,28 @@ pub struct OpenStatusCache {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct UfsSpec {
-    /// URI of the under-storage root: file:///data, s3://bucket/prefix, gs://bucket/prefix or
-    /// hdfs://namenode:8020/path (rcache.ufs.uri).
+    /// URI of the under-storage root (rcache.ufs.uri): file:// with an absolute path outside the
+    /// system directories, e.g. file:///data (a hostPath, NFS or PVC mount in the workers).
+    /// Workers serve only file:// under-storage.
     #[schemars(length(max = 2048))]
-    #[x_kube(validation = Rule::new("self.matches('^(file|s3|gs|hdfs)://')").message("spec.ufs.uri must use a supported scheme: file://, s3://, gs:// or hdfs://"))]
+    #[x_kube(
+        validation = rules::ufs_uri(),
+        validation = rules::ufs_uri_not_system_dir()
+    )]
     pub uri: String,
     /// Secret whose keys are passed to workers as environment variables (e.g.
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
-    /// For a file:// URI: host directory mounted read-only into workers at the URI's path.
-    /// Unset: the path must already exist in the worker image or another volume.
+    /// For a file:// URI: host directory mounted read-only into workers at the URI's path, an
+    /// absolute path outside the system directories. Unset: the path must already exist in the
+    /// worker image or another volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
+    #[x_kube(
+        validation = rules::absolute_path("spec.ufs.hostPath"),
+        validation = rules::not_system_dir("spec.ufs.hostPath")
+    )]
     pub host_path: Option<String>,
     /// How long workers trust what they learnt about an under-storage file (size and mtime,
     /// hence which version their cached pages belong to) before asking the under-storage again
@@ -247,7 +278,7 @@ pub struct UfsSpec {
     /// changes is served at its new version at most this long after the change; a reader that
     /// opened the old version gets ESTALE instead of mixed bytes. Default 10s.
     #[serde(default = "default_sync_interval")]
-    #[schemars(regex(pattern = r"^(-1|0|[0-9]+(ms|s|m|h))$"))]
+    #[schemars(regex(pattern = rules::sync_interval_pattern()))]
     pub metadata_sync_interval: String,
 }
 
@@ -281,7 +312,7 @@ pub struct NetworkSpec {
     /// rcache.user.network.data.bind.device). Default: the first attachment's interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("size(self) <= 15").message("spec.network.bindDevice must be at most 15 characters (the Linux interface name limit)"))]
+    #[x_kube(validation = rules::interface("spec.network.bindDevice"))]
     pub bind_device: Option<String>,
     /// Run worker and FUSE pods in the host network namespace (no Multus; bind to a host
     /// interface such as ib0).
@@ -344,12 +375,12 @@ pub struct Attachment {
     pub namespace: Option<String>,
     /// Interface name inside the pod (e.g. net1 or ib0), at most 15 characters.
     #[schemars(length(min = 1, max = 64))]
-    #[x_kube(validation = Rule::new("size(self) <= 15").message("spec.network.attachments[].interface must be at most 15 characters (the Linux interface name limit)"))]
+    #[x_kube(validation = rules::interface("spec.network.attachments[].interface"))]
     pub interface: String,
 }
 
 /// RDMA settings.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RdmaSpec {
     /// Extended resource of the RDMA device plugin requested by worker and FUSE pods (e.g.
@@ -362,18 +393,20 @@ pub struct RdmaSpec {
     #[serde(default = "default_one")]
     #[schemars(range(min = 1))]
     pub resource_count: i32,
-    /// RDMA device and port such as mlx5_0:1 (rcache.network.rdma.data.bind.device). Unset:
-    /// resolved in the pod from the bind interface through sysfs.
+    /// RDMA device and port such as mlx5_0:1 (rcache.network.rdma.data.bind.device); several
+    /// separated by commas. Unset: resolved in the pod from the bind interface through sysfs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
+    #[x_kube(validation = rules::rdma_device())]
     pub device: Option<String>,
     /// Registered (pinned) buffer pool of each worker.
     #[serde(default)]
     pub buffer_pool: BufferPool,
-    /// Per-request timeout on the data path (rcache.network.rdma.data.operation.timeout.ms),
-    /// e.g. 30s, 500ms.
+    /// Per-request timeout on the data path (rcache.network.rdma.data.operation.timeout.ms): a
+    /// positive duration such as 30s or 500ms (a bare number is milliseconds).
     #[serde(default = "default_timeout")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = rules::operation_timeout())]
     pub operation_timeout: String,
 }
 
@@ -388,18 +421,18 @@ pub struct BufferPool {
     /// Registered at start (rcache.network.rdma.data.buffer.pool.initial.size).
     #[serde(default = "default_pool_initial")]
     #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.network.rdma.bufferPool.initial must be a quantity such as 256Mi"))]
+    #[x_kube(validation = rules::size("spec.network.rdma.bufferPool.initial", "256Mi"))]
     pub initial: String,
     /// Registered and touched at start so the first reads do not fault
     /// (rcache.network.rdma.data.buffer.pool.prewarm.size).
     #[serde(default = "default_pool_initial")]
     #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.network.rdma.bufferPool.prewarm must be a quantity such as 256Mi"))]
+    #[x_kube(validation = rules::size("spec.network.rdma.bufferPool.prewarm", "256Mi"))]
     pub prewarm: String,
     /// Upper bound of the pool (rcache.network.rdma.data.buffer.pool.max.size).
     #[serde(default = "default_pool_max")]
     #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.network.rdma.bufferPool.max must be a quantity such as 8Gi"))]
+    #[x_kube(validation = rules::size("spec.network.rdma.bufferPool.max", "8Gi"))]
     pub max: String,
 }
 

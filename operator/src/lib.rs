@@ -6,8 +6,8 @@ pub mod build;
 pub mod crd;
 pub mod leader;
 pub mod metrics;
-pub mod quantity;
 pub mod reconcile;
+pub mod rules;
 pub mod run;
 pub mod status;
 pub mod validate;
@@ -25,6 +25,15 @@ pub enum Error {
         /// JSON path of the field, e.g. spec.worker.replicas.
         field: String,
         /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The API server refused a child the operator built from the spec (400/422: invalid or
+    /// malformed); reported as `ApplyFailed` with the API's message, retried with backoff.
+    #[error("the API server refused {child}: {message}")]
+    ApplyRefused {
+        /// `Kind namespace/name` of the child.
+        child: String,
+        /// The API server's message (it names the field).
         message: String,
     },
     /// A Kubernetes API call failed.
@@ -46,6 +55,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::InvalidSpec { .. } => "invalid_spec",
+            Error::ApplyRefused { .. } => "apply_refused",
             Error::Kube { .. } => "kube_api",
             Error::Lease(_) => "lease",
         }

@@ -44,8 +44,11 @@ use crate::validate::{self, ClusterPlan};
 
 /// How often a healthy cluster is re-checked without any watch event.
 pub const RESYNC: Duration = Duration::from_secs(300);
-/// Retry delay after a transient error.
-pub const RETRY: Duration = Duration::from_secs(10);
+/// Retry delay after the first failed reconcile of a cluster; it doubles with each further
+/// failure in a row, up to [`MAX_BACKOFF`] (see [`backoff`]).
+pub const RETRY: Duration = Duration::from_secs(5);
+/// Longest delay between retries of a failing cluster.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Most CacheClusters whose sweep generation [`Context`] remembers.
 pub const SWEPT_MAX: usize = 65_536;
 
@@ -71,6 +74,41 @@ pub struct Context {
     pub children: ChildStores,
     /// What this process last applied, per cluster and child.
     pub applied: AppliedChildren,
+    /// Failed reconciles in a row, per cluster (the retry backoff).
+    pub failures: Failures,
+}
+
+/// The delay before retrying a cluster whose last `failures` reconciles in a row failed:
+/// [`RETRY`] doubled per earlier failure, at most [`MAX_BACKOFF`], so a child the API server
+/// keeps refusing is not re-applied hot.
+pub fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY.saturating_mul(1 << doublings).min(MAX_BACKOFF)
+}
+
+/// CacheCluster uid → failed reconciles in a row (reset by a successful one). Bounded like
+/// [`Swept`]; forgetting only restarts a backoff.
+#[derive(Default)]
+pub struct Failures(Mutex<HashMap<String, u32>>);
+
+impl Failures {
+    /// Counts one more failure of cluster `uid`; returns the count in a row.
+    pub fn record(&self, uid: &str) -> u32 {
+        let Ok(mut m) = self.0.lock() else { return 1 };
+        if m.len() >= SWEPT_MAX && !m.contains_key(uid) {
+            m.clear();
+        }
+        let n = m.entry(uid.to_string()).or_default();
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    /// Cluster `uid` reconciled: its next failure starts the backoff again.
+    pub fn reset(&self, uid: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(uid);
+        }
+    }
 }
 
 /// Reflector stores of the owned children, filled by the same watch streams that trigger the
@@ -312,16 +350,19 @@ pub async fn reconcile(cc: Arc<CacheCluster>, ctx: Arc<Context>) -> Result<Actio
     let result = reconcile_cluster(&cc, &ctx).await;
     ctx.metrics
         .observe_reconcile(start.elapsed(), result.as_ref().err());
+    if result.is_ok() {
+        ctx.failures.reset(&cc.uid().unwrap_or_default());
+    }
     result
 }
 
-/// What the controller does after a failed reconcile: an invalid spec waits for a change, a
-/// transient error is retried soon.
-pub fn error_policy(cc: Arc<CacheCluster>, err: &Error, _ctx: Arc<Context>) -> Action {
+/// What the controller does after a failed reconcile: an invalid spec waits for a change; a
+/// refused child or a transient error is retried with [`backoff`].
+pub fn error_policy(cc: Arc<CacheCluster>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(cluster = %cc.name_any(), namespace = cc.namespace().unwrap_or_default(), error = %err, "reconcile failed");
     match err {
         Error::InvalidSpec { .. } => Action::await_change(),
-        _ => Action::requeue(RETRY),
+        _ => Action::requeue(backoff(ctx.failures.record(&cc.uid().unwrap_or_default()))),
     }
 }
 
@@ -342,6 +383,7 @@ where
         + Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
+    let child = format!("{} {ns}/{name}", K::kind(&()));
     ns_api::<K>(client, ns)
         .patch(
             &name,
@@ -349,7 +391,22 @@ where
             &Patch::Apply(obj),
         )
         .await
-        .map_err(Error::kube(format!("apply {} {ns}/{name}", K::kind(&()))))
+        .map_err(|e| refused_or_kube(child, e))
+}
+
+/// An apply error: [`Error::ApplyRefused`] when the API server refused the object itself
+/// (400 Bad Request, 422 Invalid; retrying the same object cannot help), else [`Error::Kube`].
+pub fn refused_or_kube(child: String, e: kube::Error) -> Error {
+    match e {
+        kube::Error::Api(s) if s.code == 400 || s.code == 422 => Error::ApplyRefused {
+            child,
+            message: s.message,
+        },
+        source => Error::Kube {
+            action: format!("apply {child}"),
+            source,
+        },
+    }
 }
 
 /// `Kind/name`, the key of a child in [`AppliedChildren`].
@@ -522,7 +579,12 @@ async fn write_status(
 }
 
 fn quantity_positive(q: &Quantity) -> bool {
-    crate::quantity::parse_bytes(&q.0).is_ok_and(|v| v > 0)
+    // Positive: a number (no sign) with a non-zero digit before its suffix.
+    let number = q.0.trim();
+    let digits = number
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or(number, |end| &number[..end]);
+    digits.bytes().any(|b| (b'1'..=b'9').contains(&b))
 }
 
 /// Nodes advertising `resource` as allocatable (> 0).
@@ -700,6 +762,37 @@ fn ds_rollout_pending(ds: &DaemonSet) -> bool {
     s.observed_generation != ds.metadata.generation
 }
 
+/// Applied StatefulSets and DaemonSets (their status feeds the CacheCluster's).
+type AppliedWorkloads = (Vec<Arc<StatefulSet>>, Vec<Arc<DaemonSet>>);
+
+/// Stage 3: applies every child, stopping at the first the API server refuses.
+async fn apply_children(
+    ctx: &Context,
+    uid: &str,
+    ns: &str,
+    children: &build::Children,
+) -> Result<AppliedWorkloads, Error> {
+    let stores = &ctx.children;
+    for cm in &children.config_maps {
+        apply_child(ctx, uid, ns, &stores.config_maps, cm).await?;
+    }
+    for svc in &children.services {
+        apply_child(ctx, uid, ns, &stores.services, svc).await?;
+    }
+    let mut applied_sts = Vec::new();
+    for sts in &children.stateful_sets {
+        applied_sts.push(apply_child(ctx, uid, ns, &stores.stateful_sets, sts).await?);
+    }
+    let mut applied_ds = Vec::new();
+    for ds in &children.daemon_sets {
+        applied_ds.push(apply_child(ctx, uid, ns, &stores.daemon_sets, ds).await?);
+    }
+    for pdb in &children.pdbs {
+        apply_child(ctx, uid, ns, &stores.pdbs, pdb).await?;
+    }
+    Ok((applied_sts, applied_ds))
+}
+
 async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, Error> {
     if cc.metadata.deletion_timestamp.is_some() {
         // Children carry controller owner references; the garbage collector removes them.
@@ -772,25 +865,24 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
     let children = build::children(&plan, &members_json);
 
     // 3. apply (children unchanged since this process applied them are skipped)
-    let stores = &ctx.children;
     let uid = plan.uid.as_str();
-    for cm in &children.config_maps {
-        apply_child(ctx, uid, &ns, &stores.config_maps, cm).await?;
-    }
-    for svc in &children.services {
-        apply_child(ctx, uid, &ns, &stores.services, svc).await?;
-    }
-    let mut applied_sts = Vec::new();
-    for sts in &children.stateful_sets {
-        applied_sts.push(apply_child(ctx, uid, &ns, &stores.stateful_sets, sts).await?);
-    }
-    let mut applied_ds = Vec::new();
-    for ds in &children.daemon_sets {
-        applied_ds.push(apply_child(ctx, uid, &ns, &stores.daemon_sets, ds).await?);
-    }
-    for pdb in &children.pdbs {
-        apply_child(ctx, uid, &ns, &stores.pdbs, pdb).await?;
-    }
+    let (applied_sts, applied_ds) = match apply_children(ctx, uid, &ns, &children).await {
+        Ok(applied) => applied,
+        Err(err @ Error::ApplyRefused { .. }) => {
+            let observed = Observed {
+                generation,
+                apply_error: Some(err.to_string()),
+                workers_desired: cc.spec.worker.replicas,
+                transport: transport.to_string(),
+                ..Observed::default()
+            };
+            let new_status = status::compute(&observed);
+            let prev = write_status(client, cc, new_status.clone()).await?;
+            announce_transitions(ctx, cc, prev.as_ref(), &new_status).await;
+            return Err(err);
+        }
+        Err(err) => return Err(err),
+    };
     let wanted: Vec<String> = children
         .config_maps
         .iter()
@@ -880,6 +972,7 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
     let observed = Observed {
         generation,
         spec_error: None,
+        apply_error: None,
         workers_desired: plan.spec.worker.replicas,
         workers_ready: i32::try_from(workers_ready).unwrap_or(i32::MAX),
         workers_unschedulable: unschedulable_reason(&live_pods),
@@ -938,6 +1031,59 @@ async fn announce_transitions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_from_retry_and_is_capped() {
+        assert_eq!(backoff(1), RETRY);
+        assert_eq!(backoff(2), RETRY * 2);
+        assert_eq!(backoff(3), RETRY * 4);
+        assert_eq!(backoff(7), MAX_BACKOFF.min(RETRY * 64));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn failures_count_in_a_row_per_cluster_until_a_success() {
+        let f = Failures::default();
+        assert_eq!(f.record("a"), 1);
+        assert_eq!(f.record("a"), 2);
+        assert_eq!(f.record("b"), 1);
+        f.reset("a");
+        assert_eq!(f.record("a"), 1);
+    }
+
+    #[test]
+    fn an_invalid_child_is_a_refusal_with_the_apis_message_and_other_errors_stay_transient() {
+        let api = |code: u16, message: &str| {
+            kube::Error::Api(
+                kube::core::Status::failure(message, "Invalid")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let dup =
+            "Service \"demo-worker\" is invalid: spec.ports[1]: Duplicate value: {\"port\":29999}";
+        match refused_or_kube("Service ns/demo-worker".into(), api(422, dup)) {
+            Error::ApplyRefused { child, message } => {
+                assert_eq!(child, "Service ns/demo-worker");
+                assert_eq!(message, dup);
+            }
+            other => panic!("{other}"),
+        }
+        assert!(matches!(
+            refused_or_kube("x".into(), api(400, "bad")),
+            Error::ApplyRefused { .. }
+        ));
+        for code in [409, 500, 503, 403] {
+            assert!(
+                matches!(
+                    refused_or_kube("x".into(), api(code, "m")),
+                    Error::Kube { .. }
+                ),
+                "{code}"
+            );
+        }
+    }
 
     const MEMLOCK: &str = "rcache.network.rdma.data.buffer.pool.max.size=8GB needs RLIMIT_MEMLOCK >= 8 GiB, have 64 KiB; set the container's memlock limit";
 

@@ -373,6 +373,7 @@ async fn run_controller(
         swept: reconcile::Swept::default(),
         children,
         applied: reconcile::AppliedChildren::default(),
+        failures: reconcile::Failures::default(),
     });
     controller
         .graceful_shutdown_on(shutdown)

@@ -91,6 +91,8 @@ pub struct Observed {
     pub generation: i64,
     /// A validation error (field: message); when set, nothing was applied.
     pub spec_error: Option<String>,
+    /// The API server refused a child (its message); when set, applying stopped there.
+    pub apply_error: Option<String>,
     /// spec.worker.replicas.
     pub workers_desired: i32,
     /// Ready worker pods.
@@ -180,19 +182,17 @@ fn network_condition(o: &Observed) -> ClusterCondition {
 /// Computes the status (transition times still empty; see [`carry_transition_times`]).
 pub fn compute(o: &Observed) -> CacheClusterStatus {
     let mut conditions = Vec::new();
-    if let Some(err) = &o.spec_error {
-        conditions.push(cond(
-            READY,
-            false,
-            reason::INVALID_SPEC,
-            format!("invalid spec: {err}"),
-        ));
-        conditions.push(cond(
-            DEGRADED,
-            true,
-            reason::INVALID_SPEC,
-            format!("invalid spec: {err}"),
-        ));
+    let blocked = match (&o.spec_error, &o.apply_error) {
+        (Some(err), _) => Some((reason::INVALID_SPEC, format!("invalid spec: {err}"))),
+        (None, Some(err)) => Some((
+            reason::APPLY_FAILED,
+            format!("{err}; change the spec so the child is valid (retried with backoff)"),
+        )),
+        (None, None) => None,
+    };
+    if let Some((why, message)) = blocked {
+        conditions.push(cond(READY, false, why, message.clone()));
+        conditions.push(cond(DEGRADED, true, why, message));
         return CacheClusterStatus {
             observed_generation: Some(o.generation),
             conditions,
@@ -415,11 +415,13 @@ mod tests {
             resource: Option<(String, usize)>,
             missing_address: Vec<String>,
             spec_error: Option<String>,
+            apply_error: Option<String>,
         }
         let o: O = serde_yaml::from_str(yaml).unwrap();
         Observed {
             generation: 2,
             spec_error: o.spec_error,
+            apply_error: o.apply_error,
             workers_desired: o.workers_desired,
             workers_ready: o.workers_ready,
             workers_unschedulable: o.workers_unschedulable,
@@ -665,6 +667,32 @@ mod tests {
         ));
         assert_eq!(get(&s, READY), ("False", reason::INVALID_SPEC));
         assert_eq!(get(&s, DEGRADED), ("True", reason::INVALID_SPEC));
+    }
+
+    #[test]
+    fn a_refused_child_reports_apply_failed_with_the_apis_message() {
+        let msg = "the API server refused Service demo-ns/demo-worker: Service \"demo-worker\" is invalid: spec.ports[1]: Duplicate value";
+        let s = compute(&observed(&format!(
+            "{{workersDesired: 2, applyError: '{msg}'}}"
+        )));
+        assert_eq!(get(&s, READY), ("False", reason::APPLY_FAILED));
+        assert_eq!(get(&s, DEGRADED), ("True", reason::APPLY_FAILED));
+        let ready = condition(&s, READY).unwrap();
+        assert!(
+            ready.message.contains("spec.ports[1]: Duplicate value"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(s.observed_generation, Some(2));
+        assert_eq!(s.workers, "0/2");
+    }
+
+    #[test]
+    fn an_invalid_spec_takes_precedence_over_an_apply_error() {
+        let s = compute(&observed(
+            "{workersDesired: 1, specError: 'spec.ufs.uri: bad', applyError: 'refused'}",
+        ));
+        assert_eq!(get(&s, READY), ("False", reason::INVALID_SPEC));
     }
 
     #[test]

@@ -1,16 +1,22 @@
 //! Stage 1 of the reconcile: turns a `CacheCluster` into a [`ClusterPlan`], the checked and
 //! resolved input of the builders (bytes instead of quantities, the bind device chosen, NAD
-//! namespaces filled in). Re-checks the CEL rules so a CRD installed without them (or an object
-//! stored before a rule existed) still cannot produce broken children. Pure: no API calls.
+//! namespaces filled in). Re-checks the CEL rules (`rules.rs`) with the contract crate's
+//! validators, so a CRD installed without them (or an object stored before a rule existed) still
+//! cannot produce broken children or properties the worker refuses. Pure: no API calls.
 
 use kube::ResourceExt;
 
 use crate::Error;
 use crate::crd::{Attachment, CacheCluster, CacheClusterSpec, Medium, NetworkMode};
-use crate::quantity::parse_bytes;
+use rcache_contract::keys::DEFAULT_FUSE_WEB_PORT;
+use rcache_contract::paths::{check_absolute, check_safe_dir, overlaps};
+use rcache_contract::values::{
+    MAX_DURATION_DIGITS, check_interface_name, check_rdma_device, parse_quantity,
+};
+use rcache_contract::worker::{MAX_PAGE, MIN_PAGE};
 
 /// Linux IFNAMSIZ - 1.
-pub const MAX_INTERFACE_NAME: usize = 15;
+pub const MAX_INTERFACE_NAME: usize = rcache_contract::values::MAX_INTERFACE_NAME;
 
 /// The data transport workers serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,17 +109,31 @@ fn invalid(field: &str, message: impl Into<String>) -> Error {
 }
 
 fn bytes(field: &str, value: &str) -> Result<u64, Error> {
-    parse_bytes(value).map_err(|e| invalid(field, e))
+    parse_quantity(value).map_err(|e| invalid(field, e))
 }
 
 fn check_interface(field: &str, name: &str) -> Result<(), Error> {
-    if name.is_empty() || name.len() > MAX_INTERFACE_NAME {
-        return Err(invalid(
+    check_interface_name(name).map_err(|e| {
+        invalid(
             field,
-            format!("interface name {name:?} must be 1 to {MAX_INTERFACE_NAME} characters"),
-        ));
-    }
-    Ok(())
+            format!("{e}: 1 to {MAX_INTERFACE_NAME} letters, digits, _, . or -"),
+        )
+    })
+}
+
+fn safe_dir(field: &str, path: &str) -> Result<(), Error> {
+    check_safe_dir(path).map_err(|e| invalid(field, e))
+}
+
+/// `digits` followed by one of `units` (or nothing when `bare` is allowed), at most
+/// [`MAX_DURATION_DIGITS`] digits: the CRD's duration grammar.
+fn duration_digits(text: &str, bare: bool) -> Option<&str> {
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(end);
+    let unit_ok = matches!(unit, "ms" | "s" | "m" | "h") || (bare && unit.is_empty());
+    (!num.is_empty() && num.len() <= MAX_DURATION_DIGITS && unit_ok).then_some(num)
 }
 
 /// Checks and resolves a CacheCluster.
@@ -122,14 +142,73 @@ pub fn plan(cc: &CacheCluster) -> Result<ClusterPlan, Error> {
         .namespace()
         .ok_or_else(|| invalid("metadata.namespace", "CacheCluster must be namespaced"))?;
     let uid = cc.uid().unwrap_or_default();
+    let name = cc.name_any();
+    let dns_label = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !dns_label || name.len() > crate::rules::MAX_CLUSTER_NAME {
+        return Err(invalid(
+            "metadata.name",
+            format!(
+                "must be a DNS-1035 label of at most {} characters (its Service and workloads are named after it)",
+                crate::rules::MAX_CLUSTER_NAME
+            ),
+        ));
+    }
     let spec = cc.spec.clone();
     let w = &spec.worker;
     if w.replicas < 1 {
         return Err(invalid("spec.worker.replicas", "must be at least 1"));
     }
+    if w.image.is_empty() || spec.fuse.image.as_deref() == Some("") {
+        return Err(invalid("spec.worker.image", "an image must not be empty"));
+    }
     let page_size = bytes("spec.worker.pageSize", &w.page_size)?;
-    if page_size == 0 {
-        return Err(invalid("spec.worker.pageSize", "must be positive"));
+    if !(MIN_PAGE..=MAX_PAGE).contains(&page_size) || !page_size.is_power_of_two() {
+        return Err(invalid(
+            "spec.worker.pageSize",
+            "must be a power of two between 4Ki and 16Mi, such as 1Mi",
+        ));
+    }
+    let ports = &w.ports;
+    for (field, port) in [
+        ("spec.worker.ports.data", ports.data),
+        ("spec.worker.ports.rdma", ports.rdma),
+        ("spec.worker.ports.web", ports.web),
+    ] {
+        if !(1..=65535).contains(&port) {
+            return Err(invalid(field, "must be a port 1-65535"));
+        }
+    }
+    if !(0..=1024).contains(&spec.fuse.prefetch_parts) {
+        return Err(invalid("spec.fuse.prefetchParts", "must be 0 to 1024"));
+    }
+    if spec.fuse.open_status_cache.max_size < 1 {
+        return Err(invalid(
+            "spec.fuse.openStatusCache.maxSize",
+            "must be at least 1",
+        ));
+    }
+    if spec.network.rdma.resource_count < 1 {
+        return Err(invalid(
+            "spec.network.rdma.resourceCount",
+            "must be at least 1",
+        ));
+    }
+    if ports.data == ports.rdma || ports.data == ports.web || ports.rdma == ports.web {
+        return Err(invalid(
+            "spec.worker.ports",
+            "data, rdma and web must be three different ports",
+        ));
+    }
+    let fuse_web = i32::from(DEFAULT_FUSE_WEB_PORT);
+    if [ports.data, ports.rdma, ports.web].contains(&fuse_web) {
+        return Err(invalid(
+            "spec.worker.ports",
+            format!("must not use {fuse_web}, the FUSE client's web port"),
+        ));
     }
     let mut mem_quota = 0;
     let mut ssd = None;
@@ -143,19 +222,24 @@ pub fn plan(cc: &CacheCluster) -> Result<ClusterPlan, Error> {
         }
         seen.push(tier.medium);
         let quota = bytes(&format!("spec.worker.tiers[{i}].quota"), &tier.quota)?;
+        if quota < page_size && !(tier.medium == Medium::Mem && quota == 0) {
+            return Err(invalid(
+                &format!("spec.worker.tiers[{i}].quota"),
+                "must be at least spec.worker.pageSize (a MEM tier may be 0)",
+            ));
+        }
         match tier.medium {
             Medium::Mem => mem_quota = quota,
             Medium::Ssd => {
+                let field = format!("spec.worker.tiers[{i}].path");
                 let path = tier
                     .path
                     .clone()
-                    .filter(|p| p.starts_with('/'))
-                    .ok_or_else(|| {
-                        invalid(
-                            &format!("spec.worker.tiers[{i}].path"),
-                            "an SSD tier needs an absolute path",
-                        )
-                    })?;
+                    .ok_or_else(|| invalid(&field, "an SSD tier needs an absolute path"))?;
+                safe_dir(&field, &path)?;
+                if let Some(host) = &tier.host_path {
+                    safe_dir(&format!("spec.worker.tiers[{i}].hostPath"), host)?;
+                }
                 ssd = Some(SsdTier {
                     path,
                     host_path: tier.host_path.clone(),
@@ -164,23 +248,56 @@ pub fn plan(cc: &CacheCluster) -> Result<ClusterPlan, Error> {
             }
         }
     }
-    if !spec.fuse.host_mount_path.starts_with('/') {
-        return Err(invalid(
-            "spec.fuse.hostMountPath",
-            "must be an absolute path (start with /)",
-        ));
-    }
+    safe_dir("spec.fuse.hostMountPath", &spec.fuse.host_mount_path)?;
     let small_file_threshold = bytes(
         "spec.fuse.smallFilePrefetchThreshold",
         &spec.fuse.small_file_prefetch_threshold,
     )?;
-    let scheme_ok = ["file://", "s3://", "gs://", "hdfs://"]
-        .iter()
-        .any(|s| spec.ufs.uri.starts_with(s));
-    if !scheme_ok {
-        return Err(invalid(
+    let ufs_path = spec.ufs.uri.strip_prefix("file://").ok_or_else(|| {
+        invalid(
             "spec.ufs.uri",
-            "must use a supported scheme: file://, s3://, gs:// or hdfs://",
+            "must be file:// with an absolute path such as file:///data; workers serve only file:// under-storage",
+        )
+    })?;
+    check_absolute(ufs_path).map_err(|e| invalid("spec.ufs.uri", e))?;
+    safe_dir("spec.ufs.uri", ufs_path)?;
+    if let Some(ssd) = &ssd
+        && overlaps(&ssd.path, ufs_path)
+    {
+        return Err(invalid(
+            "spec.worker.tiers[].path",
+            "the SSD tier's path must not be, hold or lie inside the under-storage path",
+        ));
+    }
+    if let Some(host) = &spec.ufs.host_path {
+        safe_dir("spec.ufs.hostPath", host)?;
+    }
+    let host_dirs = [
+        spec.fuse
+            .enabled
+            .then_some(spec.fuse.host_mount_path.as_str()),
+        spec.ufs.host_path.as_deref(),
+        ssd.as_ref().and_then(|t| t.host_path.as_deref()),
+    ];
+    for (i, a) in host_dirs.iter().enumerate() {
+        for b in &host_dirs[..i] {
+            if let (Some(a), Some(b)) = (a, b)
+                && overlaps(a, b)
+            {
+                return Err(invalid(
+                    "spec.fuse.hostMountPath",
+                    format!(
+                        "host paths {b} and {a} overlap: the FUSE mount, the UFS and the SSD tier host paths must be apart"
+                    ),
+                ));
+            }
+        }
+    }
+    let sync = spec.ufs.metadata_sync_interval.as_str();
+    if !(sync == "-1" || sync == "0" || duration_digits(sync, false).is_some()) {
+        return Err(invalid(
+            "spec.ufs.metadataSyncInterval",
+            "must be -1, 0 or a duration such as 10s (ms, s, m or h)",
         ));
     }
     let net = &spec.network;
@@ -199,6 +316,22 @@ pub fn plan(cc: &CacheCluster) -> Result<ClusterPlan, Error> {
             "spec.network.rdma.bufferPool.initial",
             "must not exceed spec.network.rdma.bufferPool.max",
         ));
+    }
+    if pool_max < page_size {
+        return Err(invalid(
+            "spec.network.rdma.bufferPool.max",
+            "must be at least spec.worker.pageSize",
+        ));
+    }
+    let timeout = net.rdma.operation_timeout.as_str();
+    if !duration_digits(timeout, true).is_some_and(|n| n.bytes().any(|b| b != b'0')) {
+        return Err(invalid(
+            "spec.network.rdma.operationTimeout",
+            "must be a positive duration such as 30s or 500ms",
+        ));
+    }
+    if let Some(dev) = &net.rdma.device {
+        check_rdma_device(dev).map_err(|e| invalid("spec.network.rdma.device", e))?;
     }
     if net.mode == NetworkMode::Rdma && !net.host_network && net.rdma.resource_name.is_none() {
         return Err(invalid(
@@ -304,6 +437,19 @@ mod tests {
     }
 
     #[test]
+    fn a_name_its_children_cannot_carry_is_refused() {
+        for name in ["1st", "Demo", "a-", &"a".repeat(46)] {
+            let mut cc = cluster("ufs: {uri: 'file:///data'}");
+            cc.metadata.name = Some(name.to_string());
+            let err = plan(&cc).unwrap_err();
+            assert!(err.to_string().contains("metadata.name"), "{name}: {err}");
+        }
+        let mut cc = cluster("ufs: {uri: 'file:///data'}");
+        cc.metadata.name = Some("a".repeat(45));
+        plan(&cc).expect("45 characters");
+    }
+
+    #[test]
     fn each_bad_spec_is_refused_with_its_field() {
         let cases = [
             ("worker: {replicas: 0}", "spec.worker.replicas"),
@@ -333,12 +479,62 @@ mod tests {
                 "spec.network.attachments",
             ),
         ];
-        for (extra, field) in cases {
+        let issue_16 = [
+            ("worker: {pageSize: '3000'}", "spec.worker.pageSize"),
+            ("worker: {pageSize: 1.5Mi}", "spec.worker.pageSize"),
+            (
+                "network: {rdma: {operationTimeout: 0s}}",
+                "spec.network.rdma.operationTimeout",
+            ),
+            (
+                "network: {rdma: {device: mlx5_0}}",
+                "spec.network.rdma.device",
+            ),
+            ("fuse: {hostMountPath: /etc}", "spec.fuse.hostMountPath"),
+            ("fuse: {hostMountPath: /var}", "spec.fuse.hostMountPath"),
+            (
+                "worker: {ports: {data: 29999, rdma: 29999}}",
+                "spec.worker.ports",
+            ),
+            ("worker: {ports: {web: 30001}}", "spec.worker.ports"),
+            ("network: {bindDevice: ''}", "spec.network.bindDevice"),
+            (
+                "worker: {tiers: [{medium: SSD, path: /data/cache, quota: 1Gi}]}",
+                "spec.worker.tiers[].path",
+            ),
+            (
+                "worker: {tiers: [{medium: SSD, path: /c, hostPath: /var/lib/kubelet, quota: 1Gi}]}",
+                "spec.worker.tiers[0].hostPath",
+            ),
+            (
+                "worker: {tiers: [{medium: SSD, path: /c, hostPath: /mnt/rcache/x, quota: 1Gi}]}",
+                "spec.fuse.hostMountPath",
+            ),
+            (
+                "worker: {tiers: [{medium: MEM, quota: 512Ki}], pageSize: 1Mi}",
+                "spec.worker.tiers[0].quota",
+            ),
+            (
+                "network: {rdma: {bufferPool: {initial: 1Mi, prewarm: 1Mi, max: 1Mi}}}\nworker: {pageSize: 4Mi}",
+                "spec.network.rdma.bufferPool.max",
+            ),
+        ];
+        for (extra, field) in cases.into_iter().chain(issue_16) {
             let err =
                 plan(&cluster(&format!("ufs: {{uri: 'file:///data'}}\n{extra}"))).unwrap_err();
             assert!(err.to_string().contains(field), "{extra}: {err}");
         }
-        let err = plan(&cluster("ufs: {uri: 'ftp://x'}")).unwrap_err();
-        assert!(err.to_string().contains("spec.ufs.uri"), "{err}");
+        for uri in [
+            "ftp://x",
+            "hdfs://nn:8020/d",
+            "s3://b/p",
+            "file:///etc",
+            "file://data",
+        ] {
+            let err = plan(&cluster(&format!("ufs: {{uri: '{uri}'}}"))).unwrap_err();
+            assert!(err.to_string().contains("spec.ufs.uri"), "{uri}: {err}");
+        }
+        let err = plan(&cluster("ufs: {uri: 'file:///data', hostPath: /proc/1}")).unwrap_err();
+        assert!(err.to_string().contains("spec.ufs.hostPath"), "{err}");
     }
 }

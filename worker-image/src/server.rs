@@ -53,15 +53,17 @@ pub struct WorkerHandler {
 }
 
 impl WorkerHandler {
+    /// `bench_pool`: the registered pool `BenchRead`/`BenchWrite` are answered from, so `bench`
+    /// can measure a live worker; `None` (production: `rcache.worker.bench.enabled=false`)
+    /// answers them `Unsupported`.
     pub fn new(
         store: Arc<PageStore>,
         metrics: Arc<Metrics>,
-        pool: Option<&BufferPool>,
+        bench_pool: Option<&BufferPool>,
         transport: TransportKind,
     ) -> WorkerHandler {
-        // The bench handler answers BenchRead/BenchWrite so `bench` can measure a live worker.
-        let bench =
-            pool.and_then(|p| rcache_transport::bench::BenchHandler::new(p, Duration::ZERO).ok());
+        let bench = bench_pool
+            .and_then(|p| rcache_transport::bench::BenchHandler::new(p, Duration::ZERO).ok());
         WorkerHandler {
             store,
             metrics: metrics.handles(&transport.to_string()),
@@ -127,7 +129,7 @@ impl WorkerHandler {
                     Op::Bench,
                     Response::error(
                         ErrorCode::Unsupported,
-                        "this worker has no buffer pool for bench requests",
+                        "bench requests are off on this worker (set rcache.worker.bench.enabled=true to measure it)",
                     ),
                 ),
             },
@@ -294,7 +296,8 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
             "rcache.worker.page.store.mem.quota exceeds {POOL_MAX}: pages beyond the pool live on the heap and are copied when sent"
         );
     }
-    let ufs = LocalUfs::new(&cfg.ufs_root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let crate::config::UfsConfig::File(root) = &cfg.ufs;
+    let ufs = LocalUfs::new(root).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (store, report) = PageStore::open(
         StoreConfig {
             page_size: cfg.page_size,
@@ -349,10 +352,11 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
         },
         ..ServerOptions::default()
     };
+    let bench_pool = cfg.bench_enabled.then_some(&pool);
     let tcp_handler = Arc::new(WorkerHandler::new(
         store.clone(),
         metrics.clone(),
-        Some(&pool),
+        bench_pool,
         TransportKind::Tcp,
     ));
     let tcp = rcache_transport::listen(
@@ -378,7 +382,7 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
         let handler = Arc::new(WorkerHandler::new(
             store.clone(),
             metrics.clone(),
-            Some(&pool),
+            bench_pool,
             TransportKind::Ucx,
         ));
         let s = rcache_transport::listen(
@@ -508,6 +512,45 @@ mod tests {
             text.contains("op=\"read\",transport=\"tcp\",result=\"error\"} 0"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn bench_requests_are_refused_unless_the_property_enables_them() {
+        let d = tempfile::tempdir().expect("tmp");
+        let store = PageStore::open(
+            StoreConfig {
+                page_size: 4096,
+                mem_quota: 1 << 20,
+                ssd: None,
+                metadata_sync: crate::config::SyncInterval::Always,
+            },
+            LocalUfs::new(d.path()).expect("ufs"),
+            Arc::new(crate::cache::HeapAllocator),
+        )
+        .await
+        .expect("store")
+        .0;
+        let pool = BufferPool::new(PoolConfig {
+            chunk_size: 1 << 20,
+            initial: 1 << 20,
+            prewarm: 0,
+            max: 1 << 20,
+        })
+        .expect("pool");
+        let metrics = Metrics::new(None, None);
+        let off = WorkerHandler::new(store.clone(), metrics.clone(), None, TransportKind::Tcp);
+        match off.handle(Request::BenchRead { len: 4096 }).await {
+            Response::Error { code, message } => {
+                assert_eq!(code, ErrorCode::Unsupported);
+                assert!(message.contains("rcache.worker.bench.enabled"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let on = WorkerHandler::new(store, metrics, Some(&pool), TransportKind::Tcp);
+        match on.handle(Request::BenchRead { len: 4096 }).await {
+            Response::Data(b) => assert_eq!(b.len(), 4096),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

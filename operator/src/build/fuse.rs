@@ -30,7 +30,7 @@ pub const DRAIN_SECONDS: i64 = 30;
 /// FUSE container name.
 pub const CONTAINER: &str = "fuse";
 /// Port of the FUSE client's `/metrics`, `/healthz`, `/readyz` (`rcache.fuse.web.port`).
-pub const WEB_PORT: i32 = 30001;
+pub const WEB_PORT: i32 = rcache_contract::keys::DEFAULT_FUSE_WEB_PORT as i32;
 
 /// Command the FUSE container runs.
 pub fn command() -> String {

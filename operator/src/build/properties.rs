@@ -1,13 +1,16 @@
-//! The `<name>-properties` ConfigMap: `rcache.properties` with the keys of docs/contracts.md,
-//! rendered from the plan in a fixed order so identical specs give byte-identical files.
+//! The `<name>-properties` ConfigMap: `rcache.properties` with the keys of the contract crate
+//! (`rcache_contract::keys`, docs/contracts.md), rendered from the plan in a fixed order so
+//! identical specs give byte-identical files. Sizes are rendered with the contract's
+//! `format_size`, which the worker's `parse_size` reads back exactly.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::{FUSE_MOUNT_POINT, MEMBERSHIP_PATH, child_meta, names};
-use crate::quantity::contract_size;
 use crate::validate::{ClusterPlan, Transport};
+use rcache_contract::keys as k;
+use rcache_contract::values::format_size as contract_size;
 
 /// Key of the properties file in the ConfigMap.
 pub const PROPERTIES_KEY: &str = "rcache.properties";
@@ -16,89 +19,62 @@ pub const PROPERTIES_KEY: &str = "rcache.properties";
 pub fn render(plan: &ClusterPlan) -> String {
     let s = &plan.spec;
     let mut kv: Vec<(&str, String)> = vec![
-        ("rcache.cluster.name", plan.name.clone()),
+        (k::CLUSTER_NAME, plan.name.clone()),
+        (k::MEMBERSHIP_FILE, MEMBERSHIP_PATH.to_string()),
+        (k::UFS_URI, s.ufs.uri.clone()),
         (
-            "rcache.cluster.membership.file",
-            MEMBERSHIP_PATH.to_string(),
-        ),
-        ("rcache.ufs.uri", s.ufs.uri.clone()),
-        (
-            "rcache.user.file.metadata.sync.interval",
+            k::METADATA_SYNC_INTERVAL,
             s.ufs.metadata_sync_interval.clone(),
         ),
-        ("rcache.worker.data.port", s.worker.ports.data.to_string()),
-        ("rcache.worker.web.port", s.worker.ports.web.to_string()),
+        (k::WORKER_DATA_PORT, s.worker.ports.data.to_string()),
+        (k::WORKER_WEB_PORT, s.worker.ports.web.to_string()),
     ];
     if let Some(dev) = &plan.bind_device {
-        kv.push(("rcache.worker.data.bind.device", dev.clone()));
-        kv.push(("rcache.user.network.data.bind.device", dev.clone()));
+        kv.push((k::WORKER_BIND_DEVICE, dev.clone()));
+        kv.push((k::USER_BIND_DEVICE, dev.clone()));
     }
-    kv.push(("rcache.worker.page.size", contract_size(plan.page_size)));
-    kv.push((
-        "rcache.worker.page.store.mem.quota",
-        contract_size(plan.mem_quota),
-    ));
+    kv.push((k::PAGE_SIZE, contract_size(plan.page_size)));
+    kv.push((k::MEM_QUOTA, contract_size(plan.mem_quota)));
     if let Some(ssd) = &plan.ssd {
-        kv.push(("rcache.worker.page.store.ssd.dir", ssd.path.clone()));
-        kv.push((
-            "rcache.worker.page.store.ssd.quota",
-            contract_size(ssd.quota),
-        ));
+        kv.push((k::SSD_DIR, ssd.path.clone()));
+        kv.push((k::SSD_QUOTA, contract_size(ssd.quota)));
     }
     let rdma = &s.network.rdma;
     kv.push((
-        "rcache.network.rdma.data.enabled",
+        k::RDMA_ENABLED,
         (plan.transport == Transport::Ucx).to_string(),
     ));
     if let Some(dev) = &rdma.device {
-        kv.push(("rcache.network.rdma.data.bind.device", dev.clone()));
+        kv.push((k::RDMA_BIND_DEVICE, dev.clone()));
     }
+    kv.push((k::RDMA_PORT, s.worker.ports.rdma.to_string()));
+    kv.push((k::POOL_INITIAL, contract_size(plan.pool_initial)));
+    kv.push((k::POOL_PREWARM, contract_size(plan.pool_prewarm)));
+    kv.push((k::POOL_MAX, contract_size(plan.pool_max)));
+    kv.push((k::OP_TIMEOUT, rdma.operation_timeout.clone()));
     kv.push((
-        "rcache.network.rdma.data.port",
-        s.worker.ports.rdma.to_string(),
-    ));
-    kv.push((
-        "rcache.network.rdma.data.buffer.pool.initial.size",
-        contract_size(plan.pool_initial),
-    ));
-    kv.push((
-        "rcache.network.rdma.data.buffer.pool.prewarm.size",
-        contract_size(plan.pool_prewarm),
-    ));
-    kv.push((
-        "rcache.network.rdma.data.buffer.pool.max.size",
-        contract_size(plan.pool_max),
-    ));
-    kv.push((
-        "rcache.network.rdma.data.operation.timeout.ms",
-        rdma.operation_timeout.clone(),
-    ));
-    kv.push((
-        "rcache.network.rdma.data.fallback",
+        k::FALLBACK,
         match s.network.fallback {
             crate::crd::Fallback::None => "none",
             crate::crd::Fallback::Tcp => "tcp",
         }
         .to_string(),
     ));
+    kv.push((k::PREFETCH_PARTS, s.fuse.prefetch_parts.to_string()));
     kv.push((
-        "rcache.user.position.reader.streaming.async.prefetch.max.part.number",
-        s.fuse.prefetch_parts.to_string(),
-    ));
-    kv.push((
-        "rcache.user.position.reader.streaming.async.prefetch.file.length.threshold",
+        k::PREFETCH_THRESHOLD,
         contract_size(plan.small_file_threshold),
     ));
     kv.push((
-        "rcache.fuse.open.read.status.cache.enabled",
+        k::FUSE_STATUS_CACHE,
         s.fuse.open_status_cache.enabled.to_string(),
     ));
     kv.push((
-        "rcache.fuse.open.read.status.cache.max.size",
+        k::FUSE_STATUS_CACHE_SIZE,
         s.fuse.open_status_cache.max_size.to_string(),
     ));
-    kv.push(("rcache.fuse.mount.point", FUSE_MOUNT_POINT.to_string()));
-    kv.push(("rcache.fuse.web.port", super::fuse::WEB_PORT.to_string()));
+    kv.push((k::FUSE_MOUNT_POINT, FUSE_MOUNT_POINT.to_string()));
+    kv.push((k::FUSE_WEB_PORT, super::fuse::WEB_PORT.to_string()));
 
     let mut out = format!(
         "# Rendered by rcache-operator for CacheCluster {}/{}; edit the CacheCluster, not this file.\n",
@@ -170,7 +146,7 @@ mod tests {
     #[test]
     fn rdma_with_attachment_renders_bind_devices_and_pool() {
         let p = props(
-            "ufs: {uri: 's3://b/p'}\nnetwork:\n  mode: rdma\n  fallback: tcp\n  attachments: [{name: ib-net, interface: ib0}]\n  rdma: {resourceName: rdma/hca_shared_devices_a, device: 'mlx5_0:1', bufferPool: {initial: 1Gi, prewarm: 512Mi, max: 16Gi}}",
+            "ufs: {uri: 'file:///data'}\nnetwork:\n  mode: rdma\n  fallback: tcp\n  attachments: [{name: ib-net, interface: ib0}]\n  rdma: {resourceName: rdma/hca_shared_devices_a, device: 'mlx5_0:1', bufferPool: {initial: 1Gi, prewarm: 512Mi, max: 16Gi}}",
         );
         assert_eq!(p["rcache.network.rdma.data.enabled"], "true");
         assert_eq!(p["rcache.worker.data.bind.device"], "ib0");

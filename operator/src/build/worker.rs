@@ -385,7 +385,7 @@ mod tests {
 
     #[test]
     fn credentials_secret_becomes_env_from() {
-        let spec = pod("ufs: {uri: 's3://b', credentialsSecretRef: {name: s3-creds}}")
+        let spec = pod("ufs: {uri: 'file:///data', credentialsSecretRef: {name: s3-creds}}")
             .spec
             .unwrap();
         let ef = spec.containers[0].env_from.as_ref().unwrap();

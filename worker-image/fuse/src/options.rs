@@ -1,5 +1,6 @@
 //! The FUSE client's settings, taken from the shared `rcache.*` properties (docs/contracts.md;
-//! keys, defaults and syntax live in `rcache_worker::config`). This module only picks the FUSE
+//! keys, defaults and syntax live in the `rcache-contract` crate, re-exported as
+//! `rcache_worker::config`). This module only picks the FUSE
 //! keys and checks what matters to FUSE.
 
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ pub struct FuseOptions {
 }
 
 /// Default of `rcache.fuse.web.port`.
-pub const DEFAULT_WEB_PORT: u16 = 30001;
+pub const DEFAULT_WEB_PORT: u16 = rcache_worker::config::DEFAULT_FUSE_WEB_PORT;
 
 impl Default for FuseOptions {
     fn default() -> Self {

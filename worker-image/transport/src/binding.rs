@@ -88,16 +88,8 @@ pub fn listen_ip(bind_device: Option<&str>, bind_host: IpAddr) -> Result<IpAddr,
 }
 
 fn check_device_format(v: &str) -> Result<(), BindError> {
-    for d in v.split(',') {
-        let ok = match d.trim().rsplit_once(':') {
-            Some((name, port)) => !name.is_empty() && port.parse::<u8>().is_ok_and(|p| p > 0),
-            None => false,
-        };
-        if !ok {
-            return Err(BindError::BadRdmaDevice { value: v.into() });
-        }
-    }
-    Ok(())
+    rcache_contract::values::check_rdma_device(v)
+        .map_err(|_| BindError::BadRdmaDevice { value: v.into() })
 }
 
 fn read_trim(p: &Path) -> Option<String> {
