@@ -38,7 +38,9 @@ say "1/5 local Kubernetes: control plane, kwok nodes and a real node (cluster '$
 eval "$("$E2E/cluster" env)"
 # shellcheck source=e2e/journey.sh
 . "$E2E/journey.sh"
-journey_build --release
+# Debug binaries by default: they are what `make test` already built, so the demo compiles
+# nothing new (RCACHE_DEMO_PROFILE=release for release ones; `make bench` measures speed).
+if [ "${RCACHE_DEMO_PROFILE:-dev}" = release ]; then journey_build --release; else journey_build; fi
 journey_node_up
 kubectl get nodes -o wide
 kubectl get nodes -o custom-columns='NODE:.metadata.name,RDMA-SHARED:.status.allocatable.rdma/hca_shared_devices_a,MLNX-NICS:.status.allocatable.nvidia\.com/mlnxnics,FABRIC:.metadata.labels.rcache\.io/fabric,TAINTS:.spec.taints[*].key'
