@@ -46,7 +46,10 @@ kubectl get nodes -o wide
 kubectl get nodes -o custom-columns='NODE:.metadata.name,RDMA-SHARED:.status.allocatable.rdma/hca_shared_devices_a,MLNX-NICS:.status.allocatable.nvidia\.com/mlnxnics,FABRIC:.metadata.labels.rcache\.io/fabric,TAINTS:.spec.taints[*].key'
 
 say "2/5 helm install the operator chart; the operator runs as a pod with its ServiceAccount"
-journey_install_chart "$SYS" "$REL" >/dev/null
+# The chart's admission policy admits host paths under its prefixes only: add the demo's
+# under-storage directory. FUSE pods are privileged: the demo namespace is opted in below.
+journey_install_chart "$SYS" "$REL" \
+  --set-json "admissionPolicy.allowedHostPathPrefixes=[\"/data\",\"/mnt\",\"/var/lib/rcache\",\"$DEMO_DIR\"]" >/dev/null
 helm ls -n "$SYS"
 kubectl -n "$SYS" get pods -o wide
 
@@ -58,6 +61,8 @@ if [ ! -f "$DEMO_DIR/ufs/models/weights.bin" ]; then
 fi
 journey_world_readable "$DEMO_DIR/ufs"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+# The cluster admin's opt-in for privileged FUSE pods (the chart's admission policy).
+kubectl label namespace "$NS" rcache.io/privileged-pods=true --overwrite
 kubectl -n "$NS" apply -f "$JOURNEY_REPO/manifests/samples/ipoib.yaml"
 # No IPoIB port here: the stand-in fabric NAD (a bridge; Multus names the interface ib0) takes
 # the sample NAD's place. The sample reads /data on the nodes; the demo's under-storage is a local

@@ -152,6 +152,28 @@ fi
 # ---------------------------------------------------------------------------------------------
 e2e_log "samples: accepted by the apiserver and reconciled"
 sns=$(e2e_ns_create rcache-samples)
+# The chart's admission policy: FUSE pods are privileged, so CacheClusters with FUSE run only in
+# namespaces the cluster admin opted in.
+e2e_log "admission policy: what a CacheCluster may ask of the nodes"
+policy=$(kubectl get validatingadmissionpolicy -o name | grep node-access || true)
+assert_contains "helm installed the ValidatingAdmissionPolicy" node-access "$policy"
+tcp_sample=$repo/manifests/samples/tcp.yaml
+refused=$(kubectl -n "$sns" apply --dry-run=server -f "$tcp_sample" 2>&1 || true)
+assert_contains "FUSE in a namespace not opted in is refused, naming the policy" "ValidatingAdmissionPolicy" "$refused"
+assert_contains "... and the label that opts it in" "rcache.io/privileged-pods=true" "$refused"
+kubectl label namespace "$sns" rcache.io/privileged-pods=true >/dev/null
+check "the same sample is admitted once the admin labels the namespace" wait_for 20 \
+  kubectl -n "$sns" apply --dry-run=server -f "$tcp_sample"
+cat >"$E2E_TMP/etc-data.yaml" <<'EOF'
+apiVersion: rcache.io/v1alpha1
+kind: CacheCluster
+metadata: {name: outside}
+spec:
+  ufs: {uri: "file:///data", hostPath: /srv/secrets}
+EOF
+refused=$(kubectl -n "$sns" apply --dry-run=server -f "$E2E_TMP/etc-data.yaml" 2>&1 || true)
+assert_contains "a host path outside the allowed prefixes is refused, naming the policy" "node-access" "$refused"
+assert_contains "... the path and the chart value to change" "admissionPolicy.allowedHostPathPrefixes" "$refused"
 # If the operator dies mid-suite, its finalizers would keep the namespace and CRD from going.
 e2e_on_exit "kubectl -n $sns get cacheclusters.rcache.io -o name | xargs -r kubectl -n $sns patch --type=merge -p '{\"metadata\":{\"finalizers\":null}}'"
 samples=("$repo"/manifests/samples/*.yaml)

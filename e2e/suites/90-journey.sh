@@ -39,7 +39,11 @@ check "kwok nodes stay next to it" bash -c "[ \$(kubectl get nodes -l type=kwok 
 
 # --------------------------------------------------------------------------------------------
 e2e_log "helm install: the operator is a real pod"
-check "helm install the chart" journey_install_chart "$sys" "$rel"
+# The chart's admission policy admits host paths under these prefixes only: the dataset lives in
+# this suite's scratch directory. FUSE pods (privileged) run only in namespaces the admin labels.
+check "helm install the chart" journey_install_chart "$sys" "$rel" \
+  --set-json "admissionPolicy.allowedHostPathPrefixes=[\"/data\",\"/mnt\",\"/var/lib/rcache\",\"$E2E_TMP\"]"
+kubectl label namespace "$app" rcache.io/privileged-pods=true >/dev/null
 check "CRD Established" wait_for 60 crd_established "$crd"
 check "operator pod Running and Ready on the real node" wait_for 120 pods_ready "$sys" "app.kubernetes.io/instance=$rel" 1
 oppod=$(journey_operator_pod "$sys" "$rel")
