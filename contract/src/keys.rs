@@ -108,6 +108,13 @@ pub const METADATA_SYNC_INTERVAL: &str = "rcache.user.file.metadata.sync.interva
 /// Whether `serve` answers the transport benchmark's `BenchRead`/`BenchWrite` (off in
 /// production: they read and write the registered pool for anyone who can connect).
 pub const BENCH_ENABLED: &str = "rcache.worker.bench.enabled";
+/// The S3 under-storage (`rcache.ufs.uri=s3://...`), read by [`crate::ufs::UfsConfig`].
+pub const S3_ENDPOINT: &str = "rcache.underfs.s3.endpoint";
+pub const S3_REGION: &str = "rcache.underfs.s3.region";
+pub const S3_PATH_STYLE: &str = "rcache.underfs.s3.path.style";
+pub const S3_THREADS_MAX: &str = "rcache.underfs.s3.threads.max";
+pub const S3_REQUEST_TIMEOUT: &str = "rcache.underfs.s3.request.timeout";
+pub const S3_RETRY_MAX: &str = "rcache.underfs.s3.retry.max";
 
 /// Every key of `docs/contracts.md`, with its default.
 pub const KEYS: &[KeySpec] = &[
@@ -147,6 +154,12 @@ pub const KEYS: &[KeySpec] = &[
     spec(FUSE_WEB_PORT, Kind::Port, Some("30001")),
     spec(METADATA_SYNC_INTERVAL, Kind::SyncInterval, Some("10s")),
     spec(BENCH_ENABLED, Kind::Bool, Some("false")),
+    spec(S3_ENDPOINT, Kind::Text, None),
+    spec(S3_REGION, Kind::Text, None),
+    spec(S3_PATH_STYLE, Kind::Bool, Some("false")),
+    spec(S3_THREADS_MAX, Kind::Count, Some("32")),
+    spec(S3_REQUEST_TIMEOUT, Kind::Duration, Some("30s")),
+    spec(S3_RETRY_MAX, Kind::Count, Some("3")),
 ];
 
 /// Looks up a known key.

@@ -653,21 +653,24 @@ mod tests {
     }
 
     #[test]
-    fn worker_requires_cluster_name_and_file_uri() {
+    fn worker_requires_cluster_name_and_a_served_scheme() {
         let p = Properties::parse("rcache.ufs.uri=file:///data\n", "t").expect("parses");
         let m = WorkerConfig::from_properties(&p)
             .expect_err("missing")
             .to_string();
         assert!(m.contains("rcache.cluster.name is required"), "{m}");
-        let p = Properties::parse("rcache.cluster.name=a\nrcache.ufs.uri=s3://bucket/x\n", "t")
+        let p = Properties::parse("rcache.cluster.name=a\nrcache.ufs.uri=gs://bucket/x\n", "t")
             .expect("parses");
         let m = WorkerConfig::from_properties(&p)
-            .expect_err("s3")
+            .expect_err("gs")
             .to_string();
         assert!(
-            m.contains("rcache.ufs.uri") && m.contains("s3://bucket/x"),
+            m.contains("rcache.ufs.uri") && m.contains("gs://bucket/x") && m.contains("s3://"),
             "{m}"
         );
+        let p = Properties::parse("rcache.cluster.name=a\nrcache.ufs.uri=s3://bucket/x\n", "t")
+            .expect("parses");
+        WorkerConfig::from_properties(&p).expect("s3 is served");
     }
 
     #[test]

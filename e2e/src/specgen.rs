@@ -89,6 +89,10 @@ const URI_BAD: &[&str] = &[
     "file:///var",
     "file:///da ta",
     "file:///data/",
+    "s3://Bad_Bucket/x",
+    "s3://bucket/../x",
+    "s3://bucket//x",
+    "s3://bucket/a b",
 ];
 
 fn string(v: Option<&str>) -> Option<Value> {
@@ -179,6 +183,8 @@ fn ufs() -> impl Strategy<Value = Value> {
                 "file:///srv/datasets",
                 "file:///cache",
                 "file:///mnt/rcache",
+                "s3://rcache-data/train",
+                "s3://bucket",
             ],
             URI_BAD,
         ),
@@ -187,13 +193,59 @@ fn ufs() -> impl Strategy<Value = Value> {
             &["10s", "0", "-1", "0ms", "5m"],
             &["-2", "10", "9999999999s", "1min"],
         ),
+        s3(),
     )
-        .prop_map(|(uri, host, sync)| {
+        .prop_map(|(uri, host, sync, s3)| {
             let mut u = Map::new();
-            u.insert("uri".into(), s(uri.unwrap_or("file:///data")));
+            let uri = uri.unwrap_or("file:///data");
+            u.insert("uri".into(), s(uri));
             put(&mut u, "hostPath", string(host));
             put(&mut u, "metadataSyncInterval", string(sync));
+            // S3 settings with an s3:// URI (with another scheme they are refused: a mutation).
+            if uri.starts_with("s3://") {
+                put(&mut u, "s3", s3);
+            }
             Value::Object(u)
+        })
+}
+
+const S3_ENDPOINT_OK: &[&str] = &[
+    "http://127.0.0.1:8333",
+    "https://s3.example.com",
+    "http://minio.storage.svc:9000/",
+];
+const S3_ENDPOINT_BAD: &[&str] = &[
+    "minio:9000",
+    "http://",
+    "https://s3.example.com/bucket",
+    "ftp://s3.example.com",
+    "http://a b",
+    "http://x\nrcache.ufs.uri=file:///etc",
+];
+const S3_REGION_OK: &[&str] = &["eu-west-1", "us-east-1", "garage_1"];
+const S3_REGION_BAD: &[&str] = &[
+    "",
+    "eu west",
+    "eu.west",
+    "eu-west-1\nrcache.ufs.uri=file:///etc",
+];
+
+/// `spec.ufs.s3`: left out, or endpoint, region and pathStyle each left out or drawn.
+fn s3() -> impl Strategy<Value = Option<Value>> {
+    (
+        field(&[true], &[]),
+        field(S3_ENDPOINT_OK, S3_ENDPOINT_BAD),
+        field(S3_REGION_OK, S3_REGION_BAD),
+        field(&[true, false], &[]),
+    )
+        .prop_map(|(present, endpoint, region, path_style)| {
+            present.map(|_| {
+                let mut o = Map::new();
+                put(&mut o, "endpoint", string(endpoint));
+                put(&mut o, "region", string(region));
+                put(&mut o, "pathStyle", path_style.map(Value::from));
+                Value::Object(o)
+            })
         })
 }
 
@@ -335,6 +387,9 @@ fn mutations() -> Vec<(String, Value)> {
     add("/fuse/openStatusCache/maxSize", ints(&[0]));
     add("/fuse/image", strs(&[""]));
     add("/ufs/uri", strs(URI_BAD));
+    add("/ufs/s3/endpoint", strs(S3_ENDPOINT_BAD));
+    add("/ufs/s3/region", strs(S3_REGION_BAD));
+    add("/ufs/s3", vec![json!({"pathStyle": true})]);
     add("/ufs/hostPath", strs(PATH_BAD));
     add("/ufs/hostPath", strs(&["/mnt/rcache"]));
     add(

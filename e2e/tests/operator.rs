@@ -254,6 +254,22 @@ async fn each_bad_spec_is_refused_at_apply_with_a_message_naming_the_field() {
             "spec.worker.ports must not use 30001",
         ),
         (
+            json!({"ufs": {"uri": "gs://bucket/data"}}),
+            "not gs:// or hdfs://",
+        ),
+        (
+            json!({"ufs": {"uri": "s3://Bad_Bucket/data"}}),
+            "s3://bucket",
+        ),
+        (
+            json!({"ufs": {"uri": "file:///d", "s3": {"pathStyle": true}}}),
+            "spec.ufs.s3 applies only to an s3:// spec.ufs.uri",
+        ),
+        (
+            json!({"ufs": {"uri": "s3://bucket/p", "s3": {"endpoint": "minio:9000"}}}),
+            "spec.ufs.s3.endpoint must be an http:// or https:// URL",
+        ),
+        (
             json!({"ufs": {"uri": "file:///d", "metadataSyncInterval": "10"}}),
             "spec.ufs.metadataSyncInterval",
         ),
@@ -284,6 +300,14 @@ async fn each_bad_spec_is_refused_at_apply_with_a_message_naming_the_field() {
         &ns.0,
         "good",
         json!({"ufs": {"uri": "file:///data/set", "hostPath": "/srv/datasets"}, "worker": {"pageSize": "4Mi"}, "network": {"rdma": {"device": "mlx5_0:1", "operationTimeout": "500ms"}}}),
+    )
+    .await
+    .expect("valid spec accepted");
+    create_cc(
+        &client,
+        &ns.0,
+        "good-s3",
+        json!({"ufs": {"uri": "s3://bucket/prefix", "s3": {"endpoint": "http://10.0.0.5:8333", "region": "eu-west-1", "pathStyle": true}}}),
     )
     .await
     .expect("valid spec accepted");

@@ -247,20 +247,31 @@ pub struct OpenStatusCache {
 /// Under storage.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::s3_settings_need_s3())]
 pub struct UfsSpec {
     /// URI of the under-storage root (rcache.ufs.uri): file:// with an absolute path outside the
-    /// system directories, e.g. file:///data (a hostPath, NFS or PVC mount in the workers).
-    /// Workers serve only file:// under-storage.
+    /// system directories, e.g. file:///data (a hostPath, NFS or PVC mount in the workers), or
+    /// s3://bucket/prefix (AWS S3 or an S3-compatible store, see spec.ufs.s3). Other schemes
+    /// (gs://, hdfs://) are refused: workers do not serve them.
     #[schemars(length(max = 2048))]
     #[x_kube(
-        validation = rules::ufs_uri(),
-        validation = rules::ufs_uri_not_system_dir()
+        validation = rules::ufs_scheme(),
+        validation = rules::ufs_file_path(),
+        validation = rules::ufs_file_not_system_dir(),
+        validation = rules::ufs_s3_uri()
     )]
     pub uri: String,
-    /// Secret whose keys are passed to workers as environment variables (e.g.
-    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
+    /// Secret whose keys are passed to workers as environment variables: for s3://,
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN, AWS_REGION). Unset:
+    /// the pod's identity (web-identity token, pod identity or instance profile). Values never
+    /// appear in the ConfigMap, logs, Events or status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
+    /// For an s3:// URI: where and how the workers reach the object store (rcache.underfs.s3.*).
+    /// Unset: AWS itself, the region of the credentials (AWS_REGION) or us-east-1, and
+    /// virtual-hosted addressing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Spec>,
     /// For a file:// URI: host directory mounted read-only into workers at the URI's path, an
     /// absolute path outside the system directories. Unset: the path must already exist in the
     /// worker image or another volume.
@@ -280,6 +291,30 @@ pub struct UfsSpec {
     #[serde(default = "default_sync_interval")]
     #[schemars(regex(pattern = rules::sync_interval_pattern()))]
     pub metadata_sync_interval: String,
+}
+
+/// S3 client settings of an s3:// under-storage.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    /// Endpoint of an S3-compatible store, e.g. https://minio.storage.svc:9000 or
+    /// http://10.0.0.5:8333 (http:// allows plain HTTP) (rcache.underfs.s3.endpoint). Unset:
+    /// AWS S3 of the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = rules::s3_endpoint())]
+    pub endpoint: Option<String>,
+    /// Region of the bucket, e.g. eu-west-1 (rcache.underfs.s3.region). Unset: AWS_REGION of
+    /// the credentials Secret, else us-east-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = rules::s3_region())]
+    pub region: Option<String>,
+    /// Path-style addressing, endpoint/bucket/key, as most S3-compatible stores (MinIO,
+    /// SeaweedFS, Ceph RGW) need; false: virtual-hosted bucket.endpoint/key, as AWS prefers
+    /// (rcache.underfs.s3.path.style). Default false.
+    #[serde(default)]
+    pub path_style: bool,
 }
 
 /// Reference to a Secret in the CacheCluster's namespace.
@@ -443,7 +478,7 @@ pub struct CacheClusterStatus {
     /// metadata.generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, WorkersReady, FuseReady, NetworkReady, Progressing and Degraded.
+    /// Ready, WorkersReady, FuseReady, NetworkReady, UfsReady, Progressing and Degraded.
     #[serde(default)]
     pub conditions: Vec<ClusterCondition>,
     /// Ready/desired workers, e.g. 2/3.

@@ -7,6 +7,9 @@
 use kube::core::{Message, Rule};
 use rcache_contract::keys::DEFAULT_FUSE_WEB_PORT;
 use rcache_contract::paths::{ABSOLUTE_PATTERN, DOT_SEGMENT_PATTERN, SYSTEM_DIRS};
+use rcache_contract::ufs::{
+    S3_ENDPOINT_PATTERN, S3_REGION_PATTERN, S3_URI_ACCEPTED, S3_URI_PATTERN, UFS_ACCEPTED,
+};
 use rcache_contract::values::{
     INTERFACE_PATTERN, MAX_DURATION_DIGITS, QUANTITY_PATTERN, RDMA_DEVICE_PATTERN,
 };
@@ -155,19 +158,58 @@ pub fn sync_interval_pattern() -> String {
     format!("^(-1|0|[0-9]{{1,{MAX_DURATION_DIGITS}}}(ms|s|m|h))$")
 }
 
-/// `spec.ufs.uri`: the schemes workers serve, with an absolute normalized path.
-pub fn ufs_uri() -> Rule {
-    let path = ABSOLUTE_PATTERN.trim_start_matches('^');
+/// `spec.ufs.uri`: a scheme workers serve, file:// or s3:// (`UfsConfig::from_properties`); any
+/// other (gs://, hdfs://) is refused at apply, naming the field.
+pub fn ufs_scheme() -> Rule {
+    Rule::new("self.startsWith('file://') || self.startsWith('s3://')").message(Message::Message(format!(
+        "spec.ufs.uri must be file:// or s3:// under-storage, such as file:///data or s3://bucket/prefix: workers serve {UFS_ACCEPTED}, not gs:// or hdfs://"
+    )))
+}
+
+/// `spec.ufs.uri`: a file:// URI has an absolute normalized path.
+pub fn ufs_file_path() -> Rule {
     Rule::new(format!(
-        "self.matches(r'^file://{path}') && !self.matches(r'{DOT_SEGMENT_PATTERN}')"
+        "!self.startsWith('file://') || {}",
+        absolute("self.substring(7)")
     ))
     .message(
-        "spec.ufs.uri must be file:// with an absolute path such as file:///data (no `.`, `..`, `//`, trailing `/` or spaces); workers serve only file:// under-storage",
+        "spec.ufs.uri must be file:// with an absolute path such as file:///data (no `.`, `..`, `//`, trailing `/` or spaces)",
     )
 }
 
-/// `spec.ufs.uri`: the path is clear of the system directories.
-pub fn ufs_uri_not_system_dir() -> Rule {
+/// `spec.ufs.uri`: an s3:// URI names a bucket and a clean prefix
+/// (`rcache_contract::ufs::check_s3_uri`).
+pub fn ufs_s3_uri() -> Rule {
+    Rule::new(format!(
+        "!self.startsWith('s3://') || (self.matches(r'{S3_URI_PATTERN}') && !self.matches(r'{DOT_SEGMENT_PATTERN}'))"
+    ))
+    .message(Message::Message(format!(
+        "spec.ufs.uri must be {S3_URI_ACCEPTED}"
+    )))
+}
+
+/// `spec.ufs.s3.endpoint`: `rcache_contract::ufs::check_s3_endpoint`.
+pub fn s3_endpoint() -> Rule {
+    Rule::new(format!("self.matches(r'{S3_ENDPOINT_PATTERN}')")).message(
+        "spec.ufs.s3.endpoint must be an http:// or https:// URL such as https://s3.example.com (a host and an optional port, no path)",
+    )
+}
+
+/// `spec.ufs.s3.region`: `rcache_contract::ufs::check_s3_region`.
+pub fn s3_region() -> Rule {
+    Rule::new(format!("self.matches(r'{S3_REGION_PATTERN}')")).message(
+        "spec.ufs.s3.region must be a region name such as eu-west-1 (1-64 letters, digits, `_` and `-`)",
+    )
+}
+
+/// `spec.ufs`: S3 settings only with an s3:// URI.
+pub fn s3_settings_need_s3() -> Rule {
+    Rule::new("!has(self.s3) || self.uri.startsWith('s3://')")
+        .message("spec.ufs.s3 applies only to an s3:// spec.ufs.uri")
+}
+
+/// `spec.ufs.uri`: a file:// path is clear of the system directories.
+pub fn ufs_file_not_system_dir() -> Rule {
     Rule::new(format!(
         "!self.startsWith('file://') || {}",
         clear_of_system_dirs("self.substring(7)")

@@ -8,6 +8,10 @@
 //! `WorkersReady`/`FuseReady` False with `WorkerPodsFailing`/`FusePodsFailing` and the
 //! container's termination message, so `kubectl describe rcc` shows why a worker crash-loops.
 //! Messages hold no timestamps or counters, so an unchanged crash loop keeps an equal status.
+//! A worker that stops because its under-storage check failed writes
+//! `under-storage <uri> (<where>): <Fault>: <fix>; the store answered: ...`; that turns
+//! `UfsReady` False with the fault as the reason (`AccessDenied`, `BucketNotFound`,
+//! `Unreachable`, `UfsError`).
 
 use crate::crd::{CacheClusterStatus, ClusterCondition, Member};
 
@@ -23,6 +27,12 @@ pub const NETWORK_READY: &str = "NetworkReady";
 pub const PROGRESSING: &str = "Progressing";
 /// Something needs the user's attention.
 pub const DEGRADED: &str = "Degraded";
+/// The workers reach the under-storage (`Unknown` until a worker is ready or fails its check).
+pub const UFS_READY: &str = "UfsReady";
+
+/// The faults a worker names in its under-storage termination message (the reasons of
+/// `UfsReady False`).
+pub const UFS_FAULTS: &[&str] = &["AccessDenied", "BucketNotFound", "Unreachable", "UfsError"];
 
 /// Reasons a user can act on.
 pub mod reason {
@@ -135,6 +145,43 @@ fn cond(type_: &str, ok: bool, reason: &str, message: String) -> ClusterConditio
         message,
         last_transition_time: String::new(),
         observed_generation: None,
+    }
+}
+
+/// The fault and the message of the first failing worker whose termination message is an
+/// under-storage check failure.
+fn ufs_failure(problems: &[PodProblem]) -> Option<(&'static str, String)> {
+    problems.iter().find_map(|p| {
+        let at = p.message.find("under-storage ")?;
+        let text = &p.message[at..];
+        let after = &text[text.find("): ")? + 3..];
+        let fault = UFS_FAULTS
+            .iter()
+            .find(|f| after.starts_with(&format!("{f}:")))?;
+        Some((*fault, format!("{}: {text}", p.pod)))
+    })
+}
+
+fn ufs_condition(o: &Observed) -> ClusterCondition {
+    if let Some((fault, msg)) = ufs_failure(&o.workers_failing) {
+        return cond(UFS_READY, false, fault, msg);
+    }
+    if o.workers_ready > 0 {
+        return cond(
+            UFS_READY,
+            true,
+            "UfsReachable",
+            "the ready workers passed their under-storage check".to_string(),
+        );
+    }
+    ClusterCondition {
+        status: "Unknown".to_string(),
+        ..cond(
+            UFS_READY,
+            false,
+            "NoWorkerReady",
+            "no worker has checked the under-storage yet".to_string(),
+        )
     }
 }
 
@@ -277,6 +324,8 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
     };
     let network = network_condition(o);
     let network_ok = network.status == "True";
+    let ufs = ufs_condition(o);
+    let ufs_failed = ufs.status == "False";
     let ready = if workers_ok && fuse_ok && network_ok {
         cond(
             READY,
@@ -285,10 +334,14 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
             "workers, FUSE and network are ready".to_string(),
         )
     } else {
-        let failing: Vec<&ClusterCondition> = [&network, &workers, &fuse]
-            .into_iter()
-            .filter(|c| c.status == "False")
-            .collect();
+        // The under-storage fault first among the pod problems: it says what to fix.
+        let ufs_failing = ufs_failed.then_some(&ufs);
+        let failing: Vec<&ClusterCondition> =
+            [Some(&network), ufs_failing, Some(&workers), Some(&fuse)]
+                .into_iter()
+                .flatten()
+                .filter(|c| c.status == "False")
+                .collect();
         let first = failing
             .first()
             .map(|c| c.reason.clone())
@@ -339,6 +392,8 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
         .find(|c| c.reason == reason::WORKER_PODS_FAILING || c.reason == reason::FUSE_PODS_FAILING);
     let degraded = if !network_ok {
         cond(DEGRADED, true, &network.reason, network.message.clone())
+    } else if ufs_failed {
+        cond(DEGRADED, true, &ufs.reason, ufs.message.clone())
     } else if let Some(c) = pods_failing {
         cond(DEGRADED, true, &c.reason, c.message.clone())
     } else {
@@ -349,7 +404,7 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
             "no problem detected".to_string(),
         )
     };
-    conditions.extend([ready, workers, fuse, network, progressing, degraded]);
+    conditions.extend([ready, workers, fuse, network, ufs, progressing, degraded]);
     CacheClusterStatus {
         observed_generation: Some(o.generation),
         conditions,
@@ -455,7 +510,8 @@ mod tests {
         assert_eq!(get(&s, DEGRADED), ("False", "AsExpected"));
         assert_eq!((s.workers.as_str(), s.fuse.as_str()), ("3/3", "2/2"));
         assert_eq!(s.observed_generation, Some(2));
-        assert_eq!(s.conditions.len(), 6);
+        assert_eq!(s.conditions.len(), 7);
+        assert_eq!(get(&s, UFS_READY), ("True", "UfsReachable"));
     }
 
     #[test]
@@ -542,6 +598,34 @@ mod tests {
         assert_eq!(get(&s, DEGRADED), ("True", reason::WORKER_PODS_FAILING));
         assert_eq!(message(&s, DEGRADED), message(&s, WORKERS_READY));
         assert_eq!(get(&s, PROGRESSING), ("False", reason::PODS_FAILING));
+    }
+
+    #[test]
+    fn a_worker_stopped_by_its_under_storage_check_turns_ufs_ready_false_with_the_fault() {
+        let term = "under-storage s3://datasets/train (endpoint http://s3.local:8333): AccessDenied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in spec.ufs.credentialsSecretRef; the store answered: 403 Forbidden";
+        let s = compute(&observed(&format!(
+            "{{workersDesired: 2, workersFailing: [{{pod: demo-worker-0, reason: CrashLoopBackOff, message: '{term}'}}]}}"
+        )));
+        assert_eq!(get(&s, UFS_READY), ("False", "AccessDenied"));
+        assert_eq!(message(&s, UFS_READY), format!("demo-worker-0: {term}"));
+        assert!(message(&s, UFS_READY).contains("datasets"));
+        assert_eq!(get(&s, READY), ("False", "AccessDenied"));
+        assert_eq!(get(&s, DEGRADED), ("True", "AccessDenied"));
+        assert_eq!(
+            get(&s, WORKERS_READY),
+            ("False", reason::WORKER_PODS_FAILING)
+        );
+        // A log tail (FallbackToLogsOnError) names it too.
+        let s = compute(&observed(
+            "{workersDesired: 1, workersFailing: [{pod: w-0, reason: Error, message: 'rcache-worker: under-storage s3://b/p (AWS): BucketNotFound: check the bucket name'}]}",
+        ));
+        assert_eq!(get(&s, UFS_READY), ("False", "BucketNotFound"));
+        // Other crashes say nothing about the under-storage, and no worker checked it yet.
+        let s = compute(&observed(&format!(
+            "{{workersDesired: 1, workersFailing: [{{pod: w-0, reason: Error, message: '{MEMLOCK}'}}]}}"
+        )));
+        assert_eq!(get(&s, UFS_READY), ("Unknown", "NoWorkerReady"));
+        assert_eq!(get(&s, READY), ("False", reason::WORKER_PODS_FAILING));
     }
 
     #[test]

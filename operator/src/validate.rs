@@ -10,6 +10,7 @@ use crate::Error;
 use crate::crd::{Attachment, CacheCluster, CacheClusterSpec, Medium, NetworkMode};
 use rcache_contract::keys::DEFAULT_FUSE_WEB_PORT;
 use rcache_contract::paths::{check_absolute, check_safe_dir, overlaps};
+use rcache_contract::ufs::{check_s3_endpoint, check_s3_region, check_s3_uri};
 use rcache_contract::values::{
     MAX_DURATION_DIGITS, check_interface_name, check_rdma_device, parse_quantity,
 };
@@ -253,15 +254,35 @@ pub fn plan(cc: &CacheCluster) -> Result<ClusterPlan, Error> {
         "spec.fuse.smallFilePrefetchThreshold",
         &spec.fuse.small_file_prefetch_threshold,
     )?;
-    let ufs_path = spec.ufs.uri.strip_prefix("file://").ok_or_else(|| {
-        invalid(
+    // The schemes workers serve (the CRD's `rules::ufs_scheme`, `ufs_file_path`,
+    // `ufs_file_not_system_dir` and `ufs_s3_uri` say the same at apply).
+    let ufs_path = if let Some(path) = spec.ufs.uri.strip_prefix("file://") {
+        check_absolute(path).map_err(|e| invalid("spec.ufs.uri", e))?;
+        safe_dir("spec.ufs.uri", path)?;
+        Some(path)
+    } else if spec.ufs.uri.starts_with("s3://") {
+        check_s3_uri(&spec.ufs.uri).map_err(|e| invalid("spec.ufs.uri", e))?;
+        None
+    } else {
+        return Err(invalid(
             "spec.ufs.uri",
-            "must be file:// with an absolute path such as file:///data; workers serve only file:// under-storage",
-        )
-    })?;
-    check_absolute(ufs_path).map_err(|e| invalid("spec.ufs.uri", e))?;
-    safe_dir("spec.ufs.uri", ufs_path)?;
+            "must be file:// with an absolute path such as file:///data or s3://bucket[/prefix]; workers serve file:// and s3:// under-storage (not gs:// or hdfs://)",
+        ));
+    };
+    if spec.ufs.s3.is_some() && ufs_path.is_some() {
+        return Err(invalid(
+            "spec.ufs.s3",
+            "applies only to an s3:// spec.ufs.uri",
+        ));
+    }
+    if let Some(endpoint) = spec.ufs.s3.as_ref().and_then(|s| s.endpoint.as_deref()) {
+        check_s3_endpoint(endpoint).map_err(|e| invalid("spec.ufs.s3.endpoint", e))?;
+    }
+    if let Some(region) = spec.ufs.s3.as_ref().and_then(|s| s.region.as_deref()) {
+        check_s3_region(region).map_err(|e| invalid("spec.ufs.s3.region", e))?;
+    }
     if let Some(ssd) = &ssd
+        && let Some(ufs_path) = ufs_path
         && overlaps(&ssd.path, ufs_path)
     {
         return Err(invalid(
@@ -536,5 +557,43 @@ mod tests {
         }
         let err = plan(&cluster("ufs: {uri: 'file:///data', hostPath: /proc/1}")).unwrap_err();
         assert!(err.to_string().contains("spec.ufs.hostPath"), "{err}");
+    }
+
+    #[test]
+    fn schemes_the_worker_does_not_serve_and_s3_settings_without_s3_are_refused() {
+        for uri in ["gs://bucket/p", "hdfs://nn:8020/p"] {
+            let err = plan(&cluster(&format!("ufs: {{uri: '{uri}'}}"))).unwrap_err();
+            assert!(
+                err.to_string().contains("spec.ufs.uri") && err.to_string().contains("s3://"),
+                "{uri}: {err}"
+            );
+        }
+        let err = plan(&cluster(
+            "ufs: {uri: 'file:///data', s3: {endpoint: 'http://x:1'}}",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("spec.ufs.s3"), "{err}");
+        plan(&cluster(
+            "ufs: {uri: 's3://bucket/p', s3: {endpoint: 'http://x:1', pathStyle: true}}",
+        ))
+        .expect("s3 with settings");
+        for (uri, field) in [
+            ("s3://Bad_Bucket/p", "spec.ufs.uri"),
+            ("s3://bucket/../p", "spec.ufs.uri"),
+            ("s3://bucket//p", "spec.ufs.uri"),
+        ] {
+            let err = plan(&cluster(&format!("ufs: {{uri: '{uri}'}}"))).unwrap_err();
+            assert!(err.to_string().contains(field), "{uri}: {err}");
+        }
+        let err = plan(&cluster(
+            "ufs: {uri: 's3://bucket/p', s3: {endpoint: 'minio:9000'}}",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("spec.ufs.s3.endpoint"), "{err}");
+        let err = plan(&cluster(
+            "ufs: {uri: 's3://bucket/p', s3: {region: \"eu-west-1\\nrcache.ufs.uri=file:///etc\"}}",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("spec.ufs.s3.region"), "{err}");
     }
 }

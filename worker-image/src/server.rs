@@ -18,7 +18,7 @@ use rcache_transport::{
 use crate::cache::{CacheError, PageAllocator, PageBufMut, PageStore, StoreConfig};
 use crate::config::{POOL_INITIAL, POOL_MAX, POOL_PREWARM, RDMA_ENABLED, WorkerConfig};
 use crate::metrics::{Metrics, Op, Outcome, RequestMetrics};
-use crate::ufs::{LocalUfs, UfsError, normalize};
+use crate::ufs::{UfsError, normalize};
 
 /// Pages in the registered pool (a pool chunk is one page).
 pub struct PoolAllocator(pub BufferPool);
@@ -296,8 +296,9 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
             "rcache.worker.page.store.mem.quota exceeds {POOL_MAX}: pages beyond the pool live on the heap and are copied when sent"
         );
     }
-    let crate::config::UfsConfig::File(root) = &cfg.ufs;
-    let ufs = LocalUfs::new(root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ufs = crate::ufs::open(&cfg.ufs)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (store, report) = PageStore::open(
         StoreConfig {
             page_size: cfg.page_size,
@@ -305,7 +306,7 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
             ssd: cfg.ssd.clone(),
             metadata_sync: cfg.metadata_sync,
         },
-        ufs.clone(),
+        ufs,
         Arc::new(PoolAllocator(pool.clone())),
     )
     .await
@@ -473,7 +474,7 @@ mod tests {
                 ssd: None,
                 metadata_sync: crate::config::SyncInterval::Every(Duration::from_secs(10)),
             },
-            LocalUfs::new(d.path()).expect("ufs"),
+            crate::ufs::LocalUfs::new(d.path()).expect("ufs"),
             Arc::new(crate::cache::HeapAllocator),
         )
         .await
@@ -524,7 +525,7 @@ mod tests {
                 ssd: None,
                 metadata_sync: crate::config::SyncInterval::Always,
             },
-            LocalUfs::new(d.path()).expect("ufs"),
+            crate::ufs::LocalUfs::new(d.path()).expect("ufs"),
             Arc::new(crate::cache::HeapAllocator),
         )
         .await

@@ -29,6 +29,16 @@ pub fn render(plan: &ClusterPlan) -> String {
         (k::WORKER_DATA_PORT, s.worker.ports.data.to_string()),
         (k::WORKER_WEB_PORT, s.worker.ports.web.to_string()),
     ];
+    if let Some(s3) = &s.ufs.s3 {
+        // Where the store is; the credentials come from the Secret's environment, never here.
+        if let Some(ep) = &s3.endpoint {
+            kv.push((k::S3_ENDPOINT, ep.clone()));
+        }
+        if let Some(region) = &s3.region {
+            kv.push((k::S3_REGION, region.clone()));
+        }
+        kv.push((k::S3_PATH_STYLE, s3.path_style.to_string()));
+    }
     if let Some(dev) = &plan.bind_device {
         kv.push((k::WORKER_BIND_DEVICE, dev.clone()));
         kv.push((k::USER_BIND_DEVICE, dev.clone()));
@@ -141,6 +151,24 @@ mod tests {
         assert_eq!(p["rcache.fuse.web.port"], "30001");
         assert!(!p.contains_key("rcache.worker.data.bind.device"));
         assert!(!p.contains_key("rcache.worker.page.store.ssd.dir"));
+    }
+
+    #[test]
+    fn s3_settings_render_underfs_keys_and_never_the_credentials() {
+        let p = props(
+            "ufs: {uri: 's3://data-set/train', credentialsSecretRef: {name: s3-creds}, s3: {endpoint: 'http://10.0.0.5:8333', region: eu-west-1, pathStyle: true}}",
+        );
+        assert_eq!(p["rcache.ufs.uri"], "s3://data-set/train");
+        assert_eq!(p["rcache.underfs.s3.endpoint"], "http://10.0.0.5:8333");
+        assert_eq!(p["rcache.underfs.s3.region"], "eu-west-1");
+        assert_eq!(p["rcache.underfs.s3.path.style"], "true");
+        assert!(
+            p.keys()
+                .all(|k| !k.contains("secret") && !k.contains("access")),
+            "{p:?}"
+        );
+        let p = props("ufs: {uri: 's3://data-set'}");
+        assert!(!p.keys().any(|k| k.starts_with("rcache.underfs.")), "{p:?}");
     }
 
     #[test]

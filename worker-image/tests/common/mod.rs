@@ -61,22 +61,19 @@ impl Worker {
         extra: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> Worker {
-        std::fs::create_dir_all(dir).expect("mkdir");
-        let props = dir.join(format!("{name}.properties"));
-        let mut text = format!(
-            "rcache.cluster.name=test\nrcache.ufs.uri=file://{}\nrcache.worker.data.port=0\n\
-             rcache.worker.web.port=0\nrcache.worker.data.bind.host=127.0.0.1\n\
-             rcache.worker.page.size=64KB\nrcache.cluster.placement.block.size=128KB\n\
-             rcache.network.rdma.data.buffer.pool.initial.size=4MB\n\
-             rcache.network.rdma.data.buffer.pool.prewarm.size=0\n\
-             rcache.network.rdma.data.buffer.pool.max.size=32MB\n\
-             rcache.worker.page.store.mem.quota=16MB\n",
-            ufs.display()
-        );
-        for (k, v) in extra {
-            text.push_str(&format!("{k}={v}\n"));
-        }
-        std::fs::write(&props, text).expect("write props");
+        let uri = format!("file://{}", ufs.display());
+        Self::start_uri(dir, name, &uri, extra, env)
+    }
+
+    /// Like `start_env` with any `rcache.ufs.uri` (e.g. `s3://bucket/prefix`).
+    pub fn start_uri(
+        dir: &Path,
+        name: &str,
+        uri: &str,
+        extra: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Worker {
+        let props = write_props(dir, name, uri, extra);
         let ports = dir.join(format!("{name}.ports.json"));
         let _ = std::fs::remove_file(&ports);
         let log = dir.join(format!("{name}.log"));
@@ -184,6 +181,26 @@ impl Worker {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Writes the test worker's properties (loopback, port 0, small pages and pool) for `uri`.
+pub fn write_props(dir: &Path, name: &str, uri: &str, extra: &[(&str, &str)]) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let props = dir.join(format!("{name}.properties"));
+    let mut text = format!(
+        "rcache.cluster.name=test\nrcache.ufs.uri={uri}\nrcache.worker.data.port=0\n\
+         rcache.worker.web.port=0\nrcache.worker.data.bind.host=127.0.0.1\n\
+         rcache.worker.page.size=64KB\nrcache.cluster.placement.block.size=128KB\n\
+         rcache.network.rdma.data.buffer.pool.initial.size=4MB\n\
+         rcache.network.rdma.data.buffer.pool.prewarm.size=0\n\
+         rcache.network.rdma.data.buffer.pool.max.size=32MB\n\
+         rcache.worker.page.store.mem.quota=16MB\n"
+    );
+    for (k, v) in extra {
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    std::fs::write(&props, text).expect("write props");
+    props
 }
 
 pub async fn client(members: Vec<Member>, block_size: u64) -> CacheClient {

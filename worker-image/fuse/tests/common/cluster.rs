@@ -106,6 +106,19 @@ impl Cluster {
         block_size: &str,
         extra: &[(&str, &str)],
     ) -> Cluster {
+        Self::start_with_env(dir, ufs, n, block_size, extra, &[])
+    }
+
+    /// Like `start_with`, with extra environment variables for the workers (e.g. the S3
+    /// credentials; an `rcache.ufs.uri` in `extra` overrides the `file://` one of `ufs`).
+    pub fn start_with_env(
+        dir: &Path,
+        ufs: &Path,
+        n: usize,
+        block_size: &str,
+        extra: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let membership_path = dir.join("members.json");
         let config = dir.join("rcache.properties");
         let mut text = properties(ufs, &membership_path, block_size);
@@ -129,6 +142,7 @@ impl Cluster {
                 .env(WORKER_CONFIG_ENV, &config)
                 .env(WORKER_PORTS_ENV, &ports)
                 .env("RUST_LOG", "info")
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()

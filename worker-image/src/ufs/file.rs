@@ -1,115 +1,15 @@
-//! Under-storage (UFS): where the cache's pages come from. Owns path normalisation (paths are
-//! relative to the UFS root, `/`-separated, `""` or `/` is the root) and refuses any path that
-//! would leave the root (`..`, symlinks pointing outside). Serves range reads, stat and list.
-//! It caches nothing and knows nothing about pages; `cache` decides what to read.
+//! `file://` under-storage: a local directory (hostPath, NFS or PVC mount). Refuses symlinks
+//! that leave the root. A file's version is its size and mtime.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use rcache_transport::{DirEntry, ErrorCode, FileStat};
+use rcache_transport::{DirEntry, FileStat};
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum UfsError {
-    #[error("{path}: no such file or directory in the under-storage")]
-    NotFound { path: String },
-    #[error("{path}: not a directory")]
-    NotADirectory { path: String },
-    #[error("{path}: is a directory")]
-    IsADirectory { path: String },
-    #[error("{path}: refused: {reason}")]
-    Refused { path: String, reason: String },
-    #[error("{path}: under-storage I/O error: {reason}")]
-    Io { path: String, reason: String },
-}
-
-impl UfsError {
-    /// The wire error code.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            UfsError::NotFound { .. } => ErrorCode::NotFound,
-            UfsError::NotADirectory { .. } => ErrorCode::NotADirectory,
-            UfsError::IsADirectory { .. } => ErrorCode::IsADirectory,
-            UfsError::Refused { .. } => ErrorCode::InvalidRequest,
-            UfsError::Io { .. } => ErrorCode::Io,
-        }
-    }
-
-    fn from_io(path: &str, e: std::io::Error) -> Self {
-        match e.kind() {
-            std::io::ErrorKind::NotFound => UfsError::NotFound { path: path.into() },
-            std::io::ErrorKind::NotADirectory => UfsError::NotADirectory { path: path.into() },
-            std::io::ErrorKind::IsADirectory => UfsError::IsADirectory { path: path.into() },
-            _ => UfsError::Io {
-                path: path.into(),
-                reason: e.to_string(),
-            },
-        }
-    }
-}
-
-/// Normalises a client path: strips leading/trailing `/`, collapses `//` and `.`, refuses `..`
-/// and NUL bytes. The result is `""` for the root or `a/b/c`.
-pub fn normalize(path: &str) -> Result<String, UfsError> {
-    if path.contains('\0') {
-        return Err(UfsError::Refused {
-            path: path.escape_debug().to_string(),
-            reason: "path contains a NUL byte".into(),
-        });
-    }
-    let mut parts = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                return Err(UfsError::Refused {
-                    path: path.into(),
-                    reason: "`..` would leave the under-storage root".into(),
-                });
-            }
-            p => parts.push(p),
-        }
-    }
-    Ok(parts.join("/"))
-}
-
-/// Counters of under-storage use (read by metrics and tests).
-#[derive(Debug, Default)]
-pub struct UfsCounters {
-    pub reads: AtomicU64,
-    pub bytes: AtomicU64,
-    /// `stat` calls (metadata syncs of the cache; list is not counted).
-    pub stats: AtomicU64,
-}
-
-/// What a range read read: the byte count and the stat of the file it was read from (taken on
-/// the open file, so it names the version the bytes belong to even if the path was replaced
-/// since).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadOutcome {
-    pub len: usize,
-    pub stat: FileStat,
-}
-
-/// The under-storage behind the cache. Paths given here are already normalised.
-#[async_trait::async_trait]
-pub trait UnderStorage: Send + Sync + 'static {
-    /// Reads up to `buf.len()` bytes at `offset` into `buf`; fewer at EOF. Returns the stat of
-    /// the file read (its version). Blocking: call from a blocking thread.
-    fn read_at_blocking(
-        &self,
-        path: &str,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<ReadOutcome, UfsError>;
-    async fn stat(&self, path: &str) -> Result<FileStat, UfsError>;
-    async fn list(&self, path: &str) -> Result<Vec<DirEntry>, UfsError>;
-    fn counters(&self) -> &UfsCounters;
-    /// For logs: `file:///data`.
-    fn describe(&self) -> String;
-}
+use super::{ReadOutcome, UfsCounters, UfsError, UnderStorage};
 
 /// `file://` under-storage: a local directory (hostPath, NFS or PVC mount).
 pub struct LocalUfs {
@@ -286,18 +186,6 @@ mod tests {
         std::fs::write(dir.path().join("secret"), b"outside").expect("write");
         let ufs = LocalUfs::new(&dir.path().join("root")).expect("ufs");
         (dir, ufs)
-    }
-
-    #[test]
-    fn normalize_strips_slashes_and_refuses_dotdot() {
-        assert_eq!(normalize("/").expect("ok"), "");
-        assert_eq!(normalize("").expect("ok"), "");
-        assert_eq!(normalize("/a//b/./c/").expect("ok"), "a/b/c");
-        assert!(matches!(
-            normalize("a/../../etc"),
-            Err(UfsError::Refused { .. })
-        ));
-        assert!(matches!(normalize("a\0b"), Err(UfsError::Refused { .. })));
     }
 
     #[test]
