@@ -4,8 +4,9 @@
 #      kwok nodes advertising RDMA resources, and one real node (kubelet, containerd + runc, CNI,
 #      Multus) that runs the image built here
 #   2. helm install the operator chart: the operator is a pod with the chart's ServiceAccount
-#   3. apply the IPoIB sample (NetworkAttachmentDefinition + CacheCluster) onto the real node,
-#      with the stand-in fabric (a bridge, interface ib0) in place of the IPoIB network
+#   3. upload the dataset to an S3 server (SeaweedFS on the node's network), then apply the IPoIB
+#      sample (NetworkAttachmentDefinition + CacheCluster) onto the real node, reading s3://, with
+#      the stand-in fabric (a bridge, interface ib0) in place of the IPoIB network
 #   4. wait for Ready: worker and FUSE pods Running, members at their ib0 addresses
 #   5. an application pod reads a 256 MiB file through the cache, cold then hot; print what
 #      happened
@@ -23,6 +24,9 @@ RCC=ipoib
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 if [ "${1:-}" = down ]; then
+  # shellcheck source=e2e/journey.sh
+  . "$E2E/journey.sh"
+  journey_s3 "$DEMO_DIR/s3" down 2>/dev/null || true
   "$E2E/node/node" down || true
   "$E2E/cluster" down
   rm -rf "$DEMO_DIR"
@@ -46,31 +50,35 @@ kubectl get nodes -o wide
 kubectl get nodes -o custom-columns='NODE:.metadata.name,RDMA-SHARED:.status.allocatable.rdma/hca_shared_devices_a,MLNX-NICS:.status.allocatable.nvidia\.com/mlnxnics,FABRIC:.metadata.labels.rcache\.io/fabric,TAINTS:.spec.taints[*].key'
 
 say "2/5 helm install the operator chart; the operator runs as a pod with its ServiceAccount"
-# The chart's admission policy admits host paths under its prefixes only: add the demo's
-# under-storage directory. FUSE pods are privileged: the demo namespace is opted in below.
-journey_install_chart "$SYS" "$REL" \
-  --set-json "admissionPolicy.allowedHostPathPrefixes=[\"/data\",\"/mnt\",\"/var/lib/rcache\",\"$DEMO_DIR\"]" >/dev/null
+# The chart's admission policy: FUSE pods are privileged, so the demo namespace is opted in below.
+journey_install_chart "$SYS" "$REL" >/dev/null
 helm ls -n "$SYS"
 kubectl -n "$SYS" get pods -o wide
 
-say "3/5 kubectl apply the IPoIB sample (manifests/samples/ipoib.yaml) onto the real node"
+say "3/5 the dataset goes to object storage; kubectl apply the IPoIB sample onto the real node"
 mkdir -p "$DEMO_DIR/ufs"
 if [ ! -f "$DEMO_DIR/ufs/models/weights.bin" ]; then
   journey_make_dataset "$DEMO_DIR/ufs"
   head -c $((256 * 1048576)) /dev/urandom >"$DEMO_DIR/ufs/models/weights.bin"
 fi
 journey_world_readable "$DEMO_DIR/ufs"
+mkdir -p "$DEMO_DIR/s3"
+journey_s3 "$DEMO_DIR/s3" up
+journey_s3_upload "$DEMO_DIR/s3" "$DEMO_DIR/ufs" datasets demo
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 # The cluster admin's opt-in for privileged FUSE pods (the chart's admission policy).
 kubectl label namespace "$NS" rcache.io/privileged-pods=true --overwrite
 kubectl -n "$NS" apply -f "$JOURNEY_REPO/manifests/samples/ipoib.yaml"
 # No IPoIB port here: the stand-in fabric NAD (a bridge; Multus names the interface ib0) takes
-# the sample NAD's place. The sample reads /data on the nodes; the demo's under-storage is a local
-# directory, and the pods go to the real node.
+# the sample NAD's place. The sample reads /data on the nodes; the demo reads the bucket instead
+# (credentials from a Secret, never in the ConfigMap), and the pods go to the real node.
 journey_fabric_nad "$NS"
 echo "networkattachmentdefinition.k8s.cni.cncf.io/ipoib replaced by the stand-in fabric (e2e/fixtures/fabric-nad.yaml)"
+journey_s3_secret "$NS" s3-credentials
 kubectl -n "$NS" patch cacheclusters.rcache.io "$RCC" --type=merge \
-  -p "$(journey_on_real_node_patch "$DEMO_DIR/ufs" 512Mi)" >/dev/null
+  -p "$(journey_s3_patch datasets/demo s3-credentials 512Mi)"
+kubectl -n "$NS" get rcc "$RCC" -o jsonpath='{.spec.ufs}{"\n"}'
+
 
 say "4/5 kubectl get rcc -w (until Ready)"
 last=""
@@ -94,7 +102,7 @@ kubectl -n "$NS" exec reader -- ls -la /data /data/models
 read_mbps() { # an O_DIRECT sequential 1 MiB read of /data/$1 in the application pod
   kubectl -n "$NS" exec reader -- dd if="/data/$1" of=/dev/null bs=1M iflag=direct 2>&1 | tail -n 1
 }
-echo "cold read (fills the cache from the under-storage): $(read_mbps models/weights.bin)"
+echo "cold read (fills the cache from s3://datasets/demo): $(read_mbps models/weights.bin)"
 echo "hot read  (from the workers' memory tier):          $(read_mbps models/weights.bin)"
 want=$(sha256sum "$DEMO_DIR/ufs/models/weights.bin" | cut -d' ' -f1)
 got=$(journey_app_sha "$NS" reader models/weights.bin)

@@ -193,3 +193,54 @@ EOF
 journey_app_sha() {
   kubectl -n "$1" exec "$2" -- sh -c "dd if=/data/$3 bs=1M iflag=direct status=none | sha256sum | cut -d' ' -f1"
 }
+
+# --- object storage on the node's network ---------------------------------------------------
+# The S3 server the pods read: SeaweedFS (e2e/s3/s3server) on the real node's bridge address, so
+# worker pods reach it like an object store endpoint in a data centre. Ports apart from the test
+# server on loopback; its own state directory.
+JOURNEY_S3_IP=10.77.0.1
+JOURNEY_S3_PORT=28333
+journey_s3() { # journey_s3 <state dir> <s3server args...>
+  local state=$1; shift
+  RCACHE_S3_IP=$JOURNEY_S3_IP RCACHE_S3_STATE=$state RCACHE_S3_PORT=$JOURNEY_S3_PORT \
+    RCACHE_S3_MASTER_PORT=29433 RCACHE_S3_VOLUME_PORT=28480 RCACHE_S3_FILER_PORT=28988 \
+    "$JOURNEY_E2E/s3/s3server" "$@"
+}
+
+# journey_s3_upload <state dir> <local dir> <bucket> <prefix>: every file of <local dir> becomes
+# s3://<bucket>/<prefix>/<relative path>.
+journey_s3_upload() {
+  local state=$1 dir=$2 bucket=$3 prefix=$4
+  journey_s3 "$state" mb "$bucket" >/dev/null
+  journey_s3 "$state" py - "$dir" "$bucket" "$prefix" <<'PY'
+import os, sys, boto3
+root, bucket, prefix = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+n = 0
+for d, _, files in os.walk(root):
+    for f in files:
+        p = os.path.join(d, f)
+        s3.upload_file(p, bucket, prefix + "/" + os.path.relpath(p, root))
+        n += 1
+print(f"uploaded {n} files to s3://{bucket}/{prefix}/")
+PY
+}
+
+# journey_s3_secret <namespace> <name>: the Secret the CacheCluster's credentialsSecretRef names
+# (the local server's test keys; a real store's keys, or none with pod identity).
+journey_s3_secret() {
+  local ak sk
+  ak=$(journey_s3 /dev/null env | sed -n 's/^export AWS_ACCESS_KEY_ID=//p')
+  sk=$(journey_s3 /dev/null env | sed -n 's/^export AWS_SECRET_ACCESS_KEY=//p')
+  kubectl -n "$1" create secret generic "$2" --from-literal=AWS_ACCESS_KEY_ID="$ak" \
+    --from-literal=AWS_SECRET_ACCESS_KEY="$sk" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+}
+
+# journey_s3_patch <bucket/prefix> <secret> <mem quota>: a merge patch that makes a CacheCluster
+# read s3://<bucket/prefix> from the node's S3 server, its pods on the real node.
+journey_s3_patch() {
+  journey_on_real_node_patch /unused "$3" | jq -c --arg u "s3://$1" --arg s "$2" \
+    --arg e "http://$JOURNEY_S3_IP:$JOURNEY_S3_PORT" \
+    '.spec.ufs = {uri: $u, hostPath: null, credentialsSecretRef: {name: $s},
+                  s3: {endpoint: $e, region: "us-east-1", pathStyle: true}}'
+}
