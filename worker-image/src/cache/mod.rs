@@ -16,6 +16,7 @@
 pub mod disk;
 pub mod lru;
 pub mod meta;
+pub mod warm;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,6 +98,8 @@ pub struct CacheCounters {
     pub ssd_write_errors: AtomicU64,
     pub ssd_writes_skipped: AtomicU64,
     pub pool_fallbacks: AtomicU64,
+    /// Pages filled from the UFS by warm-up (`Load`), not by a reader: not counted as misses.
+    pub load_fills: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error, Clone)]
@@ -450,6 +453,18 @@ impl PageStore {
     /// One page of version `version` of the file (shorter than the page size at EOF, empty past
     /// it). `Changed` when the UFS holds another version now.
     pub async fn page(&self, path: &str, index: u64, version: u64) -> Result<Bytes, CacheError> {
+        self.page_for(path, index, version, false).await
+    }
+
+    /// [`page`](Self::page), telling whether a warm-up (`load`) or a reader asks: a warm-up's
+    /// fill is counted in `load_fills`, not as a miss.
+    async fn page_for(
+        &self,
+        path: &str,
+        index: u64,
+        version: u64,
+        load: bool,
+    ) -> Result<Bytes, CacheError> {
         let key = PageKey::new(path, index);
         if let Some(b) = self.mem_get(&key, version) {
             return Ok(b);
@@ -463,7 +478,7 @@ impl PageStore {
             .or_default()
             .clone();
         let res = flight
-            .get_or_init(|| self.fill(key.clone(), version))
+            .get_or_init(|| self.fill(key.clone(), version, load))
             .await
             .clone();
         {
@@ -475,7 +490,7 @@ impl PageStore {
         res
     }
 
-    async fn fill(&self, key: PageKey, version: u64) -> Result<Bytes, CacheError> {
+    async fn fill(&self, key: PageKey, version: u64, load: bool) -> Result<Bytes, CacheError> {
         if let Some(b) = self.mem_get(&key, version) {
             return Ok(b);
         }
@@ -521,7 +536,11 @@ impl PageStore {
                 Lookup::Miss => {}
             }
         }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        if load {
+            self.counters.load_fills.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        }
         let mut buf = self.buffer(ps);
         let ufs = self.ufs.clone();
         let path = key.path.clone();
