@@ -304,15 +304,6 @@ impl PageStore {
         tracing::info!(path, stale_pages = dropped, "under-storage file changed");
     }
 
-    /// The version of `path` to serve: a regular file's stat from the metadata cache.
-    async fn current(&self, path: &str) -> Result<u64, UfsError> {
-        let stat = self.stat(path).await?;
-        if stat.is_dir {
-            return Err(UfsError::IsADirectory { path: path.into() });
-        }
-        Ok(version_of(&stat))
-    }
-
     /// Reads `len` bytes of `path` (normalised) at `offset`; short at EOF. All bytes come from
     /// one version of the file: the one the metadata cache names, or a newer one if a fill finds
     /// that the file changed.
@@ -321,8 +312,15 @@ impl PageStore {
             return Ok(Bytes::new());
         }
         for _ in 0..READ_ATTEMPTS {
-            let version = self.current(path).await?;
-            match self.read_version(path, version, offset, len).await {
+            let stat = self.stat(path).await?;
+            if stat.is_dir {
+                return Err(UfsError::IsADirectory { path: path.into() }.into());
+            }
+            // Nothing past the end of this version: no fill (and no miss) for it.
+            let Some(len) = clamp_to(stat.size, offset, len) else {
+                return Ok(Bytes::new());
+            };
+            match self.read_version(path, version_of(&stat), offset, len).await {
                 Err(CacheError::Changed { .. }) => continue,
                 other => return other,
             }
@@ -360,9 +358,9 @@ impl PageStore {
         for _ in 0..READ_ATTEMPTS {
             match &stat {
                 Ok(s) if !s.is_dir && FileVersion::of(s) == expect => {
-                    if len == 0 {
+                    let Some(len) = clamp_to(expect.size, offset, len) else {
                         return Ok(Bytes::new());
-                    }
+                    };
                     match self.read_version(path, want, offset, len).await {
                         // The fill saw another version, or no file: learn what is there now.
                         Err(CacheError::Changed { .. })
@@ -636,6 +634,12 @@ impl PageStore {
             ssd_pending_writes: self.pending_writes.load(Ordering::SeqCst),
         }
     }
+}
+
+/// `len` cut to the end of a file of `size` bytes; `None` when nothing of it is left.
+fn clamp_to(size: u64, offset: u64, len: u32) -> Option<u32> {
+    let left = size.checked_sub(offset).filter(|&l| l > 0)?;
+    Some(len.min(u32::try_from(left).unwrap_or(u32::MAX))).filter(|&l| l > 0)
 }
 
 async fn ssd_writer(
