@@ -139,7 +139,15 @@ mod tests {
             .collect();
         assert_eq!(
             cols,
-            ["Cluster", "Phase", "Progress", "Files", "Throughput", "ETA", "Age"]
+            [
+                "Cluster",
+                "Phase",
+                "Progress",
+                "Files",
+                "Throughput",
+                "ETA",
+                "Age"
+            ]
         );
     }
 

@@ -190,7 +190,11 @@ pub fn glob_match(glob: &str, path: &str) -> bool {
             None => p.is_empty(),
             Some('*') if g.get(1) == Some(&'*') => {
                 // `**/` also matches no directory at all.
-                let rest = if g.get(2) == Some(&'/') { &g[3..] } else { &g[2..] };
+                let rest = if g.get(2) == Some(&'/') {
+                    &g[3..]
+                } else {
+                    &g[2..]
+                };
                 (0..=p.len()).any(|i| go(rest, &p[i..])) || go(&g[2..], p)
             }
             Some('*') => {
@@ -348,7 +352,10 @@ impl LoadService {
             .filter(|(_, j)| lock(&j.progress).phase.finished())
             .map(|(k, _)| k.clone())
             .collect();
-        for k in finished.iter().take(finished.len().saturating_sub(KEEP_FINISHED)) {
+        for k in finished
+            .iter()
+            .take(finished.len().saturating_sub(KEEP_FINISHED))
+        {
             jobs.remove(k);
         }
         let progress = Arc::new(Mutex::new(LoadProgress {
@@ -507,9 +514,7 @@ impl LoadService {
         lock(&p).phase = JobPhase::Loading;
         let client = self.client().await.map_err(|e| e.to_string())?;
         let page = self.store.page_size();
-        let block = client
-            .as_ref()
-            .map_or(u64::MAX, |c| c.config().block_size);
+        let block = client.as_ref().map_or(u64::MAX, |c| c.config().block_size);
         let limiter = Arc::new(Limiter::new(spec.bandwidth_bytes_per_second));
         // Per file: ranges left and whether one failed.
         let left: Ranges = Arc::new(Mutex::new(
@@ -648,9 +653,8 @@ fn finish_range(
     match res {
         Some(Ok(c)) => {
             g.bytes_done += len;
-            let page_bytes = if c.pages == 0 { 0 } else { c.bytes / c.pages };
-            g.bytes_already_cached += c.resident * page_bytes;
-            g.bytes_loaded += c.bytes.saturating_sub(c.resident * page_bytes);
+            g.bytes_already_cached += c.resident_bytes;
+            g.bytes_loaded += c.bytes.saturating_sub(c.resident_bytes);
         }
         Some(Err(e)) if !entry.1 => {
             entry.1 = true;
@@ -732,10 +736,7 @@ pub fn router(svc: Arc<LoadService>) -> Router {
                         )
                             .into_response(),
                         Ok(spec) => json(StatusCode::OK, &s.start(spec)),
-                        Err(e) => (
-                            StatusCode::BAD_REQUEST,
-                            format!("bad load request: {e}\n"),
-                        )
+                        Err(e) => (StatusCode::BAD_REQUEST, format!("bad load request: {e}\n"))
                             .into_response(),
                     }
                 }
@@ -787,7 +788,10 @@ mod tests {
         assert_eq!(ranges(10, 6, 4), vec![(0, 4), (4, 2), (6, 4)]);
         let r = ranges(1 << 30, 64 << 20, 4 << 20);
         assert_eq!(r.iter().map(|(_, l)| l).sum::<u64>(), 1 << 30);
-        assert!(r.iter().all(|(o, l)| o / (64 << 20) == (o + l - 1) / (64 << 20)));
+        assert!(
+            r.iter()
+                .all(|(o, l)| o / (64 << 20) == (o + l - 1) / (64 << 20))
+        );
     }
 
     #[tokio::test]
@@ -798,6 +802,10 @@ mod tests {
             l.take(500).await;
         }
         // 2000 bytes at 1000 B/s with a 1000-byte burst: about one second.
-        assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }

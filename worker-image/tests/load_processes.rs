@@ -132,10 +132,7 @@ async fn a_loaded_tree_is_complete_verified_and_then_read_without_any_ufs_read()
     for e in common::walk(&ufs.join("tree")) {
         let rel = e.strip_prefix(&ufs).expect("rel").display().to_string();
         let want = std::fs::read(&e).expect("read");
-        let got = c
-            .read(&rel, 0, want.len() as u32 + 10)
-            .await
-            .expect("read");
+        let got = c.read(&rel, 0, want.len() as u32 + 10).await.expect("read");
         assert!(got[..] == want[..], "{rel}");
     }
     assert_eq!(ufs_bytes(&ws), total as f64, "no UFS read after the load");
@@ -149,7 +146,10 @@ async fn a_loaded_tree_is_complete_verified_and_then_read_without_any_ufs_read()
     assert!(files >= 122, "files cached over the workers: {files}");
 
     // Loading again finds everything resident and reads nothing.
-    start_load(&ws[1], serde_json::json!({"id": "t2", "paths": ["tree/**/*.bin"]}));
+    start_load(
+        &ws[1],
+        serde_json::json!({"id": "t2", "paths": ["tree/**/*.bin"]}),
+    );
     let again = wait(&ws[1], "t2").pop().expect("progress");
     assert_eq!(again.phase, JobPhase::Complete, "{again:?}");
     assert_eq!((again.bytes_already_cached, again.bytes_loaded), (total, 0));
@@ -172,7 +172,10 @@ async fn a_missing_path_fails_naming_it_and_the_rest_still_loads() {
     let paths: Vec<&str> = last.failures.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["no/such/dir", "tree/*.txt"]);
     assert!(last.failures[0].error.contains("not found"), "{last:?}");
-    assert!(last.failures[1].error.contains("matches no file"), "{last:?}");
+    assert!(
+        last.failures[1].error.contains("matches no file"),
+        "{last:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

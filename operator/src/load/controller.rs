@@ -171,8 +171,15 @@ async fn stop(ctx: &Ctx, cl: &CacheLoad) -> Result<Action, LoadError> {
         st.coordinator_address.as_deref().and_then(split_addr),
     ) && st.phase == phase::RUNNING
     {
-        match http::call(&host, port, "DELETE", &format!("/v1/loads/{job}"), None, HTTP_TIMEOUT)
-            .await
+        match http::call(
+            &host,
+            port,
+            "DELETE",
+            &format!("/v1/loads/{job}"),
+            None,
+            HTTP_TIMEOUT,
+        )
+        .await
         {
             Ok(_) => info!(load = %cl.name_any(), job, "stopped the run of a deleted CacheLoad"),
             Err(e) => warn!(load = %cl.name_any(), error = %e, "could not stop the run"),
@@ -199,7 +206,10 @@ async fn write(ctx: &Ctx, cl: &CacheLoad, st: &CacheLoadStatus) -> Result<(), Lo
         &Patch::Apply(patch),
     )
     .await
-    .map_err(kube_err(format!("patch status of CacheLoad {ns}/{}", cl.name_any())))?;
+    .map_err(kube_err(format!(
+        "patch status of CacheLoad {ns}/{}",
+        cl.name_any()
+    )))?;
     Ok(())
 }
 
@@ -242,7 +252,11 @@ async fn drive(ctx: &Ctx, cl: &CacheLoad) -> Result<Action, LoadError> {
         lock(&ctx.active).insert(cluster_key(cl), cl.uid().unwrap_or_default());
         return poll(ctx, cl, st, &stamp).await;
     }
-    let schedule = cl.spec.schedule.as_deref().and_then(|s| Schedule::parse(s).ok());
+    let schedule = cl
+        .spec
+        .schedule
+        .as_deref()
+        .and_then(|s| Schedule::parse(s).ok());
     let changed = st.observed_generation != generation;
     let due = match (&schedule, st.next_schedule_time.as_deref()) {
         (Some(_), Some(next)) => next.parse::<Timestamp>().is_ok_and(|n| n <= t),
@@ -253,7 +267,11 @@ async fn drive(ctx: &Ctx, cl: &CacheLoad) -> Result<Action, LoadError> {
         let Some(s) = &schedule else {
             return Ok(Action::await_change());
         };
-        let next = match st.next_schedule_time.as_deref().map(str::parse::<Timestamp>) {
+        let next = match st
+            .next_schedule_time
+            .as_deref()
+            .map(str::parse::<Timestamp>)
+        {
             Some(Ok(n)) => Some(n),
             _ => s.next_after(t),
         };
@@ -261,7 +279,9 @@ async fn drive(ctx: &Ctx, cl: &CacheLoad) -> Result<Action, LoadError> {
         write(ctx, cl, &st).await?;
         return Ok(match next {
             Some(n) => Action::requeue(Duration::from_secs(
-                u64::try_from(n.as_second() - t.as_second()).unwrap_or(0).max(1),
+                u64::try_from(n.as_second() - t.as_second())
+                    .unwrap_or(0)
+                    .max(1),
             )),
             None => Action::await_change(),
         });
@@ -456,7 +476,15 @@ async fn poll(
     let job = st.job_id.clone().unwrap_or_default();
     let answer = match st.coordinator_address.as_deref().and_then(split_addr) {
         Some((host, port)) => {
-            http::call(&host, port, "GET", &format!("/v1/loads/{job}"), None, HTTP_TIMEOUT).await
+            http::call(
+                &host,
+                port,
+                "GET",
+                &format!("/v1/loads/{job}"),
+                None,
+                HTTP_TIMEOUT,
+            )
+            .await
         }
         None => Err("no coordinator address".into()),
     };
@@ -592,8 +620,14 @@ worker:
 
     #[test]
     fn coordinator_addresses_split_back_into_host_and_port() {
-        assert_eq!(split_addr("10.0.0.5:30000"), Some(("10.0.0.5".into(), 30000)));
-        assert_eq!(split_addr("[fd00::1]:30000"), Some(("fd00::1".into(), 30000)));
+        assert_eq!(
+            split_addr("10.0.0.5:30000"),
+            Some(("10.0.0.5".into(), 30000))
+        );
+        assert_eq!(
+            split_addr("[fd00::1]:30000"),
+            Some(("fd00::1".into(), 30000))
+        );
         assert_eq!(split_addr("nope"), None);
     }
 

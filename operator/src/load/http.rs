@@ -101,9 +101,16 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
-        let e = call("127.0.0.1", port, "GET", "/v1/stats", None, Duration::from_secs(2))
-            .await
-            .unwrap_err();
+        let e = call(
+            "127.0.0.1",
+            port,
+            "GET",
+            "/v1/stats",
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
         assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
     }
 }

@@ -245,10 +245,7 @@ pub fn apply(
                         f.path,
                         f.error
                     ),
-                    None => p
-                        .message
-                        .clone()
-                        .unwrap_or_else(|| "the run failed".into()),
+                    None => p.message.clone().unwrap_or_else(|| "the run failed".into()),
                 },
             ),
         };
@@ -335,24 +332,43 @@ mod tests {
     #[test]
     fn a_running_job_shows_progress_throughput_and_eta() {
         let mut s = CacheLoadStatus::default();
-        apply(&mut s, &job("Loading", 1000 << 20, 250 << 20, 0, 5.0), 4 << 30, Some(2), NOW);
+        apply(
+            &mut s,
+            &job("Loading", 1000 << 20, 250 << 20, 0, 5.0),
+            4 << 30,
+            Some(2),
+            NOW,
+        );
         assert_eq!(s.phase, "Running");
         assert_eq!(s.progress, "25%");
         assert_eq!(s.files, "4/10");
         assert_eq!(s.throughput, "50Mi/s");
         assert_eq!(s.eta, "15s");
         let fits = s.conditions.iter().find(|c| c.type_ == "Fits").unwrap();
-        assert_eq!((fits.status.as_str(), fits.observed_generation), ("True", Some(2)));
+        assert_eq!(
+            (fits.status.as_str(), fits.observed_generation),
+            ("True", Some(2))
+        );
     }
 
     #[test]
     fn a_selection_larger_than_the_cache_says_how_much_fits_while_it_runs() {
         let mut s = CacheLoadStatus::default();
-        apply(&mut s, &job("Loading", 4 << 30, 0, 0, 0.1), 1 << 30, Some(1), NOW);
+        apply(
+            &mut s,
+            &job("Loading", 4 << 30, 0, 0, 0.1),
+            1 << 30,
+            Some(1),
+            NOW,
+        );
         let fits = s.conditions.iter().find(|c| c.type_ == "Fits").unwrap();
         assert_eq!(fits.status, "False");
         assert_eq!(fits.reason, "SelectionTooLarge");
-        assert!(fits.message.contains("at most 1.0Gi of it fits (25%)"), "{}", fits.message);
+        assert!(
+            fits.message.contains("at most 1.0Gi of it fits (25%)"),
+            "{}",
+            fits.message
+        );
     }
 
     #[test]
@@ -362,9 +378,15 @@ mod tests {
         p.bytes_resident = Some(1000);
         p.bytes_evicted = Some(0);
         apply(&mut s, &p, 4000, Some(1), NOW);
-        assert_eq!((s.phase.as_str(), s.progress.as_str()), ("Complete", "100%"));
+        assert_eq!(
+            (s.phase.as_str(), s.progress.as_str()),
+            ("Complete", "100%")
+        );
         let c = s.conditions.iter().find(|c| c.type_ == "Complete").unwrap();
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "AllResident"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "AllResident")
+        );
         assert_eq!(s.completion_time.as_deref(), Some(NOW));
         assert!(s.eta.is_empty());
 
@@ -389,7 +411,11 @@ mod tests {
         assert_eq!((s.phase.as_str(), s.progress.as_str()), ("Failed", "100%"));
         let c = s.conditions.iter().find(|c| c.type_ == "Complete").unwrap();
         assert_eq!(c.status, "False");
-        assert!(c.message.contains("first: no/such: not found"), "{}", c.message);
+        assert!(
+            c.message.contains("first: no/such: not found"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]

@@ -38,7 +38,13 @@ fn value(text: &str, min: u32, max: u32, names: &[&str], field: &str) -> Result<
 }
 
 /// The bits of one field; `true` with it when the field is `*` (or `*/1`).
-fn field(text: &str, min: u32, max: u32, names: &[&str], name: &str) -> Result<(u64, bool), String> {
+fn field(
+    text: &str,
+    min: u32,
+    max: u32,
+    names: &[&str],
+    name: &str,
+) -> Result<(u64, bool), String> {
     let mut bits = 0u64;
     for part in text.split(',') {
         let (range, step) = match part.split_once('/') {
@@ -55,7 +61,10 @@ fn field(text: &str, min: u32, max: u32, names: &[&str], name: &str) -> Result<(
         let (lo, hi) = if range == "*" {
             (min, max)
         } else if let Some((a, b)) = range.split_once('-') {
-            let (a, b) = (value(a, min, max, names, name)?, value(b, min, max, names, name)?);
+            let (a, b) = (
+                value(a, min, max, names, name)?,
+                value(b, min, max, names, name)?,
+            );
             if a > b {
                 return Err(format!("{name}: range {range:?} runs backwards"));
             }
@@ -130,7 +139,11 @@ impl Schedule {
         while dt < limit {
             if self.months & (1 << dt.month()) == 0 || !self.day_matches(&dt) {
                 // Next day at 00:00.
-                dt = dt.date().checked_add(1.day()).ok()?.to_datetime(Default::default());
+                dt = dt
+                    .date()
+                    .checked_add(1.day())
+                    .ok()?
+                    .to_datetime(Default::default());
                 continue;
             }
             if self.hours & (1 << dt.hour()) == 0 {
@@ -170,20 +183,47 @@ mod tests {
 
     #[test]
     fn daily_hourly_and_stepped_schedules_fire_at_the_next_match() {
-        assert_eq!(next("0 2 * * *", "2026-12-06T03:00:00Z"), "2026-12-07T02:00:00Z");
-        assert_eq!(next("0 2 * * *", "2026-12-06T01:59:30Z"), "2026-12-06T02:00:00Z");
-        assert_eq!(next("*/15 * * * *", "2026-12-06T03:14:59Z"), "2026-12-06T03:15:00Z");
-        assert_eq!(next("*/15 * * * *", "2026-12-06T03:15:00Z"), "2026-12-06T03:30:00Z");
-        assert_eq!(next("30 9-17/4 * * *", "2026-12-06T10:00:00Z"), "2026-12-06T13:30:00Z");
-        assert_eq!(next("0 0 1 jan *", "2026-12-06T00:00:00Z"), "2027-01-01T00:00:00Z");
+        assert_eq!(
+            next("0 2 * * *", "2026-12-06T03:00:00Z"),
+            "2026-12-07T02:00:00Z"
+        );
+        assert_eq!(
+            next("0 2 * * *", "2026-12-06T01:59:30Z"),
+            "2026-12-06T02:00:00Z"
+        );
+        assert_eq!(
+            next("*/15 * * * *", "2026-12-06T03:14:59Z"),
+            "2026-12-06T03:15:00Z"
+        );
+        assert_eq!(
+            next("*/15 * * * *", "2026-12-06T03:15:00Z"),
+            "2026-12-06T03:30:00Z"
+        );
+        assert_eq!(
+            next("30 9-17/4 * * *", "2026-12-06T10:00:00Z"),
+            "2026-12-06T13:30:00Z"
+        );
+        assert_eq!(
+            next("0 0 1 jan *", "2026-12-06T00:00:00Z"),
+            "2027-01-01T00:00:00Z"
+        );
     }
 
     #[test]
     fn day_of_week_names_and_seven_are_sunday_and_either_day_field_fires() {
         // 2026-12-06 is a Sunday.
-        assert_eq!(next("0 8 * * mon", "2026-12-06T09:00:00Z"), "2026-12-07T08:00:00Z");
-        assert_eq!(next("0 8 * * 7", "2026-12-05T09:00:00Z"), "2026-12-06T08:00:00Z");
-        assert_eq!(next("0 8 15 * mon", "2026-12-08T09:00:00Z"), "2026-12-14T08:00:00Z");
+        assert_eq!(
+            next("0 8 * * mon", "2026-12-06T09:00:00Z"),
+            "2026-12-07T08:00:00Z"
+        );
+        assert_eq!(
+            next("0 8 * * 7", "2026-12-05T09:00:00Z"),
+            "2026-12-06T08:00:00Z"
+        );
+        assert_eq!(
+            next("0 8 15 * mon", "2026-12-08T09:00:00Z"),
+            "2026-12-14T08:00:00Z"
+        );
     }
 
     #[test]

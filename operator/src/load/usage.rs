@@ -147,8 +147,7 @@ pub async fn run(client: Client, ns: Option<String>, mut stop: watch::Receiver<b
             if members.is_empty() {
                 continue;
             }
-            let pods: Api<k8s_openapi::api::core::v1::Pod> =
-                Api::namespaced(client.clone(), &ns);
+            let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
             let mut stats = Vec::new();
             for m in &members {
                 let ip = match pods.get_opt(&m.pod).await {
@@ -220,13 +219,19 @@ mod tests {
     #[test]
     fn tiers_and_files_sum_over_workers_and_the_window_counts_only_new_lookups() {
         let t0 = Instant::now();
-        let first = vec![("w0".into(), worker(10, 10, 100)), ("w1".into(), worker(0, 0, 0))];
+        let first = vec![
+            ("w0".into(), worker(10, 10, 100)),
+            ("w1".into(), worker(0, 0, 0)),
+        ];
         let (u, s) = summarize(&first, &Sample::default(), t0);
         assert_eq!((u.cached.as_str(), u.capacity.as_str()), ("2.0Gi", "24Gi"));
         assert_eq!(u.tiers[0].capacity_bytes, 4 << 30);
         assert_eq!(u.files_cached, 14);
         assert_eq!(u.hit_ratio, "0.50");
-        let second = vec![("w0".into(), worker(110, 10, 100)), ("w1".into(), worker(50, 0, 0))];
+        let second = vec![
+            ("w0".into(), worker(110, 10, 100)),
+            ("w1".into(), worker(50, 0, 0)),
+        ];
         let (u, s) = summarize(&second, &s, t0 + Duration::from_secs(30));
         assert_eq!(u.hit_ratio, "1.00", "150 hits, no miss in the window");
         assert_eq!(u.ufs_bytes_read, 0);
@@ -240,7 +245,11 @@ mod tests {
     #[test]
     fn a_restarted_worker_counts_from_zero() {
         let t0 = Instant::now();
-        let (_, s) = summarize(&[("w0".into(), worker(100, 0, 5000))], &Sample::default(), t0);
+        let (_, s) = summarize(
+            &[("w0".into(), worker(100, 0, 5000))],
+            &Sample::default(),
+            t0,
+        );
         let (u, _) = summarize(&[("w0".into(), worker(3, 1, 10))], &s, t0);
         assert_eq!(u.hit_ratio, "0.75");
         assert_eq!(u.ufs_bytes_read, 10);

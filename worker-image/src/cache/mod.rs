@@ -320,7 +320,10 @@ impl PageStore {
             let Some(len) = clamp_to(stat.size, offset, len) else {
                 return Ok(Bytes::new());
             };
-            match self.read_version(path, version_of(&stat), offset, len).await {
+            match self
+                .read_version(path, version_of(&stat), offset, len)
+                .await
+            {
                 Err(CacheError::Changed { .. }) => continue,
                 other => return other,
             }

@@ -22,11 +22,7 @@ impl PageStore {
             .mem_lock()
             .peek(key)
             .is_some_and(|p| p.file_version == version);
-        in_mem
-            || self
-                .disk
-                .as_ref()
-                .is_some_and(|d| d.holds(key, version))
+        in_mem || self.disk.as_ref().is_some_and(|d| d.holds(key, version))
     }
 
     /// Counts the pages of `[offset, offset + len)` of `path` (normalised) the tiers hold and,
@@ -74,6 +70,7 @@ impl PageStore {
             if self.resident(&PageKey::new(path, i), version) {
                 counts.resident += 1;
                 counts.bytes += in_range(i);
+                counts.resident_bytes += in_range(i);
             } else {
                 missing.push(i);
             }
@@ -93,8 +90,7 @@ impl PageStore {
 
     /// How many distinct files the tiers hold pages of.
     pub fn files_cached(&self) -> u64 {
-        let mut paths: HashSet<Arc<str>> =
-            self.mem_lock().keys().map(|k| k.path.clone()).collect();
+        let mut paths: HashSet<Arc<str>> = self.mem_lock().keys().map(|k| k.path.clone()).collect();
         if let Some(d) = &self.disk {
             paths.extend(d.paths());
         }
@@ -129,8 +125,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_load_fills_missing_pages_without_counting_misses_and_a_second_finds_them_resident()
-    {
+    async fn a_load_fills_missing_pages_without_counting_misses_and_a_second_finds_them_resident() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), vec![7u8; 10_000]).unwrap();
         let s = store(dir.path(), 1 << 20).await;
@@ -141,7 +136,8 @@ mod tests {
                 pages: 3,
                 resident: 0,
                 filled: 3,
-                bytes: 10_000
+                bytes: 10_000,
+                resident_bytes: 0
             }
         );
         assert_eq!(s.counters.misses.load(Ordering::Relaxed), 0);
@@ -176,7 +172,10 @@ mod tests {
         let c = s.load_range("f", 4096, 4096, true, None).await.unwrap();
         assert_eq!(c, LoadCounts::default());
         let e = s.load_range("nope", 0, 1, true, None).await.unwrap_err();
-        assert!(matches!(e, CacheError::Ufs(UfsError::NotFound { .. })), "{e}");
+        assert!(
+            matches!(e, CacheError::Ufs(UfsError::NotFound { .. })),
+            "{e}"
+        );
     }
 
     #[tokio::test]

@@ -54,7 +54,10 @@ pub enum Response {
     Ack,
     /// The answer to `Load`.
     Loaded(LoadCounts),
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// What a `Load` found and did, in pages of the worker's page size within the asked range.
@@ -68,6 +71,8 @@ pub struct LoadCounts {
     pub filled: u64,
     /// Bytes of the range resident after the request (resident + filled pages, cut to the range).
     pub bytes: u64,
+    /// Of `bytes`, those that were resident before the request.
+    pub resident_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -571,6 +576,7 @@ impl Response {
                 meta.put_u64_le(c.resident);
                 meta.put_u64_le(c.filled);
                 meta.put_u64_le(c.bytes);
+                meta.put_u64_le(c.resident_bytes);
                 (op::LOADED, None)
             }
             Response::Error { code, message } => {
@@ -616,6 +622,7 @@ impl Response {
                 resident: get_u64(&mut b, "loaded resident")?,
                 filled: get_u64(&mut b, "loaded filled")?,
                 bytes: get_u64(&mut b, "loaded bytes")?,
+                resident_bytes: get_u64(&mut b, "loaded resident bytes")?,
             }),
             op::ERROR => {
                 let raw = b
@@ -718,6 +725,7 @@ mod tests {
             resident: 1,
             filled: 3,
             bytes: 4 << 20,
+            resident_bytes: 1 << 20,
         }));
     }
 
