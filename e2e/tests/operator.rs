@@ -658,3 +658,130 @@ async fn workers_the_scheduler_cannot_place_are_reported_with_the_schedulers_rea
     // The resource itself exists on two nodes, so the network is not blamed.
     assert_eq!(condition(&s, "NetworkReady").unwrap().status, "True");
 }
+
+fn cl_resource() -> ApiResource {
+    ApiResource::erase::<rcache_operator::load::CacheLoad>(&())
+}
+
+async fn create_cl(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: Value,
+) -> Result<DynamicObject, kube::Error> {
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "rcache.io/v1alpha1",
+        "kind": "CacheLoad",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }))
+    .unwrap();
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &cl_resource())
+        .create(&PostParams::default(), &obj)
+        .await
+}
+
+#[tokio::test]
+async fn each_bad_cacheload_is_refused_at_apply_with_a_message_naming_the_field() {
+    let Some(client) = cluster_client("bad cacheloads").await else {
+        return;
+    };
+    let ns = test_ns(&client, "op-clbad").await;
+    let cases = [
+        (
+            json!({"cacheClusterRef": "demo", "paths": ["/abs"]}),
+            "spec.paths: each path is relative",
+        ),
+        (
+            json!({"cacheClusterRef": "demo", "paths": ["a/../b"]}),
+            "no .. segment",
+        ),
+        (
+            json!({"cacheClusterRef": "demo", "paths": []}),
+            "spec.paths",
+        ),
+        (
+            json!({"cacheClusterRef": "demo", "paths": ["a"], "schedule": "0 2 * *"}),
+            "spec.schedule must be a cron expression of five fields",
+        ),
+        (
+            json!({"cacheClusterRef": "demo", "paths": ["a"], "bandwidth": "1.5Gi"}),
+            "spec.bandwidth must be a whole number of bytes",
+        ),
+        (
+            json!({"cacheClusterRef": "demo", "paths": ["a"], "concurrency": 0}),
+            "spec.concurrency",
+        ),
+    ];
+    for (i, (spec, want)) in cases.into_iter().enumerate() {
+        let err = create_cl(&client, &ns.0, &format!("bad-{i}"), spec.clone())
+            .await
+            .expect_err(&format!("{spec} must be refused"));
+        let text = err.to_string();
+        assert!(text.contains(want), "{spec}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_cacheload_waits_for_its_cluster_and_a_deleted_one_is_gone() {
+    let Some(client) = cluster_client("cacheload pending").await else {
+        return;
+    };
+    let ns = test_ns(&client, "op-cl").await;
+    let n = ns.0.as_str();
+    create_cl(
+        &client,
+        n,
+        "warm",
+        json!({"cacheClusterRef": "demo", "paths": ["datasets/**/*.bin"], "bandwidth": "500Mi"}),
+    )
+    .await
+    .expect("create");
+    let api: Api<rcache_operator::load::CacheLoad> = Api::namespaced(client.clone(), n);
+    let reason = |cl: &rcache_operator::load::CacheLoad| {
+        cl.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Progressing")
+                .map(|c| (s.phase.clone(), c.reason.clone(), c.message.clone()))
+        })
+    };
+    let (phase, _, msg) = wait_for("CacheClusterNotFound", || async {
+        let cl = api.get_opt("warm").await.ok().flatten()?;
+        reason(&cl).filter(|(_, r, _)| r == "CacheClusterNotFound")
+    })
+    .await;
+    assert_eq!(phase, "Pending");
+    assert!(msg.contains("spec.cacheClusterRef"), "{msg}");
+    let cl = api.get("warm").await.unwrap();
+    assert!(
+        cl.finalizers().iter().any(|f| f == "rcache.io/cacheload"),
+        "{:?}",
+        cl.finalizers()
+    );
+    // kwok workers are Ready but no process listens: the load waits, naming why.
+    create_cc(
+        &client,
+        n,
+        "demo",
+        json!({"ufs": {"uri": "file:///data"}, "worker": {"replicas": 1}, "fuse": {"enabled": false}}),
+    )
+    .await
+    .expect("create cluster");
+    let (phase, r, msg) = wait_for("NoWorkerReachable", || async {
+        let cl = api.get_opt("warm").await.ok().flatten()?;
+        reason(&cl).filter(|(_, r, _)| r == "NoWorkerReachable" || r == "NoReadyWorker")
+    })
+    .await;
+    assert_eq!(phase, "Pending", "{r}: {msg}");
+    api.delete("warm", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("the CacheLoad is gone", || async {
+        api.get_opt("warm")
+            .await
+            .ok()
+            .and_then(|o| o.is_none().then_some(()))
+    })
+    .await;
+}
