@@ -18,6 +18,9 @@ op_bin=$target/debug/rcache-operator
 
 e2e_log "building rcache-operator"
 (cd "$repo" && cargo build -q -p rcache-operator --bins)
+# A real worker process for the CacheLoad test (e2e/tests/operator.rs).
+(cd "$repo" && cargo build -q -p rcache-worker --bin rcache-worker)
+export RCACHE_WORKER_BIN=$target/debug/rcache-worker
 (cd "$repo" && cargo test -q -p rcache-e2e --test operator --test agreement --no-run 2>/dev/null) || true
 
 kubectl apply -f "$repo/crds/cacheclusters.rcache.io.yaml" >/dev/null

@@ -785,3 +785,158 @@ async fn a_cacheload_waits_for_its_cluster_and_a_deleted_one_is_gone() {
     })
     .await;
 }
+
+/// A real `rcache-worker serve` process on 127.0.0.1 (RCACHE_WORKER_BIN), killed on drop.
+struct LocalWorker(std::process::Child, std::path::PathBuf);
+
+impl Drop for LocalWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[tokio::test]
+async fn a_cacheload_runs_on_a_real_worker_to_verified_completion_with_rising_progress() {
+    let Some(client) = cluster_client("cacheload on a real worker").await else {
+        return;
+    };
+    let bin = std::env::var("RCACHE_WORKER_BIN")
+        .expect("RCACHE_WORKER_BIN (e2e/suites/20-operator.sh builds and sets it)");
+    let dir = std::env::temp_dir().join(format!("rcache-e2e-load-{}", std::process::id()));
+    let ufs = dir.join("ufs");
+    std::fs::create_dir_all(ufs.join("tree/sub")).unwrap();
+    let mut total = 0u64;
+    for i in 0..40u64 {
+        let b: Vec<u8> = (0..100_000 + i).map(|j| (j * 31 + i) as u8).collect();
+        total += b.len() as u64;
+        std::fs::write(ufs.join(format!("tree/sub/f{i}.bin")), b).unwrap();
+    }
+    let big: Vec<u8> = (0..6_000_000u64).map(|j| (j % 251) as u8).collect();
+    total += big.len() as u64;
+    std::fs::write(ufs.join("tree/big.bin"), big).unwrap();
+    let (data, web) = (free_port(), free_port());
+    let members = dir.join("members.json");
+    std::fs::write(
+        &members,
+        json!({"cluster": "demo", "generation": 1, "members": [{"id": "demo-worker-0",
+            "dataAddress": "127.0.0.1", "ports": {"data": data, "web": web},
+            "transport": "tcp", "ready": true}]})
+        .to_string(),
+    )
+    .unwrap();
+    let props = dir.join("rcache.properties");
+    std::fs::write(
+        &props,
+        format!(
+            "rcache.cluster.name=demo\nrcache.ufs.uri=file://{}\nrcache.cluster.membership.file={}\n\
+             rcache.worker.data.bind.host=127.0.0.1\nrcache.worker.data.port={data}\n\
+             rcache.worker.web.port={web}\nrcache.worker.page.size=64KB\n\
+             rcache.worker.page.store.mem.quota=64MB\n\
+             rcache.network.rdma.data.buffer.pool.initial.size=4MB\n\
+             rcache.network.rdma.data.buffer.pool.prewarm.size=0\n\
+             rcache.network.rdma.data.buffer.pool.max.size=64MB\n",
+            ufs.display(),
+            members.display()
+        ),
+    )
+    .unwrap();
+    let ports = dir.join("ports.json");
+    let child = std::process::Command::new(&bin)
+        .args(["serve", "--config"])
+        .arg(&props)
+        .arg("--ports-file")
+        .arg(&ports)
+        .stderr(std::fs::File::create(dir.join("worker.log")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+    let _worker = LocalWorker(child, dir.clone());
+    wait_for("the local worker listens", || async {
+        ports.exists().then_some(())
+    })
+    .await;
+
+    let ns = test_ns(&client, "op-clrun").await;
+    let n = ns.0.as_str();
+    create_cc(
+        &client,
+        n,
+        "demo",
+        json!({"ufs": {"uri": "file:///data"}, "fuse": {"enabled": false},
+               "worker": {"replicas": 1, "ports": {"data": data, "web": web, "rdma": free_port()},
+                          "tiers": [{"medium": "MEM", "quota": "64Mi"}]}}),
+    )
+    .await
+    .expect("create cluster");
+    let api: Api<CacheCluster> = Api::namespaced(client.clone(), n);
+    wait_condition(&api, "demo", "Ready", "True", None).await;
+    // kwok runs no container: point the worker pod at the local process (what a CNI would do).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), n);
+    pods.patch_status(
+        "demo-worker-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}})),
+    )
+    .await
+    .expect("patch pod IP");
+
+    create_cl(
+        &client,
+        n,
+        "warm",
+        json!({"cacheClusterRef": "demo", "paths": ["tree"], "bandwidth": "2Mi", "concurrency": 2}),
+    )
+    .await
+    .expect("create load");
+    let loads: Api<rcache_operator::load::CacheLoad> = Api::namespaced(client.clone(), n);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    let st = loop {
+        let st = loads
+            .get("warm")
+            .await
+            .expect("get load")
+            .status
+            .unwrap_or_default();
+        if seen.last() != Some(&st.progress) {
+            seen.push(st.progress.clone());
+        }
+        if st.phase == "Complete" || st.phase == "Failed" {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "load never ended: {st:?}; progress seen {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(st.phase, "Complete", "{st:?}");
+    assert_eq!((st.files_total, st.files_done), (41, 41));
+    assert_eq!(st.bytes_total, total as i64);
+    assert_eq!(st.bytes_done, total as i64);
+    assert_eq!(st.bytes_resident, Some(total as i64));
+    assert_eq!(st.bytes_evicted, Some(0));
+    assert_eq!(st.progress, "100%");
+    let complete = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Complete")
+        .unwrap();
+    assert_eq!(
+        (complete.status.as_str(), complete.reason.as_str()),
+        ("True", "AllResident")
+    );
+    assert!(
+        seen.iter()
+            .any(|p| p.ends_with('%') && p != "0%" && p != "100%"),
+        "progress rises in between: {seen:?}"
+    );
+}
