@@ -7,6 +7,8 @@
 #   TREE_MB=1024 WORKERS=3 CONCURRENCY=16 scripts/bench-load.sh
 #   DROP_CACHES=1 scripts/bench-load.sh           # cold: drop the page cache before each (root)
 #
+# The workers' registered pools are prewarmed to their MEM quota at start (as a deployed worker's
+# `buffer.pool.prewarm.size` does), so the figure is the load path, not first-touch page faults.
 # The tree is many small files (SMALL of 256 KiB) and two large ones sharing the rest. Prints one
 # JSON line: {"tree_bytes", "files", "read_seconds", "load_seconds", "read_mib_s", "load_mib_s",
 # "ratio"}. Needs: cargo (builds the release rcache-worker unless RCACHE_WORKER_BIN is set), jq,
@@ -58,8 +60,8 @@ rcache.worker.data.port=0
 rcache.worker.web.port=0
 rcache.worker.page.size=1MB
 rcache.worker.page.store.mem.quota=${mem_mb}MB
-rcache.network.rdma.data.buffer.pool.initial.size=256MB
-rcache.network.rdma.data.buffer.pool.prewarm.size=0
+rcache.network.rdma.data.buffer.pool.initial.size=${mem_mb}MB
+rcache.network.rdma.data.buffer.pool.prewarm.size=${mem_mb}MB
 rcache.network.rdma.data.buffer.pool.max.size=${mem_mb}MB
 PROPS
   "$BIN" serve --config "$work/w$w.properties" --ports-file "$work/w$w.json" 2>"$work/w$w.log" &

@@ -364,6 +364,7 @@ impl LoadService {
         }));
         let me = self.clone();
         let p = progress.clone();
+        let started = Instant::now();
         let task = tokio::spawn(async move {
             let res = me.run(spec, p.clone()).await;
             let mut g = lock(&p);
@@ -371,10 +372,12 @@ impl LoadService {
                 g.phase = JobPhase::Failed;
                 g.message = Some(e);
             }
+            // The job's own end, not when someone asks next.
+            g.elapsed_seconds = started.elapsed().as_secs_f64();
         });
         let job = Job {
             progress,
-            started: Instant::now(),
+            started,
             task,
         };
         let snap = snapshot(&job);
