@@ -892,11 +892,34 @@ async fn a_cacheload_runs_on_a_real_worker_to_verified_completion_with_rising_pr
         &client,
         n,
         "warm",
-        json!({"cacheClusterRef": "demo", "paths": ["tree"], "bandwidth": "2Mi", "concurrency": 2}),
+        json!({"cacheClusterRef": "demo", "paths": ["tree"], "bandwidth": "1Mi", "concurrency": 2}),
     )
     .await
     .expect("create load");
     let loads: Api<rcache_operator::load::CacheLoad> = Api::namespaced(client.clone(), n);
+    wait_for("the first load runs", || async {
+        let st = loads.get_opt("warm").await.ok().flatten()?.status?;
+        (st.phase == "Running").then_some(())
+    })
+    .await;
+    // A second load of the same cluster queues behind the first.
+    create_cl(
+        &client,
+        n,
+        "again",
+        json!({"cacheClusterRef": "demo", "paths": ["tree/big.bin", "tree/sub/*.bin"]}),
+    )
+    .await
+    .expect("create second load");
+    let queued = wait_for("the second load queues", || async {
+        let st = loads.get_opt("again").await.ok().flatten()?.status?;
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Progressing" && c.reason == "Queued")
+            .then_some(st)
+    })
+    .await;
+    assert_eq!(queued.phase, "Pending");
     let mut seen = Vec::new();
     let deadline = Instant::now() + TIMEOUT;
     let st = loop {
@@ -939,4 +962,22 @@ async fn a_cacheload_runs_on_a_real_worker_to_verified_completion_with_rising_pr
             .any(|p| p.ends_with('%') && p != "0%" && p != "100%"),
         "progress rises in between: {seen:?}"
     );
+    // Then the queued one runs, finds everything cached and reads nothing.
+    let again = wait_for("the second load completes", || async {
+        let st = loads.get_opt("again").await.ok().flatten()?.status?;
+        (st.phase == "Complete" || st.phase == "Failed").then_some(st)
+    })
+    .await;
+    assert_eq!(again.phase, "Complete", "{again:?}");
+    assert_eq!(again.bytes_already_cached, total as i64, "{again:?}");
+    assert_eq!(again.bytes_loaded, 0);
+    // The cluster's status says what the cache holds (the poller's 30 s window).
+    let cache = wait_for("status.cache", || async {
+        let c = status(&api, "demo").await?.cache?;
+        (c.cached_bytes >= total as i64).then_some(c)
+    })
+    .await;
+    assert_eq!(cache.capacity, "64Mi");
+    assert_eq!(cache.workers_reporting, 1);
+    assert!(cache.files_cached >= 41, "{cache:?}");
 }
