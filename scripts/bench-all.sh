@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs every benchmark (not tests): each prints its figures as ratios against the limit it
 # measured in the same run. Release builds; takes several minutes. Pick some with
-#   scripts/bench-all.sh transport worker fuse operator-scale
+#   scripts/bench-all.sh transport worker fuse operator-scale load
 set -uo pipefail
 cd "$(dirname "$0")/.."
-want=("$@"); [ ${#want[@]} -gt 0 ] || want=(transport worker fuse operator-scale)
+want=("$@"); [ ${#want[@]} -gt 0 ] || want=(transport worker fuse operator-scale load)
 rc=0
 for b in "${want[@]}"; do
   s=scripts/bench-$b.sh

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -f operator/src/bin/crdgen.rs ]; then
   cargo run -q -p rcache-operator --bin crdgen > crds/cacheclusters.rcache.io.yaml
+  cargo run -q -p rcache-operator --bin crdgen -- --cacheload > crds/cacheloads.rcache.io.yaml
 fi
 [ -x scripts/render-install.sh ] && scripts/render-install.sh
 git diff --exit-code -- crds manifests/install.yaml charts || {

@@ -18,13 +18,19 @@ op_bin=$target/debug/rcache-operator
 
 e2e_log "building rcache-operator"
 (cd "$repo" && cargo build -q -p rcache-operator --bins)
+# A real worker process for the CacheLoad test (e2e/tests/operator.rs).
+(cd "$repo" && cargo build -q -p rcache-worker --bin rcache-worker)
+export RCACHE_WORKER_BIN=$target/debug/rcache-worker
 (cd "$repo" && cargo test -q -p rcache-e2e --test operator --test agreement --no-run 2>/dev/null) || true
 
 kubectl apply -f "$repo/crds/cacheclusters.rcache.io.yaml" >/dev/null
+kubectl apply -f "$repo/crds/cacheloads.rcache.io.yaml" >/dev/null
+e2e_on_exit "kubectl delete crd cacheloads.rcache.io --ignore-not-found --wait=true --timeout=60s >/dev/null"
 # The CRD is cluster-scoped: this suite owns it while it runs and removes it at the end, so a
 # later suite that installs it with helm (90-journey) finds no CRD helm does not own.
 e2e_on_exit "kubectl delete crd cacheclusters.rcache.io --ignore-not-found --wait=true --timeout=60s >/dev/null"
 check "CacheCluster CRD is Established" wait_for 30 crd_established cacheclusters.rcache.io
+check "CacheLoad CRD is Established" wait_for 30 crd_established cacheloads.rcache.io
 
 lease_ns=$(e2e_ns_create op-lease)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -87,9 +93,11 @@ EOF
 check "sample CacheCluster applies" wait_for 15 kubectl -n "$ns" apply -f "$E2E_TMP/demo.yaml"
 check "sample CacheCluster turns Ready" wait_for 90 \
   kubectl -n "$ns" wait --for=condition=Ready --timeout=5s cachecluster/demo
-assert_eq "kubectl get rcc columns" "NAME READY WORKERS FUSE TRANSPORT AGE" \
+assert_eq "kubectl get rcc columns" "NAME READY WORKERS FUSE TRANSPORT CACHED CAPACITY HIT AGE" \
   "$(kubectl -n "$ns" get rcc | head -1 | tr -s ' ')"
 assert_contains "kubectl get rcc row" "demo True 2/2 3/3 tcp" "$(kubectl -n "$ns" get rcc demo --no-headers | tr -s ' ')"
+assert_contains "kubectl explain cacheload.spec.paths documents globs" "a glob" \
+  "$(kubectl explain cacheload.spec.paths 2>&1 | tr -s ' \n' ' ')"
 assert_contains "kubectl explain spec.network documents mode" "Transport mode: rdma" \
   "$(kubectl explain cachecluster.spec.network 2>&1 | tr -s ' \n' ' ')"
 assert_contains "kubectl explain documents the attachment interface" "Interface name inside the pod" \

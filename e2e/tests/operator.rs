@@ -658,3 +658,326 @@ async fn workers_the_scheduler_cannot_place_are_reported_with_the_schedulers_rea
     // The resource itself exists on two nodes, so the network is not blamed.
     assert_eq!(condition(&s, "NetworkReady").unwrap().status, "True");
 }
+
+fn cl_resource() -> ApiResource {
+    ApiResource::erase::<rcache_operator::load::CacheLoad>(&())
+}
+
+async fn create_cl(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: Value,
+) -> Result<DynamicObject, kube::Error> {
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "rcache.io/v1alpha1",
+        "kind": "CacheLoad",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }))
+    .unwrap();
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &cl_resource())
+        .create(&PostParams::default(), &obj)
+        .await
+}
+
+#[tokio::test]
+async fn each_bad_cacheload_is_refused_at_apply_with_a_message_naming_the_field() {
+    let Some(client) = cluster_client("bad cacheloads").await else {
+        return;
+    };
+    let ns = test_ns(&client, "op-clbad").await;
+    let cases = [
+        (
+            json!({"cacheClusterRef": "demo", "paths": ["/abs"]}),
+            "spec.paths: each path is relative",
+        ),
+        (
+            json!({"cacheClusterRef": "demo", "paths": ["a/../b"]}),
+            "no .. segment",
+        ),
+        (
+            json!({"cacheClusterRef": "demo", "paths": []}),
+            "spec.paths",
+        ),
+        (
+            json!({"cacheClusterRef": "demo", "paths": ["a"], "schedule": "0 2 * *"}),
+            "spec.schedule must be a cron expression of five fields",
+        ),
+        (
+            json!({"cacheClusterRef": "demo", "paths": ["a"], "bandwidth": "1.5Gi"}),
+            "spec.bandwidth must be a whole number of bytes",
+        ),
+        (
+            json!({"cacheClusterRef": "demo", "paths": ["a"], "concurrency": 0}),
+            "spec.concurrency",
+        ),
+    ];
+    for (i, (spec, want)) in cases.into_iter().enumerate() {
+        let err = create_cl(&client, &ns.0, &format!("bad-{i}"), spec.clone())
+            .await
+            .expect_err(&format!("{spec} must be refused"));
+        let text = err.to_string();
+        assert!(text.contains(want), "{spec}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_cacheload_waits_for_its_cluster_and_a_deleted_one_is_gone() {
+    let Some(client) = cluster_client("cacheload pending").await else {
+        return;
+    };
+    let ns = test_ns(&client, "op-cl").await;
+    let n = ns.0.as_str();
+    create_cl(
+        &client,
+        n,
+        "warm",
+        json!({"cacheClusterRef": "demo", "paths": ["datasets/**/*.bin"], "bandwidth": "500Mi"}),
+    )
+    .await
+    .expect("create");
+    let api: Api<rcache_operator::load::CacheLoad> = Api::namespaced(client.clone(), n);
+    let reason = |cl: &rcache_operator::load::CacheLoad| {
+        cl.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Progressing")
+                .map(|c| (s.phase.clone(), c.reason.clone(), c.message.clone()))
+        })
+    };
+    let (phase, _, msg) = wait_for("CacheClusterNotFound", || async {
+        let cl = api.get_opt("warm").await.ok().flatten()?;
+        reason(&cl).filter(|(_, r, _)| r == "CacheClusterNotFound")
+    })
+    .await;
+    assert_eq!(phase, "Pending");
+    assert!(msg.contains("spec.cacheClusterRef"), "{msg}");
+    let cl = api.get("warm").await.unwrap();
+    assert!(
+        cl.finalizers().iter().any(|f| f == "rcache.io/cacheload"),
+        "{:?}",
+        cl.finalizers()
+    );
+    // kwok workers are Ready but no process listens: the load waits, naming why.
+    create_cc(
+        &client,
+        n,
+        "demo",
+        json!({"ufs": {"uri": "file:///data"}, "worker": {"replicas": 1}, "fuse": {"enabled": false}}),
+    )
+    .await
+    .expect("create cluster");
+    let (phase, r, msg) = wait_for("NoWorkerReachable", || async {
+        let cl = api.get_opt("warm").await.ok().flatten()?;
+        reason(&cl).filter(|(_, r, _)| r == "NoWorkerReachable" || r == "NoReadyWorker")
+    })
+    .await;
+    assert_eq!(phase, "Pending", "{r}: {msg}");
+    api.delete("warm", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("the CacheLoad is gone", || async {
+        api.get_opt("warm")
+            .await
+            .ok()
+            .and_then(|o| o.is_none().then_some(()))
+    })
+    .await;
+}
+
+/// A real `rcache-worker serve` process on 127.0.0.1 (RCACHE_WORKER_BIN), killed on drop.
+struct LocalWorker(std::process::Child, std::path::PathBuf);
+
+impl Drop for LocalWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[tokio::test]
+async fn a_cacheload_runs_on_a_real_worker_to_verified_completion_with_rising_progress() {
+    let Some(client) = cluster_client("cacheload on a real worker").await else {
+        return;
+    };
+    let bin = std::env::var("RCACHE_WORKER_BIN")
+        .expect("RCACHE_WORKER_BIN (e2e/suites/20-operator.sh builds and sets it)");
+    let dir = std::env::temp_dir().join(format!("rcache-e2e-load-{}", std::process::id()));
+    let ufs = dir.join("ufs");
+    std::fs::create_dir_all(ufs.join("tree/sub")).unwrap();
+    let mut total = 0u64;
+    for i in 0..40u64 {
+        let b: Vec<u8> = (0..100_000 + i).map(|j| (j * 31 + i) as u8).collect();
+        total += b.len() as u64;
+        std::fs::write(ufs.join(format!("tree/sub/f{i}.bin")), b).unwrap();
+    }
+    let big: Vec<u8> = (0..6_000_000u64).map(|j| (j % 251) as u8).collect();
+    total += big.len() as u64;
+    std::fs::write(ufs.join("tree/big.bin"), big).unwrap();
+    let (data, web) = (free_port(), free_port());
+    let members = dir.join("members.json");
+    std::fs::write(
+        &members,
+        json!({"cluster": "demo", "generation": 1, "members": [{"id": "demo-worker-0",
+            "dataAddress": "127.0.0.1", "ports": {"data": data, "web": web},
+            "transport": "tcp", "ready": true}]})
+        .to_string(),
+    )
+    .unwrap();
+    let props = dir.join("rcache.properties");
+    std::fs::write(
+        &props,
+        format!(
+            "rcache.cluster.name=demo\nrcache.ufs.uri=file://{}\nrcache.cluster.membership.file={}\n\
+             rcache.worker.data.bind.host=127.0.0.1\nrcache.worker.data.port={data}\n\
+             rcache.worker.web.port={web}\nrcache.worker.page.size=64KB\n\
+             rcache.worker.page.store.mem.quota=64MB\n\
+             rcache.network.rdma.data.buffer.pool.initial.size=4MB\n\
+             rcache.network.rdma.data.buffer.pool.prewarm.size=0\n\
+             rcache.network.rdma.data.buffer.pool.max.size=64MB\n",
+            ufs.display(),
+            members.display()
+        ),
+    )
+    .unwrap();
+    let ports = dir.join("ports.json");
+    let child = std::process::Command::new(&bin)
+        .args(["serve", "--config"])
+        .arg(&props)
+        .arg("--ports-file")
+        .arg(&ports)
+        .stderr(std::fs::File::create(dir.join("worker.log")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+    let _worker = LocalWorker(child, dir.clone());
+    wait_for("the local worker listens", || async {
+        ports.exists().then_some(())
+    })
+    .await;
+
+    let ns = test_ns(&client, "op-clrun").await;
+    let n = ns.0.as_str();
+    create_cc(
+        &client,
+        n,
+        "demo",
+        json!({"ufs": {"uri": "file:///data"}, "fuse": {"enabled": false},
+               "worker": {"replicas": 1, "ports": {"data": data, "web": web, "rdma": free_port()},
+                          "tiers": [{"medium": "MEM", "quota": "64Mi"}]}}),
+    )
+    .await
+    .expect("create cluster");
+    let api: Api<CacheCluster> = Api::namespaced(client.clone(), n);
+    wait_condition(&api, "demo", "Ready", "True", None).await;
+    // kwok runs no container: point the worker pod at the local process (what a CNI would do).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), n);
+    pods.patch_status(
+        "demo-worker-0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}})),
+    )
+    .await
+    .expect("patch pod IP");
+
+    create_cl(
+        &client,
+        n,
+        "warm",
+        json!({"cacheClusterRef": "demo", "paths": ["tree"], "bandwidth": "1Mi", "concurrency": 2}),
+    )
+    .await
+    .expect("create load");
+    let loads: Api<rcache_operator::load::CacheLoad> = Api::namespaced(client.clone(), n);
+    wait_for("the first load runs", || async {
+        let st = loads.get_opt("warm").await.ok().flatten()?.status?;
+        (st.phase == "Running").then_some(())
+    })
+    .await;
+    // A second load of the same cluster queues behind the first.
+    create_cl(
+        &client,
+        n,
+        "again",
+        json!({"cacheClusterRef": "demo", "paths": ["tree/big.bin", "tree/sub/*.bin"]}),
+    )
+    .await
+    .expect("create second load");
+    let queued = wait_for("the second load queues", || async {
+        let st = loads.get_opt("again").await.ok().flatten()?.status?;
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Progressing" && c.reason == "Queued")
+            .then_some(st)
+    })
+    .await;
+    assert_eq!(queued.phase, "Pending");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    let st = loop {
+        let st = loads
+            .get("warm")
+            .await
+            .expect("get load")
+            .status
+            .unwrap_or_default();
+        if seen.last() != Some(&st.progress) {
+            seen.push(st.progress.clone());
+        }
+        if st.phase == "Complete" || st.phase == "Failed" {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "load never ended: {st:?}; progress seen {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(st.phase, "Complete", "{st:?}");
+    assert_eq!((st.files_total, st.files_done), (41, 41));
+    assert_eq!(st.bytes_total, total as i64);
+    assert_eq!(st.bytes_done, total as i64);
+    assert_eq!(st.bytes_resident, Some(total as i64));
+    assert_eq!(st.bytes_evicted, Some(0));
+    assert_eq!(st.progress, "100%");
+    let complete = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Complete")
+        .unwrap();
+    assert_eq!(
+        (complete.status.as_str(), complete.reason.as_str()),
+        ("True", "AllResident")
+    );
+    assert!(
+        seen.iter()
+            .any(|p| p.ends_with('%') && p != "0%" && p != "100%"),
+        "progress rises in between: {seen:?}"
+    );
+    // Then the queued one runs, finds everything cached and reads nothing.
+    let again = wait_for("the second load completes", || async {
+        let st = loads.get_opt("again").await.ok().flatten()?.status?;
+        (st.phase == "Complete" || st.phase == "Failed").then_some(st)
+    })
+    .await;
+    assert_eq!(again.phase, "Complete", "{again:?}");
+    assert_eq!(again.bytes_already_cached, total as i64, "{again:?}");
+    assert_eq!(again.bytes_loaded, 0);
+    // The cluster's status says what the cache holds (the poller's 30 s window).
+    let cache = wait_for("status.cache", || async {
+        let c = status(&api, "demo").await?.cache?;
+        (c.cached_bytes >= total as i64).then_some(c)
+    })
+    .await;
+    assert_eq!(cache.capacity, "64Mi");
+    assert_eq!(cache.workers_reporting, 1);
+    assert!(cache.files_cached >= 41, "{cache:?}");
+}

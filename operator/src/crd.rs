@@ -31,6 +31,9 @@ pub const DEFAULT_IMAGE: &str = "rcache/rcache:0.1.0";
     printcolumn = r#"{"name":"Workers","type":"string","jsonPath":".status.workers","description":"Ready/desired cache workers"}"#,
     printcolumn = r#"{"name":"FUSE","type":"string","jsonPath":".status.fuse","description":"Ready/desired FUSE pods"}"#,
     printcolumn = r#"{"name":"Transport","type":"string","jsonPath":".status.transport","description":"Data transport: ucx (RDMA) or tcp"}"#,
+    printcolumn = r#"{"name":"Cached","type":"string","jsonPath":".status.cache.cached","description":"Bytes the workers' tiers hold"}"#,
+    printcolumn = r#"{"name":"Capacity","type":"string","jsonPath":".status.cache.capacity","description":"Bytes the workers' tiers may hold"}"#,
+    printcolumn = r#"{"name":"Hit","type":"string","jsonPath":".status.cache.hitRatio","description":"Page lookups served from a tier over the last window"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -508,6 +511,60 @@ pub struct CacheClusterStatus {
     /// Workers as published in the membership ConfigMap.
     #[serde(default)]
     pub members: Vec<Member>,
+    /// What the cache holds, from the workers' numbers (updated at most every 30s, and only
+    /// when a number changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheUsage>,
+}
+
+/// What a cluster's cache holds, summed over its ready workers.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheUsage {
+    /// Cached bytes, readable (e.g. 1.5Gi).
+    #[serde(default)]
+    pub cached: String,
+    /// Capacity of the tiers, readable (e.g. 24Gi).
+    #[serde(default)]
+    pub capacity: String,
+    /// Bytes cached in all tiers.
+    #[serde(default)]
+    pub cached_bytes: i64,
+    /// Bytes all tiers may hold (their quotas).
+    #[serde(default)]
+    pub capacity_bytes: i64,
+    /// Per tier (MEM, SSD): bytes cached and capacity.
+    #[serde(default)]
+    pub tiers: Vec<TierUsage>,
+    /// Files with at least one cached page (summed over workers: a file spread over several
+    /// workers counts on each).
+    #[serde(default)]
+    pub files_cached: i64,
+    /// Share of page lookups served from a tier over the last window, e.g. 0.98 (reads only;
+    /// warm-up fills are not lookups). Empty until there were lookups.
+    #[serde(default)]
+    pub hit_ratio: String,
+    /// Bytes read from the under storage over the last window.
+    #[serde(default)]
+    pub ufs_bytes_read: i64,
+    /// Length of the window in seconds.
+    #[serde(default)]
+    pub window_seconds: i64,
+    /// Workers whose numbers are included.
+    #[serde(default)]
+    pub workers_reporting: i32,
+}
+
+/// One tier's use, summed over workers.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TierUsage {
+    /// MEM or SSD.
+    pub tier: String,
+    /// Bytes cached in this tier.
+    pub cached_bytes: i64,
+    /// This tier's quota over all workers.
+    pub capacity_bytes: i64,
 }
 
 /// A status condition. lastTransitionTime changes only when status changes.

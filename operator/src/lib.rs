@@ -5,6 +5,7 @@
 pub mod build;
 pub mod crd;
 pub mod leader;
+pub mod load;
 pub mod metrics;
 pub mod reconcile;
 pub mod rules;
@@ -113,6 +114,44 @@ mod tests {
     }
 
     #[test]
+    fn committed_cacheload_crd_matches_the_rust_types() {
+        let committed = include_str!("../../crds/cacheloads.rcache.io.yaml");
+        assert_eq!(
+            committed,
+            crate::load::crd_yaml().unwrap(),
+            "run crdgen -- --cacheload: crds/ is stale"
+        );
+    }
+
+    #[test]
+    fn cacheload_crd_has_short_name_status_and_a_progress_column() {
+        use kube::CustomResourceExt;
+        let crd = crate::load::CacheLoad::crd();
+        assert_eq!(crd.spec.names.short_names, Some(vec!["rcl".to_string()]));
+        let v = &crd.spec.versions[0];
+        assert!(v.subresources.as_ref().unwrap().status.is_some());
+        let cols: Vec<_> = v
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(
+            cols,
+            [
+                "Cluster",
+                "Phase",
+                "Progress",
+                "Files",
+                "Throughput",
+                "ETA",
+                "Age"
+            ]
+        );
+    }
+
+    #[test]
     fn crd_has_short_name_status_and_printer_columns() {
         use kube::CustomResourceExt;
         let crd = super::CacheCluster::crd();
@@ -126,6 +165,18 @@ mod tests {
             .iter()
             .map(|c| c.name.clone())
             .collect();
-        assert_eq!(cols, ["Ready", "Workers", "FUSE", "Transport", "Age"]);
+        assert_eq!(
+            cols,
+            [
+                "Ready",
+                "Workers",
+                "FUSE",
+                "Transport",
+                "Cached",
+                "Capacity",
+                "Hit",
+                "Age"
+            ]
+        );
     }
 }

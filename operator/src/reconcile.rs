@@ -560,6 +560,8 @@ async fn write_status(
 ) -> Result<Option<CacheClusterStatus>, Error> {
     let prev = cc.status.clone();
     status::carry_transition_times(&mut new, prev.as_ref(), &now());
+    // `status.cache` is the cache-usage poller's (`load::usage`); kept as it is.
+    new.cache = prev.as_ref().and_then(|p| p.cache.clone());
     if prev.as_ref() == Some(&new) {
         return Ok(prev);
     }

@@ -180,13 +180,20 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error + Send +
         }));
     }
 
-    run_controller(
-        client.clone(),
-        &opts,
-        metrics.clone(),
-        stopped(stop_rx.clone()),
-    )
-    .await;
+    // CacheLoads and the caches' usage run beside the CacheCluster controller, while leading.
+    tokio::join!(
+        run_controller(
+            client.clone(),
+            &opts,
+            metrics.clone(),
+            stopped(stop_rx.clone()),
+        ),
+        crate::load::run(
+            client.clone(),
+            opts.watch_namespace.clone(),
+            stop_rx.clone()
+        )
+    );
     info!("controller stopped");
     // The renewal task must be done before the release: a renewal in flight would bump the
     // Lease's resourceVersion under the release (a conflict, and the Lease kept until expiry).

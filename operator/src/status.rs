@@ -421,6 +421,8 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
         transport: o.transport.clone(),
         membership_generation: o.membership_generation,
         members: o.members.clone(),
+        // Written by the cache-usage poller (`load::usage`), not computed here.
+        cache: None,
     }
 }
 

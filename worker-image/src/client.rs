@@ -447,6 +447,31 @@ impl CacheClient {
         }
     }
 
+    /// Warm-up of `[offset, offset + len)` of `path` (inside one placement block): the block's
+    /// owner fills the pages it lacks from the under-storage (`fill`), or only counts which it
+    /// holds (`fill` false). Fails over like a read, so a dead owner's pages land on the next.
+    pub async fn load(
+        &self,
+        path: &str,
+        at: Option<FileVersion>,
+        offset: u64,
+        len: u64,
+        fill: bool,
+    ) -> Result<rcache_transport::LoadCounts, ClientError> {
+        let block = offset / self.inner.cfg.block_size;
+        let req = Request::Load {
+            path: path.into(),
+            offset,
+            len,
+            fill,
+            expect: at,
+        };
+        match self.call_owners(path, block, req).await? {
+            Response::Loaded(c) => Ok(c),
+            other => Err(unexpected(path, &other)),
+        }
+    }
+
     /// Sends `req` to the owners of (`path`, `block`) in order until one answers.
     async fn call_owners(
         &self,

@@ -6,6 +6,7 @@
 //! - [`cluster`]: membership file (reloaded on change) and consistent-hash placement.
 //! - [`server`]: the transport `Handler` that serves reads, stat and list from the cache.
 //! - [`client`]: the client library (block placement, failover, TCP fallback) used by FUSE.
+//! - [`load`]: warm-up jobs (`/v1/loads`) and the cache's numbers (`/v1/stats`) for the operator.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 //! - [`termination`]: the fatal error written as the Kubernetes termination message.
 //! - [`readbench`]: `read-bench`, reads through the client library for `scripts/bench-worker.sh`.
@@ -15,6 +16,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod hash;
+pub mod load;
 pub mod metrics;
 pub mod readbench;
 pub mod server;

@@ -72,7 +72,22 @@ fn main() -> std::process::ExitCode {
             Cmd::Serve { config, ports_file } => {
                 let props = Properties::load(&config)?;
                 let cfg = WorkerConfig::from_properties(&props)?;
-                serve(cfg, ServeOptions { ports_file }).await
+                // Warm-up jobs reach the other workers through the membership file; loads
+                // carry no data back, so no receive pool.
+                let cluster_client = rcache_worker::client::ClientConfig::from_properties(&props)
+                    .ok()
+                    .map(|c| rcache_worker::client::ClientConfig {
+                        receive_pool: None,
+                        ..c
+                    });
+                serve(
+                    cfg,
+                    ServeOptions {
+                        ports_file,
+                        cluster_client,
+                    },
+                )
+                .await
             }
             Cmd::Bench(args) => rcache_transport::bench::run(args).await,
             Cmd::ReadBench(args) => rcache_worker::readbench::run(args).await,

@@ -55,10 +55,11 @@ pub enum Op {
     Stat,
     List,
     Bench,
+    Load,
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [Op::Ping, Op::Read, Op::Stat, Op::List, Op::Bench];
+    pub const ALL: [Op; 6] = [Op::Ping, Op::Read, Op::Stat, Op::List, Op::Bench, Op::Load];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -67,6 +68,7 @@ impl Op {
             Op::Stat => "stat",
             Op::List => "list",
             Op::Bench => "bench",
+            Op::Load => "load",
         }
     }
 }
@@ -94,7 +96,7 @@ pub struct OpMetrics {
 #[derive(Clone)]
 pub struct RequestMetrics {
     bytes: Counter,
-    ops: [OpMetrics; 5],
+    ops: [OpMetrics; 6],
 }
 
 impl RequestMetrics {
@@ -330,6 +332,13 @@ impl Collector for StoreCollector {
                 &[],
                 get(&c.pool_fallbacks),
             )?;
+            counter(
+                &mut enc,
+                "cache_load_fills",
+                "Pages filled from the under-storage by warm-up (Load), not by a reader",
+                &[],
+                get(&c.load_fills),
+            )?;
             let u = store.tier_use();
             gauge_family(
                 &mut enc,
@@ -420,6 +429,15 @@ pub async fn serve_web<E: WebEndpoints>(
     endpoints: Arc<E>,
     addr: SocketAddr,
 ) -> std::io::Result<SocketAddr> {
+    serve_web_with(endpoints, addr, Router::new()).await
+}
+
+/// [`serve_web`] with more routes beside the standard three (the worker's `/v1/...`).
+pub async fn serve_web_with<E: WebEndpoints>(
+    endpoints: Arc<E>,
+    addr: SocketAddr,
+    extra: Router,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let (m, m2) = (endpoints.clone(), endpoints);
@@ -452,7 +470,8 @@ pub async fn serve_web<E: WebEndpoints>(
                     }
                 }
             }),
-        );
+        )
+        .merge(extra);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "web server stopped");

@@ -123,6 +123,22 @@ impl WorkerHandler {
                     Err(e) => (Op::List, ufs_error(e)),
                 }
             }
+            Request::Load {
+                path,
+                offset,
+                len,
+                fill,
+                expect,
+            } => {
+                let res = match normalize(&path) {
+                    Ok(p) => self.store.load_range(&p, offset, len, fill, expect).await,
+                    Err(e) => Err(CacheError::Ufs(e)),
+                };
+                match res {
+                    Ok(c) => (Op::Load, Response::Loaded(c)),
+                    Err(e) => (Op::Load, cache_error(e)),
+                }
+            }
             req @ (Request::BenchRead { .. } | Request::BenchWrite { .. }) => match &self.bench {
                 Some(b) => (Op::Bench, b.handle(req).await),
                 None => (
@@ -241,6 +257,9 @@ pub fn check_memlock(cfg: &WorkerConfig) -> anyhow::Result<()> {
 pub struct ServeOptions {
     /// Write the bound ports as JSON here once listening (tests use port 0).
     pub ports_file: Option<PathBuf>,
+    /// How warm-up jobs reach the cluster (the membership file); `None` loads into this
+    /// worker only.
+    pub cluster_client: Option<crate::client::ClientConfig>,
 }
 
 /// What `serve` bound.
@@ -340,7 +359,8 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
         },
         cfg.web_port,
     );
-    let web = crate::metrics::serve_web(metrics.clone(), web_addr)
+    let loads = crate::load::LoadService::new(store.clone(), opts.cluster_client.clone());
+    let web = crate::metrics::serve_web_with(metrics.clone(), web_addr, crate::load::router(loads))
         .await
         .with_context(|| format!("cannot listen on {web_addr} (rcache.worker.web.port)"))?;
 

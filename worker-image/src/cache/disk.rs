@@ -280,6 +280,11 @@ impl DiskTier {
             .is_some_and(|e| e.file_version == file_version)
     }
 
+    /// The distinct file paths the tier holds pages of.
+    pub fn paths(&self) -> std::collections::HashSet<std::sync::Arc<str>> {
+        self.lock().keys().map(|k| k.path.clone()).collect()
+    }
+
     pub fn contains(&self, key: &PageKey) -> bool {
         self.lock().contains(key)
     }

@@ -48,6 +48,11 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         Some(&slot.value)
     }
 
+    /// The keys, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.map.keys()
+    }
+
     /// Looks up without changing the order.
     /// Looks `key` up without touching the order; takes a borrowed form of the key (e.g. a
     /// `&str` for `Arc<str>` keys) so a lookup allocates nothing.

@@ -16,6 +16,7 @@
 pub mod disk;
 pub mod lru;
 pub mod meta;
+pub mod warm;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,6 +98,8 @@ pub struct CacheCounters {
     pub ssd_write_errors: AtomicU64,
     pub ssd_writes_skipped: AtomicU64,
     pub pool_fallbacks: AtomicU64,
+    /// Pages filled from the UFS by warm-up (`Load`), not by a reader: not counted as misses.
+    pub load_fills: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error, Clone)]
@@ -301,15 +304,6 @@ impl PageStore {
         tracing::info!(path, stale_pages = dropped, "under-storage file changed");
     }
 
-    /// The version of `path` to serve: a regular file's stat from the metadata cache.
-    async fn current(&self, path: &str) -> Result<u64, UfsError> {
-        let stat = self.stat(path).await?;
-        if stat.is_dir {
-            return Err(UfsError::IsADirectory { path: path.into() });
-        }
-        Ok(version_of(&stat))
-    }
-
     /// Reads `len` bytes of `path` (normalised) at `offset`; short at EOF. All bytes come from
     /// one version of the file: the one the metadata cache names, or a newer one if a fill finds
     /// that the file changed.
@@ -318,8 +312,18 @@ impl PageStore {
             return Ok(Bytes::new());
         }
         for _ in 0..READ_ATTEMPTS {
-            let version = self.current(path).await?;
-            match self.read_version(path, version, offset, len).await {
+            let stat = self.stat(path).await?;
+            if stat.is_dir {
+                return Err(UfsError::IsADirectory { path: path.into() }.into());
+            }
+            // Nothing past the end of this version: no fill (and no miss) for it.
+            let Some(len) = clamp_to(stat.size, offset, len) else {
+                return Ok(Bytes::new());
+            };
+            match self
+                .read_version(path, version_of(&stat), offset, len)
+                .await
+            {
                 Err(CacheError::Changed { .. }) => continue,
                 other => return other,
             }
@@ -357,9 +361,9 @@ impl PageStore {
         for _ in 0..READ_ATTEMPTS {
             match &stat {
                 Ok(s) if !s.is_dir && FileVersion::of(s) == expect => {
-                    if len == 0 {
+                    let Some(len) = clamp_to(expect.size, offset, len) else {
                         return Ok(Bytes::new());
-                    }
+                    };
                     match self.read_version(path, want, offset, len).await {
                         // The fill saw another version, or no file: learn what is there now.
                         Err(CacheError::Changed { .. })
@@ -450,6 +454,18 @@ impl PageStore {
     /// One page of version `version` of the file (shorter than the page size at EOF, empty past
     /// it). `Changed` when the UFS holds another version now.
     pub async fn page(&self, path: &str, index: u64, version: u64) -> Result<Bytes, CacheError> {
+        self.page_for(path, index, version, false).await
+    }
+
+    /// [`page`](Self::page), telling whether a warm-up (`load`) or a reader asks: a warm-up's
+    /// fill is counted in `load_fills`, not as a miss.
+    async fn page_for(
+        &self,
+        path: &str,
+        index: u64,
+        version: u64,
+        load: bool,
+    ) -> Result<Bytes, CacheError> {
         let key = PageKey::new(path, index);
         if let Some(b) = self.mem_get(&key, version) {
             return Ok(b);
@@ -463,7 +479,7 @@ impl PageStore {
             .or_default()
             .clone();
         let res = flight
-            .get_or_init(|| self.fill(key.clone(), version))
+            .get_or_init(|| self.fill(key.clone(), version, load))
             .await
             .clone();
         {
@@ -475,7 +491,7 @@ impl PageStore {
         res
     }
 
-    async fn fill(&self, key: PageKey, version: u64) -> Result<Bytes, CacheError> {
+    async fn fill(&self, key: PageKey, version: u64, load: bool) -> Result<Bytes, CacheError> {
         if let Some(b) = self.mem_get(&key, version) {
             return Ok(b);
         }
@@ -521,7 +537,11 @@ impl PageStore {
                 Lookup::Miss => {}
             }
         }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        if load {
+            self.counters.load_fills.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        }
         let mut buf = self.buffer(ps);
         let ufs = self.ufs.clone();
         let path = key.path.clone();
@@ -617,6 +637,12 @@ impl PageStore {
             ssd_pending_writes: self.pending_writes.load(Ordering::SeqCst),
         }
     }
+}
+
+/// `len` cut to the end of a file of `size` bytes; `None` when nothing of it is left.
+fn clamp_to(size: u64, offset: u64, len: u32) -> Option<u32> {
+    let left = size.checked_sub(offset).filter(|&l| l > 0)?;
+    Some(len.min(u32::try_from(left).unwrap_or(u32::MAX))).filter(|&l| l > 0)
 }
 
 async fn ssd_writer(

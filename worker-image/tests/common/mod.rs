@@ -161,6 +161,29 @@ impl Worker {
     }
 
     /// A sample from `/metrics`, e.g. `rcache_cache_hits_total{tier="ssd"}`; 0 when absent.
+    /// An HTTP request with a JSON body to the web port; returns (status, body).
+    pub fn http_call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.web)).expect("connect web");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, body.to_string())
+    }
+
     pub fn metric(&self, sample: &str) -> f64 {
         let text = self.http("/metrics");
         text.lines()

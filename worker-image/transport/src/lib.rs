@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use bufpool::{BufferPool, ChunkMut, PoolConfig, PoolError, PoolStats};
-pub use protocol::{DirEntry, ErrorCode, FileStat, FileVersion, Request, Response};
+pub use protocol::{DirEntry, ErrorCode, FileStat, FileVersion, LoadCounts, Request, Response};
 
 /// Which transport carries the data path.
 #[derive(

@@ -32,6 +32,17 @@ pub enum Request {
     BenchWrite {
         payload: Bytes,
     },
+    /// Warm-up: fill the pages of `path` covering `[offset, offset + len)` from the under-storage
+    /// into the worker's tiers without sending them (`fill`), or only count which of them are
+    /// resident (`fill` false, a residency check). With `expect`, only that version of the file
+    /// counts (`Stale` otherwise). The reply is `Loaded`. The range is cut at EOF.
+    Load {
+        path: String,
+        offset: u64,
+        len: u64,
+        fill: bool,
+        expect: Option<FileVersion>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +52,27 @@ pub enum Response {
     Stat(FileStat),
     List(Vec<DirEntry>),
     Ack,
-    Error { code: ErrorCode, message: String },
+    /// The answer to `Load`.
+    Loaded(LoadCounts),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// What a `Load` found and did, in pages of the worker's page size within the asked range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LoadCounts {
+    /// Pages the range covers (cut at EOF).
+    pub pages: u64,
+    /// Pages that were resident (MEM or SSD) before the request.
+    pub resident: u64,
+    /// Pages this request filled from the under-storage.
+    pub filled: u64,
+    /// Bytes of the range resident after the request (resident + filled pages, cut to the range).
+    pub bytes: u64,
+    /// Of `bytes`, those that were resident before the request.
+    pub resident_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -129,12 +160,14 @@ pub mod op {
     pub const LIST: u16 = 0x0004;
     pub const BENCH_READ: u16 = 0x0005;
     pub const BENCH_WRITE: u16 = 0x0006;
+    pub const LOAD: u16 = 0x0007;
     pub const PONG: u16 = 0x8001;
     pub const DATA: u16 = 0x8002;
     pub const STAT_REPLY: u16 = 0x8003;
     pub const LIST_REPLY: u16 = 0x8004;
     pub const ACK: u16 = 0x8005;
     pub const ERROR: u16 = 0x8006;
+    pub const LOADED: u16 = 0x8007;
 }
 
 /// What went wrong decoding a frame. `fatal()` errors lose framing: the connection is closed
@@ -419,6 +452,24 @@ impl Request {
                 (op::BENCH_READ, None)
             }
             Request::BenchWrite { payload } => (op::BENCH_WRITE, Some(payload)),
+            Request::Load {
+                path,
+                offset,
+                len,
+                fill,
+                expect,
+            } => {
+                put_str(meta, path);
+                meta.put_u64_le(*offset);
+                meta.put_u64_le(*len);
+                meta.put_u8(*fill as u8);
+                if let Some(v) = expect {
+                    meta.put_u8(READ_TRAILER_VERSION);
+                    meta.put_u64_le(v.size);
+                    meta.put_i64_le(v.mtime_ns);
+                }
+                (op::LOAD, None)
+            }
         }
     }
 
@@ -470,6 +521,30 @@ impl Request {
                 Request::BenchRead { len }
             }
             op::BENCH_WRITE => return Ok(Request::BenchWrite { payload: data }),
+            op::LOAD => {
+                let path = get_str(&mut b, "load path", MAX_PATH)?;
+                let offset = get_u64(&mut b, "load offset")?;
+                let len = get_u64(&mut b, "load length")?;
+                let fill = match b.try_get_u8() {
+                    Ok(0) => false,
+                    Ok(1) => true,
+                    Ok(tag) => {
+                        return Err(CodecError::UnknownTag {
+                            what: "load fill flag",
+                            tag,
+                        });
+                    }
+                    Err(_) => return Err(CodecError::Truncated("load fill flag")),
+                };
+                let expect = get_read_trailer(&mut b)?;
+                Request::Load {
+                    path,
+                    offset,
+                    len,
+                    fill,
+                    expect,
+                }
+            }
             other => return Err(CodecError::UnknownOp(other)),
         };
         check_no_data(op, &data)?;
@@ -496,6 +571,14 @@ impl Response {
                 (op::LIST_REPLY, None)
             }
             Response::Ack => (op::ACK, None),
+            Response::Loaded(c) => {
+                meta.put_u64_le(c.pages);
+                meta.put_u64_le(c.resident);
+                meta.put_u64_le(c.filled);
+                meta.put_u64_le(c.bytes);
+                meta.put_u64_le(c.resident_bytes);
+                (op::LOADED, None)
+            }
             Response::Error { code, message } => {
                 meta.put_u16_le(*code as u16);
                 // Error text is for humans; keep frames small even if a handler is verbose.
@@ -534,6 +617,13 @@ impl Response {
                 Response::List(entries)
             }
             op::ACK => Response::Ack,
+            op::LOADED => Response::Loaded(LoadCounts {
+                pages: get_u64(&mut b, "loaded pages")?,
+                resident: get_u64(&mut b, "loaded resident")?,
+                filled: get_u64(&mut b, "loaded filled")?,
+                bytes: get_u64(&mut b, "loaded bytes")?,
+                resident_bytes: get_u64(&mut b, "loaded resident bytes")?,
+            }),
             op::ERROR => {
                 let raw = b
                     .try_get_u16_le()
@@ -609,6 +699,51 @@ mod tests {
         let (h, meta, data) = split_frame(&mut buf).unwrap().unwrap();
         assert_eq!(h.id, 7);
         assert_eq!(Response::decode(h.op, &meta, data).unwrap(), r);
+    }
+
+    #[test]
+    fn load_and_its_answer_roundtrip_with_and_without_a_version() {
+        for expect in [
+            None,
+            Some(FileVersion {
+                size: 5 << 30,
+                mtime_ns: -3,
+            }),
+        ] {
+            for fill in [true, false] {
+                roundtrip_req(Request::Load {
+                    path: "data/ü.bin".into(),
+                    offset: 64 << 20,
+                    len: 4 << 20,
+                    fill,
+                    expect,
+                });
+            }
+        }
+        roundtrip_resp(Response::Loaded(LoadCounts {
+            pages: 4,
+            resident: 1,
+            filled: 3,
+            bytes: 4 << 20,
+            resident_bytes: 1 << 20,
+        }));
+    }
+
+    #[test]
+    fn a_load_with_an_unknown_fill_flag_is_refused_naming_it() {
+        let mut meta = BytesMut::new();
+        put_str(&mut meta, "a");
+        meta.put_u64_le(0);
+        meta.put_u64_le(1);
+        meta.put_u8(7);
+        let e = Request::decode(op::LOAD, &meta, Bytes::new()).unwrap_err();
+        assert_eq!(
+            e,
+            CodecError::UnknownTag {
+                what: "load fill flag",
+                tag: 7
+            }
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub fn run_worker_if_spawned() {
             cfg,
             rcache_worker::server::ServeOptions {
                 ports_file: Some(PathBuf::from(ports)),
+                ..Default::default()
             },
         )
         .await

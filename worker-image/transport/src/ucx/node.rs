@@ -1301,6 +1301,7 @@ mod tests {
                     Response::Stat(FileStat::default())
                 }
                 Request::Read { .. } => Response::error(ErrorCode::NotFound, "no such file"),
+                Request::Load { .. } => Response::error(ErrorCode::Unsupported, "no loads here"),
             }
         }
     }
