@@ -10,6 +10,8 @@
 . "$(dirname "$0")/../lib.sh"
 # shellcheck source=e2e/journey.sh
 . "$E2E_DIR/journey.sh"
+# shellcheck source=e2e/journey-warmup.sh
+. "$E2E_DIR/journey-warmup.sh"
 
 [ "$(id -u)" = 0 ] || { fail "journey needs root (the real node: containerd, kubelet, FUSE)"; e2e_finish; }
 
@@ -74,7 +76,7 @@ journey_make_dataset "$dataset"
 head -c $((256 * 1048576)) /dev/urandom >"$dataset/models/weights.bin"
 journey_world_readable "$dataset"
 journey_fabric_nad "$app"
-kubectl -n "$app" patch "$crd" ipoib --type=merge -p "$(journey_on_real_node_patch "$dataset" 384Mi)" >/dev/null
+kubectl -n "$app" patch "$crd" ipoib --type=merge -p "$(journey_on_real_node_patch "$dataset" 1Gi)" >/dev/null
 check "worker rollout complete after the spec change" journey_rollout_done "$app" ipoib 240
 check "2 worker pods Running and Ready (real kubelet probes)" wait_for 180 pods_ready "$app" "app.kubernetes.io/instance=ipoib,app.kubernetes.io/component=worker" 2
 check "FUSE pod Running and Ready" wait_for 120 pods_ready "$app" "app.kubernetes.io/instance=ipoib,app.kubernetes.io/component=fuse" 1
@@ -128,6 +130,25 @@ wait "$loop" || true
 assert_eq "$rounds reads during the deletion, every one byte-identical (zero failed reads)" \
   "$(printf "$want\n%.0s" $(seq $rounds))" "$(cat "$E2E_TMP/loop.out")"
 check "the deleted worker is back: 2 ready members" wait_for 180 journey_members_ready "$app" ipoib 2
+
+# --------------------------------------------------------------------------------------------
+e2e_log "warm-up: a CacheLoad of a 1 GiB tree, then every byte read through FUSE from the cache"
+journey_make_warmup_tree "$dataset/warm"
+if progress=$(journey_warmup "$app" ipoib warm warm 2>&1); then
+  pass "CacheLoad of 1 GiB (1000 x 512 KiB + 2 x 262 MiB) reaches Complete"
+else
+  fail "CacheLoad of 1 GiB (1000 x 512 KiB + 2 x 262 MiB) reaches Complete" "$progress"
+fi
+check "progress was seen rising before Complete ($(echo "$progress" | tr '\n' ' '))" \
+  test "$(echo "$progress" | grep -c .)" -ge 2
+load=$(kubectl -n "$app" get cacheload warm -o json)
+assert_eq "status counts every file done, none failed" "1002 0" "$(jq -r '"\(.status.filesDone) \(.status.filesFailed)"' <<<"$load")"
+before=$(journey_workers_ufs_bytes "$app" ipoib)
+check "reading the whole tree through the FUSE mount" journey_read_tree /mnt/rcache/warm
+assert_eq "the read made zero under-storage reads (workers' UFS byte counter unchanged)" "$before" \
+  "$(journey_workers_ufs_bytes "$app" ipoib)"
+check "status.cache hit ratio is 1.00 over the recent window" wait_for 90 journey_hit_ratio_is "$app" ipoib 1.00
+kubectl -n "$app" get "$crd" ipoib
 
 # --------------------------------------------------------------------------------------------
 e2e_log "rdma mode on the real node: the kubelet allocates the device-plugin resource"
