@@ -22,7 +22,7 @@ target_dir=${CARGO_TARGET_DIR:-$repo/target}
 
 # The CRD is cluster-scoped and kept by uninstall: this suite owns it while it runs and removes
 # it at the end, so later suites start from a cluster without it.
-e2e_on_exit "kubectl delete crd $crd --ignore-not-found --wait=true --timeout=60s"
+e2e_on_exit "kubectl delete crd $crd cacheloads.rcache.io --ignore-not-found --wait=true --timeout=60s"
 
 # ---------------------------------------------------------------------------------------------
 e2e_log "helm lint"
@@ -41,7 +41,7 @@ if kubectl get crd "$crd" >/dev/null 2>&1; then
     fail "no CacheClusters left by an earlier suite" "$(kubectl get cacheclusters.rcache.io -A 2>&1)"
     e2e_finish
   fi
-  kubectl delete crd "$crd" --wait=true --timeout=60s >/dev/null
+  kubectl delete crd "$crd" cacheloads.rcache.io --ignore-not-found --wait=true --timeout=60s >/dev/null
 fi
 if kubectl get namespace rcache-system >/dev/null 2>&1; then
   fail "namespace rcache-system is free for install.yaml" "it exists already (left by an earlier suite?)"

@@ -22,7 +22,7 @@ app=$(e2e_ns_create journey)
 export JOURNEY_LOG_DIR=$E2E_TMP
 # Kept for the CI log when a check fails: the node's daemons' logs are under ~/.cache/rcache/node.
 e2e_on_exit "$E2E_DIR/node/node down"
-e2e_on_exit "kubectl delete crd $crd --ignore-not-found --wait=false"
+e2e_on_exit "kubectl delete crd $crd cacheloads.rcache.io --ignore-not-found --wait=false"
 e2e_on_exit "helm uninstall $rel -n $sys --wait --timeout 60s"
 e2e_on_exit "kubectl -n $app get $crd -o name | xargs -r kubectl -n $app patch --type=merge -p '{\"metadata\":{\"finalizers\":null}}'"
 
