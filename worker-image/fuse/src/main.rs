@@ -50,6 +50,10 @@ enum Cmd {
         /// unmounts on SIGTERM, as before.
         #[arg(long, env = "RCACHE_FUSE_KEEPER_SOCKET")]
         keeper_socket: Option<PathBuf>,
+        /// The key the keeper keeps this connection under (the operator sets
+        /// `<namespace>/<cluster>`); default: the mount point.
+        #[arg(long, env = "RCACHE_FUSE_TAKEOVER_ID")]
+        takeover_id: Option<String>,
     },
     /// Hold FUSE connections for clients that restart (what the CSI node plugin also does).
     Keeper {
@@ -93,8 +97,8 @@ fn run() -> anyhow::Result<()> {
             threads,
             web_listen,
             keeper_socket,
+            takeover_id,
         } => {
-            let keeper = rcache_fuse::takeover::keeper_socket(keeper_socket);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads.clamp(2, 8))
                 .thread_name("rcache-fuse-io")
@@ -107,6 +111,11 @@ fn run() -> anyhow::Result<()> {
                 opts.mount_point = mp;
             }
             opts.threads = threads;
+            let keeper = rcache_fuse::takeover::KeeperOpts::resolve(
+                keeper_socket,
+                takeover_id,
+                &opts.mount_point,
+            );
             let metrics = FuseMetrics::new();
             let web = web_listen.or_else(|| {
                 opts.web_port
@@ -136,7 +145,7 @@ fn run() -> anyhow::Result<()> {
                     &opts,
                     handle,
                     metrics.clone(),
-                    keeper.as_deref(),
+                    keeper.as_ref(),
                 )?,
                 None => {
                     let source = rt.block_on(ClusterSource::from_properties(&props))?;
@@ -145,7 +154,7 @@ fn run() -> anyhow::Result<()> {
                         &opts,
                         handle,
                         metrics.clone(),
-                        keeper.as_deref(),
+                        keeper.as_ref(),
                     )?
                 }
             };

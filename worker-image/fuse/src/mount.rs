@@ -22,7 +22,7 @@ use crate::fs::{MAX_READ, RcacheFs};
 use crate::metrics::FuseMetrics;
 use crate::options::FuseOptions;
 use crate::source::FileSource;
-use crate::takeover::{self, KeeperLink, Offer};
+use crate::takeover::{self, KeeperLink, KeeperOpts, Offer};
 
 /// The filesystem type name in /proc/mounts (`fuse.rcache`).
 pub const FS_SUBTYPE: &str = "rcache";
@@ -279,15 +279,21 @@ pub fn mount_with_keeper<S: FileSource>(
     opts: &FuseOptions,
     rt: Handle,
     metrics: Arc<FuseMetrics>,
-    keeper: Option<&Path>,
+    keeper: Option<&KeeperOpts>,
 ) -> anyhow::Result<MountedFs> {
     let mount_point = opts.mount_point.clone();
     let ours = format!("fuse.{FS_SUBTYPE}");
     let offer = match keeper {
-        Some(sock) => Some(KeeperLink::connect(sock, &mount_point)?),
+        Some(k) => match KeeperLink::connect(&k.socket, &k.key) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "no FUSE keeper; a restart of this client will not keep open files");
+                None
+            }
+        },
         None => None,
     };
-    let config = session_config(opts, keeper.is_some());
+    let config = session_config(opts, offer.is_some());
     let fs = RcacheFs::new(source, opts.clone(), rt, metrics.clone());
     let kernel = fs.kernel_notifier_slot();
     let journal = fs.journal_slot();

@@ -325,8 +325,9 @@ pub struct KeeperLink {
 }
 
 impl KeeperLink {
-    /// Asks the keeper at `socket` for the connection of `mount`.
-    pub fn connect(socket: &Path, mount: &Path) -> anyhow::Result<Offer> {
+    /// Asks the keeper at `socket` for the connection kept under `key` (one per CacheCluster
+    /// on a node: `<namespace>/<name>`; every FUSE container mounts at the same path).
+    pub fn connect(socket: &Path, key: &str) -> anyhow::Result<Offer> {
         let mut sock = UnixStream::connect(socket).with_context(|| {
             format!(
                 "cannot reach the FUSE keeper at {} (is the rcache CSI node plugin running on this node?)",
@@ -338,7 +339,7 @@ impl KeeperLink {
         write_msg(
             &mut sock,
             &Msg::Hello {
-                mount: mount.to_string_lossy().into_owned(),
+                mount: key.to_owned(),
             },
         )?;
         let offer = read_msg(&mut sock)?
@@ -677,9 +678,28 @@ fn notify_resend(fd: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The keeper socket a client uses: `--keeper-socket`, else none.
-pub fn keeper_socket(arg: Option<PathBuf>) -> Option<PathBuf> {
-    arg.filter(|p| !p.as_os_str().is_empty())
+/// Where a client finds its keeper and under which key its connection is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeeperOpts {
+    pub socket: PathBuf,
+    pub key: String,
+}
+
+impl KeeperOpts {
+    /// `--keeper-socket` and `--takeover-id` (default: the mount point). `None` without a
+    /// socket, or when the socket does not exist (no CSI plugin on this node): the client then
+    /// runs as before and says that a restart will not keep open files.
+    pub fn resolve(socket: Option<PathBuf>, key: Option<String>, mount: &Path) -> Option<Self> {
+        let socket = socket.filter(|p| !p.as_os_str().is_empty())?;
+        if !socket.exists() {
+            tracing::warn!(socket = %socket.display(), "no FUSE keeper on this node (is the rcache CSI node plugin installed?); a restart of this client will not keep open files");
+            return None;
+        }
+        let key = key
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| mount.to_string_lossy().into_owned());
+        Some(Self { socket, key })
+    }
 }
 
 #[cfg(test)]
@@ -759,8 +779,8 @@ mod tests {
             assert!(Instant::now() < deadline, "keeper did not listen");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let mnt = dir.path().join("mnt");
-        let Offer::Fresh(link) = KeeperLink::connect(&sock, &mnt).unwrap() else {
+        let mnt = "team-a/demo";
+        let Offer::Fresh(link) = KeeperLink::connect(&sock, mnt).unwrap() else {
             panic!("a new keeper holds nothing");
         };
         // Any fd stands for the connection here (a pipe never polls POLLERR while open).
@@ -777,13 +797,13 @@ mod tests {
             mtime_ns: 4,
         });
         drop(journal); // the client dies
-        match KeeperLink::connect(&sock, &mnt).unwrap() {
+        match KeeperLink::connect(&sock, mnt).unwrap() {
             Offer::TakeOver { state, .. } => {
                 assert_eq!(state.inodes[&42].0, "f");
                 assert_eq!(state.files[&1].size, 3);
             }
             Offer::Fresh(_) => panic!("the keeper forgot the connection"),
         }
-        assert_eq!(keeper.held(), vec![mnt.to_string_lossy().into_owned()]);
+        assert_eq!(keeper.held(), vec![mnt.to_string()]);
     }
 }
