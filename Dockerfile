@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# The rcache image: rcache-operator, rcache-worker and rcache-fuse in one image, on Debian
+# The rcache image: rcache-operator, rcache-worker, rcache-fuse and rcache-csi in one image, on Debian
 # bookworm-slim with the libraries the worker loads at run time (UCX, verbs + mlx5 provider,
 # rdmacm, fuse3).
 #
@@ -67,9 +67,9 @@ ARG STRIP_DEBUG=1
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p rcache-operator -p rcache-worker -p rcache-fuse --bins \
+    cargo build --release --locked -p rcache-operator -p rcache-worker -p rcache-fuse -p rcache-csi --bins \
  && mkdir -p /out \
- && for b in rcache-operator rcache-worker rcache-fuse; do \
+ && for b in rcache-operator rcache-worker rcache-fuse rcache-csi; do \
       if [ -f "target/release/$b" ]; then install -m0755 "target/release/$b" /out/; fi; \
     done \
  && if [ "$STRIP_DEBUG" = 1 ]; then strip --strip-debug /out/*; fi \

@@ -32,7 +32,7 @@ profile=${RCACHE_IMAGE_PROFILE:-release}
 cache=${RCACHE_IMAGE_CACHE:-$HOME/.cache/rcache/image}
 base_image=localhost/rcache/debian:bookworm-slim
 out_dir=${CARGO_TARGET_DIR:-$repo/target}/image
-binaries=(rcache-operator rcache-worker rcache-fuse)
+binaries=(rcache-operator rcache-worker rcache-fuse rcache-csi)
 mode=prebuilt
 [ "${1:-}" = --full ] && mode=full
 
@@ -66,7 +66,7 @@ if [ "$mode" = prebuilt ]; then
   cargo_profile_flag=(--release); profile_dir=release
   [ "$profile" = dev ] && { cargo_profile_flag=(); profile_dir=debug; }
   pkgs=()
-  for p in rcache-operator rcache-worker rcache-fuse; do
+  for p in rcache-operator rcache-worker rcache-fuse rcache-csi; do
     cargo metadata --no-deps --format-version 1 | grep -q "\"name\":\"$p\"" && pkgs+=(-p "$p")
   done
   log "cargo build ${cargo_profile_flag[*]} ${pkgs[*]} --bins"

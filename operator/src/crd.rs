@@ -515,6 +515,10 @@ pub struct CacheClusterStatus {
     /// when a number changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheUsage>,
+    /// The ReadOnlyMany PersistentVolumeClaim application pods mount to read the cache
+    /// (`persistentVolumeClaim: {claimName: ...}`); absent while FUSE is disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<String>,
 }
 
 /// What a cluster's cache holds, summed over its ready workers.

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -792,7 +794,60 @@ async fn apply_children(
     for pdb in &children.pdbs {
         apply_child(ctx, uid, ns, &stores.pdbs, pdb).await?;
     }
+    // The volume pods consume (build::volume): the cluster-scoped PV first, then its claim.
+    for pv in &children.volumes {
+        apply_cluster_scoped(&ctx.client, pv).await?;
+    }
+    for pvc in &children.claims {
+        apply::<PersistentVolumeClaim>(&ctx.client, ns, pvc).await?;
+    }
     Ok((applied_sts, applied_ds))
+}
+
+/// Server-side apply of a cluster-scoped child (the PersistentVolume).
+async fn apply_cluster_scoped(client: &Client, pv: &PersistentVolume) -> Result<(), Error> {
+    let name = pv.metadata.name.clone().unwrap_or_default();
+    Api::<PersistentVolume>::all(client.clone())
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(pv),
+        )
+        .await
+        .map_err(|e| refused_or_kube(format!("PersistentVolume {name}"), e))?;
+    Ok(())
+}
+
+/// Deletes our PersistentVolumes whose claim is gone (`Released`): a CacheCluster's PV cannot
+/// be owned by it (cluster-scoped), so this sweep removes it once the garbage collector removed
+/// the claim, which `pvc-protection` delays while pods still mount it.
+async fn sweep_released_volumes(client: &Client) -> Result<Vec<String>, Error> {
+    let api = Api::<PersistentVolume>::all(client.clone());
+    let selector = format!(
+        "{}={FIELD_MANAGER},{LABEL_COMPONENT}={}",
+        build::LABEL_MANAGED_BY,
+        build::volume::COMPONENT_VOLUME
+    );
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("list rcache PersistentVolumes".to_string()))?;
+    let mut deleted = Vec::new();
+    for pv in list
+        .items
+        .iter()
+        .filter(|p| build::volume::pv_is_released(p))
+    {
+        let name = pv.name_any();
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => deleted.push(name),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                warn!(volume = %name, error = %e, "cannot delete a released rcache PersistentVolume")
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, Error> {
@@ -992,9 +1047,16 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
         members: membership.members.clone(),
         membership_generation,
     };
-    let new_status = status::compute(&observed);
+    let mut new_status = status::compute(&observed);
+    new_status.persistent_volume_claim = children
+        .claims
+        .first()
+        .and_then(|c| c.metadata.name.clone());
     let prev = write_status(client, cc, new_status.clone()).await?;
     announce_transitions(ctx, cc, prev.as_ref(), &new_status).await;
+    for pv in sweep_released_volumes(client).await? {
+        info!(volume = %pv, "deleted a released rcache PersistentVolume (its CacheCluster and claim are gone)");
+    }
     Ok(Action::requeue(RESYNC))
 }
 

@@ -423,6 +423,8 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
         members: o.members.clone(),
         // Written by the cache-usage poller (`load::usage`), not computed here.
         cache: None,
+        // Set by the reconcile from what it applied (build::volume).
+        persistent_volume_claim: None,
     }
 }
 

@@ -8,13 +8,19 @@
 //! update strategy is `OnDelete` for the same reason: a spec change never restarts a mount under
 //! running readers; an operator (human) deletes FUSE pods when the node is drained.
 //!
+//! Restarts keep open files: the CSI node plugin (`rcache-csi`, chart `csi.enabled`) serves a
+//! FUSE keeper on [`KEEPER_SOCKET`] (a hostPath shared with these pods); the client hands it
+//! its `/dev/fuse` connection under `<namespace>/<name>` and a restarted client takes it back,
+//! so neither SIGTERM nor a crash unmounts. With a keeper the preStop hook does nothing; without
+//! one (no CSI plugin on the node) it unmounts lazily as described above.
+//!
 //! The client serves `/metrics`, `/healthz`, `/readyz` on [`WEB_PORT`] (container port `web`,
 //! rendered as `rcache.fuse.web.port`).
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, ExecAction, HostPathVolumeSource, Lifecycle, LifecycleHandler,
-    PodSpec, PodTemplateSpec, Probe, SecurityContext, Volume, VolumeMount,
+    Container, ContainerPort, EnvVar, ExecAction, HostPathVolumeSource, Lifecycle,
+    LifecycleHandler, PodSpec, PodTemplateSpec, Probe, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
@@ -31,6 +37,11 @@ pub const DRAIN_SECONDS: i64 = 30;
 pub const CONTAINER: &str = "fuse";
 /// Port of the FUSE client's `/metrics`, `/healthz`, `/readyz` (`rcache.fuse.web.port`).
 pub const WEB_PORT: i32 = rcache_contract::keys::DEFAULT_FUSE_WEB_PORT as i32;
+
+/// The CSI node plugin's directory on every node (host path, same path in the containers).
+pub const CSI_PLUGIN_DIR: &str = "/var/lib/kubelet/plugins/csi.rcache.io";
+/// The FUSE keeper's socket the CSI node plugin serves.
+pub const KEEPER_SOCKET: &str = "/var/lib/kubelet/plugins/csi.rcache.io/keeper.sock";
 
 /// Command the FUSE container runs.
 pub fn command() -> String {
@@ -52,6 +63,16 @@ pub fn daemon_set(plan: &ClusterPlan, config_hash: &str) -> DaemonSet {
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("NODE_NAME", "spec.nodeName"),
+            EnvVar {
+                name: "RCACHE_FUSE_KEEPER_SOCKET".to_string(),
+                value: Some(KEEPER_SOCKET.to_string()),
+                ..EnvVar::default()
+            },
+            EnvVar {
+                name: "RCACHE_FUSE_TAKEOVER_ID".to_string(),
+                value: Some(format!("{}/{}", plan.namespace, plan.name)),
+                ..EnvVar::default()
+            },
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("web".to_string()),
@@ -70,6 +91,11 @@ pub fn daemon_set(plan: &ClusterPlan, config_hash: &str) -> DaemonSet {
                 name: "mount".to_string(),
                 mount_path: FUSE_MOUNT_POINT.to_string(),
                 mount_propagation: Some("Bidirectional".to_string()),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "csi-plugin-dir".to_string(),
+                mount_path: CSI_PLUGIN_DIR.to_string(),
                 ..VolumeMount::default()
             },
         ]),
@@ -91,7 +117,7 @@ pub fn daemon_set(plan: &ClusterPlan, config_hash: &str) -> DaemonSet {
                         "/bin/sh".to_string(),
                         "-c".to_string(),
                         format!(
-                            "umount -l {FUSE_MOUNT_POINT} 2>/dev/null || fusermount3 -u -z {FUSE_MOUNT_POINT} 2>/dev/null || true; sleep {DRAIN_SECONDS}"
+                            "[ -S {KEEPER_SOCKET} ] && exit 0; umount -l {FUSE_MOUNT_POINT} 2>/dev/null || fusermount3 -u -z {FUSE_MOUNT_POINT} 2>/dev/null || true; sleep {DRAIN_SECONDS}"
                         ),
                     ]),
                 }),
@@ -127,6 +153,7 @@ pub fn daemon_set(plan: &ClusterPlan, config_hash: &str) -> DaemonSet {
             config_volume(plan),
             host("dev-fuse", "/dev/fuse", "CharDevice"),
             host("mount", &f.host_mount_path, "DirectoryOrCreate"),
+            host("csi-plugin-dir", CSI_PLUGIN_DIR, "DirectoryOrCreate"),
         ]),
         node_selector: (!f.node_selector.is_empty()).then(|| f.node_selector.clone()),
         tolerations: (!f.tolerations.is_empty()).then(|| f.tolerations.clone()),
@@ -241,6 +268,39 @@ mod tests {
             .unwrap();
         assert!(cmd[2].contains("umount -l /mnt/rcache"), "{cmd:?}");
         assert!(p.termination_grace_period_seconds.unwrap() > DRAIN_SECONDS);
+    }
+
+    #[test]
+    fn fuse_hands_its_connection_to_the_csi_keeper_under_namespace_and_name() {
+        let ds = daemon_set(&plan_of("ufs: {uri: 'file:///data'}"), "h");
+        let pod = ds.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        let env = c.env.as_ref().unwrap();
+        let get = |n: &str| {
+            env.iter()
+                .find(|e| e.name == n)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            get("RCACHE_FUSE_KEEPER_SOCKET").as_deref(),
+            Some(KEEPER_SOCKET)
+        );
+        assert_eq!(
+            get("RCACHE_FUSE_TAKEOVER_ID").as_deref(),
+            Some("demo-ns/demo")
+        );
+        let m = c.volume_mounts.as_ref().unwrap();
+        assert!(m.iter().any(|m| m.mount_path == CSI_PLUGIN_DIR));
+        let v = pod.volumes.unwrap();
+        let dir = v.iter().find(|v| v.name == "csi-plugin-dir").unwrap();
+        assert_eq!(dir.host_path.as_ref().unwrap().path, CSI_PLUGIN_DIR);
+        // With a keeper, stopping must not unmount (the next client takes the connection).
+        let pre = c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+        let cmd = pre.exec.as_ref().unwrap().command.as_ref().unwrap();
+        assert!(
+            cmd[2].starts_with(&format!("[ -S {KEEPER_SOCKET} ] && exit 0;")),
+            "{cmd:?}"
+        );
     }
 
     #[test]

@@ -7,12 +7,13 @@ pub mod fuse;
 pub mod membership;
 pub mod pdb;
 pub mod properties;
+pub mod volume;
 pub mod worker;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -128,6 +129,10 @@ pub struct Children {
     pub daemon_sets: Vec<DaemonSet>,
     /// Worker PDB.
     pub pdbs: Vec<PodDisruptionBudget>,
+    /// The PersistentVolume application pods consume (with FUSE; cluster-scoped, see `volume`).
+    pub volumes: Vec<PersistentVolume>,
+    /// Its claim, named like the cluster (with FUSE).
+    pub claims: Vec<PersistentVolumeClaim>,
 }
 
 /// Builds all children. `members_json` is the rendered membership (see [`membership`]).
@@ -147,6 +152,16 @@ pub fn children(plan: &ClusterPlan, members_json: &str) -> Children {
             Vec::new()
         },
         pdbs: vec![pdb::pod_disruption_budget(plan)],
+        volumes: if plan.spec.fuse.enabled {
+            vec![volume::persistent_volume(plan)]
+        } else {
+            Vec::new()
+        },
+        claims: if plan.spec.fuse.enabled {
+            vec![volume::claim(plan)]
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -186,7 +201,12 @@ mod tests {
     #[test]
     fn disabled_fuse_builds_no_daemon_set() {
         let plan = plan_of("ufs: {uri: 'file:///data'}\nfuse: {enabled: false}");
-        assert!(children(&plan, "{}").daemon_sets.is_empty());
+        let c = children(&plan, "{}");
+        assert!(c.daemon_sets.is_empty());
+        assert!(
+            c.volumes.is_empty() && c.claims.is_empty(),
+            "no cache mount to publish"
+        );
     }
 
     #[test]

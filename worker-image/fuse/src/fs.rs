@@ -28,6 +28,7 @@ use crate::options::FuseOptions;
 use crate::reader::{OpenFile, PrefetchPolicy};
 use crate::source::{FileSource, SourceError};
 use crate::stat_cache::{STAT_CACHE_TTL, StatCache};
+use crate::takeover::{Journal, Record, TakeoverState};
 
 /// How long the kernel may trust an entry or attribute before asking again.
 const KERNEL_TTL: Duration = Duration::from_secs(1);
@@ -53,6 +54,10 @@ struct Shared<S: FileSource> {
     /// worker's metadata may trust it for its sync interval) checks it first.
     stale: Mutex<HashMap<String, FileVersion>>,
     next_fh: AtomicU64,
+    /// Directory handles a previous client opened (takeover): fh -> ino, listed on first use.
+    restored_dirs: Mutex<HashMap<u64, u64>>,
+    /// Where new inodes and handles are journaled for a restarted client (see `takeover`).
+    journal: Arc<OnceLock<Journal>>,
     metrics: Arc<FuseMetrics>,
     /// Sends cache invalidations to the kernel; set once the session exists (see `mount`).
     kernel: Arc<OnceLock<fuser::Notifier>>,
@@ -102,6 +107,44 @@ impl<S: FileSource> Shared<S> {
         self.stats.put(path, &st);
         lock(&self.stale).remove(path);
         Ok(st)
+    }
+
+    fn record(&self, r: Record) {
+        if let Some(j) = self.journal.get() {
+            j.record(r);
+        }
+    }
+
+    fn prefetch_policy(&self) -> PrefetchPolicy {
+        PrefetchPolicy {
+            part_size: self.opts.part_size,
+            max_parts: self.opts.prefetch_parts,
+            whole_file_threshold: self.opts.whole_file_threshold,
+        }
+    }
+
+    /// The entries of directory `ino` at `path` (with `.` and `..`), for a directory handle.
+    async fn listing(&self, ino: u64, path: &str) -> Result<DirListing, Errno> {
+        let list = match self.source.list(path).await {
+            Ok(l) => l,
+            Err(e) => {
+                log_failure("opendir", path, &e);
+                return Err(self.fail("opendir", &e));
+            }
+        };
+        let parent_ino = match path.rfind('/') {
+            Some(i) => self.inodes.peek(&path[..i]),
+            None => ROOT_INO,
+        };
+        let mut entries = Vec::with_capacity(list.len() + 2);
+        entries.push((ino, FileType::Directory, ".".to_owned()));
+        entries.push((parent_ino, FileType::Directory, "..".to_owned()));
+        for e in list {
+            let child = child_path(path, &e.name);
+            self.stats.put(&child, &e.stat);
+            entries.push((self.inodes.peek(&child), kind(&e.stat), e.name));
+        }
+        Ok(DirListing { entries })
     }
 
     fn attr(&self, ino: u64, st: &FileStat) -> FileAttr {
@@ -170,6 +213,16 @@ fn log_failure(op: &str, path: &str, e: &SourceError) {
     } else {
         tracing::warn!(op, path, errno = e.errno, error = %e, "operation failed");
     }
+}
+
+/// Answers a readdir from a listing, from entry `offset` on.
+fn fill_dir(listing: &DirListing, offset: u64, mut reply: ReplyDirectory) {
+    for (i, (ino, kind, name)) in listing.entries.iter().enumerate().skip(offset as usize) {
+        if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+            break;
+        }
+    }
+    reply.ok();
 }
 
 /// Answers a read. A stale handle (the file changed since it was opened) is not a failure: it
@@ -241,6 +294,8 @@ impl<S: FileSource> RcacheFs<S> {
                 seen: Mutex::new(HashMap::new()),
                 stale: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
+                restored_dirs: Mutex::new(HashMap::new()),
+                journal: Arc::new(OnceLock::new()),
                 metrics,
                 kernel: Arc::new(OnceLock::new()),
                 // SAFETY: getuid/getgid cannot fail and touch no memory.
@@ -255,6 +310,53 @@ impl<S: FileSource> RcacheFs<S> {
     /// drop what it caches of a file that changed (its size and pages).
     pub fn kernel_notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
         self.shared.kernel.clone()
+    }
+
+    /// Where the mount puts the takeover journal (see `takeover`), before serving requests:
+    /// every new inode and handle is journaled there from then on.
+    pub fn journal_slot(&self) -> Arc<OnceLock<Journal>> {
+        self.shared.journal.clone()
+    }
+
+    /// Takes over what a previous client's kernel connection refers to: the same inode numbers
+    /// with their lookup references, open files reading the version their open pinned, and
+    /// directory handles (listed again on their next read).
+    pub fn restore(&self, state: &TakeoverState) {
+        let shared = &self.shared;
+        shared.inodes.restore(
+            state
+                .inodes
+                .iter()
+                .map(|(ino, (path, n))| (*ino, path.as_str(), *n)),
+        );
+        let policy = shared.prefetch_policy();
+        for (fh, h) in &state.files {
+            let Some(path) = shared.inodes.path(h.ino) else {
+                tracing::warn!(
+                    fh,
+                    ino = h.ino,
+                    "an open handle of an unknown inode; its reads fail with EBADF"
+                );
+                continue;
+            };
+            let file = OpenFile::open(
+                shared.source.clone(),
+                path,
+                FileVersion {
+                    size: h.size,
+                    mtime_ns: h.mtime_ns,
+                },
+                policy,
+                shared.metrics.prefetch.clone(),
+            );
+            lock(&shared.files).insert(*fh, file);
+            lock(&shared.seen).insert(h.ino, (h.size, h.mtime_ns));
+            shared.metrics.open_files.inc();
+        }
+        lock(&shared.restored_dirs).extend(state.dirs.iter().map(|(fh, ino)| (*fh, *ino)));
+        shared
+            .next_fh
+            .fetch_max(state.next_fh.max(1), Ordering::Relaxed);
     }
 
     fn path_of(&self, ino: INodeNo) -> Result<Arc<str>, Errno> {
@@ -289,6 +391,10 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
             match shared.stat(&path).await {
                 Ok(st) => {
                     let ino = shared.inodes.lookup(&path);
+                    shared.record(Record::Lookup {
+                        ino,
+                        path: path.clone(),
+                    });
                     reply.entry(&KERNEL_TTL, &shared.attr(ino, &st), Generation(0));
                 }
                 Err(e) => {
@@ -301,6 +407,10 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.shared.inodes.forget(ino.0, nlookup);
+        self.shared.record(Record::Forget {
+            ino: ino.0,
+            n: nlookup,
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -334,27 +444,13 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         };
         let shared = self.shared.clone();
         self.rt.spawn(async move {
-            let list = match shared.source.list(&path).await {
+            let listing = match shared.listing(ino.0, &path).await {
                 Ok(l) => l,
-                Err(e) => {
-                    log_failure("opendir", &path, &e);
-                    return reply.error(shared.fail("opendir", &e));
-                }
+                Err(e) => return reply.error(e),
             };
-            let parent_ino = match path.rfind('/') {
-                Some(i) => shared.inodes.peek(&path[..i]),
-                None => ROOT_INO,
-            };
-            let mut entries = Vec::with_capacity(list.len() + 2);
-            entries.push((ino.0, FileType::Directory, ".".to_owned()));
-            entries.push((parent_ino, FileType::Directory, "..".to_owned()));
-            for e in list {
-                let child = child_path(&path, &e.name);
-                shared.stats.put(&child, &e.stat);
-                entries.push((shared.inodes.peek(&child), kind(&e.stat), e.name));
-            }
             let fh = shared.next_fh.fetch_add(1, Ordering::Relaxed);
-            lock(&shared.dirs).insert(fh, Arc::new(DirListing { entries }));
+            shared.record(Record::OpenDir { fh, ino: ino.0 });
+            lock(&shared.dirs).insert(fh, Arc::new(listing));
             reply.opened(FileHandle(fh), FopenFlags::empty());
         });
     }
@@ -365,17 +461,32 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let Some(listing) = lock(&self.shared.dirs).get(&fh.0).cloned() else {
-            return reply.error(Errno::EBADF);
+            // A handle a previous client opened (takeover): list the directory again.
+            let Some(ino) = lock(&self.shared.restored_dirs).get(&fh.0).copied() else {
+                return reply.error(Errno::EBADF);
+            };
+            let path = match self.path_of(INodeNo(ino)) {
+                Ok(p) => p,
+                Err(e) => return reply.error(e),
+            };
+            let shared = self.shared.clone();
+            self.rt.spawn(async move {
+                match shared.listing(ino, &path).await {
+                    Ok(l) => {
+                        let l = Arc::new(l);
+                        lock(&shared.dirs).insert(fh.0, l.clone());
+                        lock(&shared.restored_dirs).remove(&fh.0);
+                        fill_dir(&l, offset, reply);
+                    }
+                    Err(e) => reply.error(e),
+                }
+            });
+            return;
         };
-        for (i, (ino, kind, name)) in listing.entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
-                break;
-            }
-        }
-        reply.ok();
+        fill_dir(&listing, offset, reply);
     }
 
     fn releasedir(
@@ -387,6 +498,8 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         reply: ReplyEmpty,
     ) {
         lock(&self.shared.dirs).remove(&fh.0);
+        lock(&self.shared.restored_dirs).remove(&fh.0);
+        self.shared.record(Record::ReleaseDir { fh: fh.0 });
         reply.ok();
     }
 
@@ -408,11 +521,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
                     return reply.error(shared.fail("open", &e));
                 }
             };
-            let policy = PrefetchPolicy {
-                part_size: shared.opts.part_size,
-                max_parts: shared.opts.prefetch_parts,
-                whole_file_threshold: shared.opts.whole_file_threshold,
-            };
+            let policy = shared.prefetch_policy();
             let file = OpenFile::open(
                 shared.source.clone(),
                 path,
@@ -421,6 +530,12 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
                 shared.metrics.prefetch.clone(),
             );
             let fh = shared.next_fh.fetch_add(1, Ordering::Relaxed);
+            shared.record(Record::Open {
+                fh,
+                ino: ino.0,
+                size: st.size,
+                mtime_ns: st.mtime_ns,
+            });
             lock(&shared.files).insert(fh, file);
             shared.metrics.open_files.inc();
             let version = (st.size, st.mtime_ns);
@@ -499,6 +614,7 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         if lock(&self.shared.files).remove(&fh.0).is_some() {
             self.shared.metrics.open_files.dec();
         }
+        self.shared.record(Record::Release { fh: fh.0 });
         reply.ok();
     }
 
@@ -523,7 +639,11 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush on a read-only filesystem. ENOSYS tells the kernel to stop sending
+        // FLUSH on every close() of this connection: one round trip less per close, and a
+        // process that closes or execs (closing its O_CLOEXEC fds) never waits on a client
+        // that is restarting (see `takeover`).
+        reply.error(Errno::ENOSYS);
     }
 
     fn getxattr(

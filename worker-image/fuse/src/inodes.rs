@@ -102,6 +102,28 @@ impl InodeTable {
         ino
     }
 
+    /// Takes over a previous client's numbers (FUSE takeover): each `(ino, path, lookups)`
+    /// keeps its number and the kernel's references to it.
+    pub fn restore<'a>(&self, entries: impl IntoIterator<Item = (u64, &'a str, u64)>) {
+        let mut t = self.lock();
+        for (ino, path, lookups) in entries {
+            if ino <= ROOT_INO || lookups == 0 {
+                continue;
+            }
+            let path: Arc<str> = Arc::from(path);
+            if let Some(old) = t.by_ino.insert(
+                ino,
+                Node {
+                    path: path.clone(),
+                    lookups,
+                },
+            ) {
+                t.by_path.remove(&old.path);
+            }
+            t.by_path.insert(path, ino);
+        }
+    }
+
     /// The number `readdir` reports for `path` without taking a reference.
     pub fn peek(&self, path: &str) -> u64 {
         let t = self.lock();
@@ -195,6 +217,19 @@ mod tests {
         let nb = t.lookup("b");
         assert_ne!(nb, t.peek("a"));
         assert_eq!(t.path(nb).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn restored_numbers_and_references_are_kept() {
+        let t = InodeTable::new();
+        t.restore([(77, "moved/by/collision", 2), (1, "not-root", 5)]);
+        assert_eq!(t.path(77).as_deref(), Some("moved/by/collision"));
+        assert_eq!(t.lookup("moved/by/collision"), 77);
+        assert_eq!(t.path(ROOT_INO).as_deref(), Some(""));
+        t.forget(77, 2);
+        assert!(t.path(77).is_some(), "one reference left");
+        t.forget(77, 1);
+        assert!(t.path(77).is_none());
     }
 
     #[test]

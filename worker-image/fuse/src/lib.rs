@@ -4,6 +4,7 @@
 //! - [`fs`]: the `fuser` filesystem (inodes, handles, errno), answering from tokio tasks.
 //! - [`reader`]: per-handle prefetch window and whole-file fetch of small files.
 //! - [`mount`]: mount point preparation (stale mounts), mounting, clean unmount.
+//! - [`takeover`]: the keeper that holds the `/dev/fuse` connection across client restarts.
 //! - [`metrics`]: read/error/prefetch metrics and the `/metrics`, `/healthz`, `/readyz` server.
 
 pub mod client;
@@ -15,6 +16,7 @@ pub mod options;
 pub mod reader;
 pub mod source;
 pub mod stat_cache;
+pub mod takeover;
 
 pub use fs::RcacheFs;
 pub use metrics::FuseMetrics;

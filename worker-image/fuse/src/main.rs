@@ -44,6 +44,25 @@ enum Cmd {
         /// one, logged) instead of 0.0.0.0:rcache.fuse.web.port.
         #[arg(long, hide = true)]
         web_listen: Option<SocketAddr>,
+        /// The FUSE keeper's socket (the CSI node plugin serves one): the connection is handed
+        /// to it after mounting and taken back on restart, so open files survive a restart of
+        /// this process (SIGTERM and SIGKILL alike: it never unmounts then). Unset: the process
+        /// unmounts on SIGTERM, as before.
+        #[arg(long, env = "RCACHE_FUSE_KEEPER_SOCKET")]
+        keeper_socket: Option<PathBuf>,
+        /// The key the keeper keeps this connection under (the operator sets
+        /// `<namespace>/<cluster>`); default: the mount point.
+        #[arg(long, env = "RCACHE_FUSE_TAKEOVER_ID")]
+        takeover_id: Option<String>,
+    },
+    /// Hold FUSE connections for clients that restart (what the CSI node plugin also does).
+    Keeper {
+        #[arg(long, default_value = rcache_fuse::takeover::DEFAULT_KEEPER_SOCKET)]
+        socket: PathBuf,
+        /// Close a connection no client came back to for this many seconds (its readers then
+        /// see ENOTCONN).
+        #[arg(long, default_value_t = 600)]
+        orphan_grace_secs: u64,
     },
 }
 
@@ -77,6 +96,8 @@ fn run() -> anyhow::Result<()> {
             local_dir,
             threads,
             web_listen,
+            keeper_socket,
+            takeover_id,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads.clamp(2, 8))
@@ -90,6 +111,11 @@ fn run() -> anyhow::Result<()> {
                 opts.mount_point = mp;
             }
             opts.threads = threads;
+            let keeper = rcache_fuse::takeover::KeeperOpts::resolve(
+                keeper_socket,
+                takeover_id,
+                &opts.mount_point,
+            );
             let metrics = FuseMetrics::new();
             let web = web_listen.or_else(|| {
                 opts.web_port
@@ -114,25 +140,44 @@ fn run() -> anyhow::Result<()> {
             }
             let handle = rt.handle().clone();
             let mut mounted = match local_dir {
-                Some(dir) => {
-                    rcache_fuse::mount(LocalDirSource::new(dir), &opts, handle, metrics.clone())?
-                }
+                Some(dir) => rcache_fuse::mount::mount_with_keeper(
+                    LocalDirSource::new(dir),
+                    &opts,
+                    handle,
+                    metrics.clone(),
+                    keeper.as_ref(),
+                )?,
                 None => {
                     let source = rt.block_on(ClusterSource::from_properties(&props))?;
-                    rcache_fuse::mount(source, &opts, handle, metrics.clone())?
+                    rcache_fuse::mount::mount_with_keeper(
+                        source,
+                        &opts,
+                        handle,
+                        metrics.clone(),
+                        keeper.as_ref(),
+                    )?
                 }
             };
             tracing::info!(mount_point = %opts.mount_point.display(), "mounted");
-            serve_until_signal(&rt, &mounted)?;
+            let signalled = serve_until_signal(&rt, &mounted)?;
+            if signalled && mounted.is_kept() {
+                mounted.leave_to_keeper();
+            }
             mounted.unmount()?;
             tracing::info!("unmounted");
             Ok(())
         }
+        Cmd::Keeper {
+            socket,
+            orphan_grace_secs,
+        } => rcache_fuse::takeover::Keeper::new(Duration::from_secs(orphan_grace_secs))
+            .serve(&socket),
     }
 }
 
-/// Waits for SIGTERM/SIGINT, or for the session to end on its own (unmounted from outside).
-fn serve_until_signal(rt: &tokio::runtime::Runtime, mounted: &MountedFs) -> anyhow::Result<()> {
+/// Waits for SIGTERM/SIGINT (true), or for the session to end on its own (false: unmounted
+/// from outside).
+fn serve_until_signal(rt: &tokio::runtime::Runtime, mounted: &MountedFs) -> anyhow::Result<bool> {
     use tokio::signal::unix::{SignalKind, signal};
     rt.block_on(async {
         let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -140,14 +185,13 @@ fn serve_until_signal(rt: &tokio::runtime::Runtime, mounted: &MountedFs) -> anyh
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: unmounting"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT: unmounting"); break; }
+                _ = term.recv() => { tracing::info!("SIGTERM"); return Ok(true); }
+                _ = int.recv() => { tracing::info!("SIGINT"); return Ok(true); }
                 _ = tick.tick() => if !mounted.is_alive() {
                     tracing::warn!("the FUSE session ended (unmounted from outside?)");
-                    break;
+                    return Ok(false);
                 },
             }
         }
-        Ok(())
     })
 }

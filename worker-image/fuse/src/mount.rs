@@ -7,6 +7,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +22,7 @@ use crate::fs::{MAX_READ, RcacheFs};
 use crate::metrics::FuseMetrics;
 use crate::options::FuseOptions;
 use crate::source::FileSource;
+use crate::takeover::{self, KeeperLink, KeeperOpts, Offer};
 
 /// The filesystem type name in /proc/mounts (`fuse.rcache`).
 pub const FS_SUBTYPE: &str = "rcache";
@@ -230,6 +232,8 @@ pub struct MountedFs {
     /// Our mount's device, to tell it from another mount at the same path.
     dev: Option<(u32, u32)>,
     metrics: Arc<FuseMetrics>,
+    /// A keeper holds the connection: stopping leaves it to the next client, unmounted.
+    kept: bool,
 }
 
 /// Mounts `source` at `opts.mount_point` (clearing a stale mount first); requests are served by
@@ -241,9 +245,10 @@ pub fn mount<S: FileSource>(
     rt: Handle,
     metrics: Arc<FuseMetrics>,
 ) -> anyhow::Result<MountedFs> {
-    let mount_point = opts.mount_point.clone();
-    let state = clear_stale_mount(&mount_point)?;
-    tracing::info!(mount_point = %mount_point.display(), ?state, "mount point ready");
+    mount_with_keeper(source, opts, rt, metrics, None)
+}
+
+fn session_config(opts: &FuseOptions, kept: bool) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -259,9 +264,80 @@ pub fn mount<S: FileSource>(
     // Application pods read as any uid.
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.threads.max(1));
-    config.clone_fd = true;
+    // Cloned fds would be this process's alone: when it dies the kernel fails the requests
+    // read through them (ECONNABORTED). With a keeper every thread reads the fd the keeper
+    // also holds, so unanswered requests survive the process and are resent to the next one.
+    config.clone_fd = !kept;
+    config
+}
+
+/// Like [`mount`], but with a keeper at `keeper` (see [`takeover`]): when the keeper holds a
+/// live connection for the mount point, the client serves it (no new mount; files open through
+/// it keep reading); otherwise it mounts afresh and hands the connection to the keeper.
+pub fn mount_with_keeper<S: FileSource>(
+    source: S,
+    opts: &FuseOptions,
+    rt: Handle,
+    metrics: Arc<FuseMetrics>,
+    keeper: Option<&KeeperOpts>,
+) -> anyhow::Result<MountedFs> {
+    let mount_point = opts.mount_point.clone();
+    let ours = format!("fuse.{FS_SUBTYPE}");
+    let offer = match keeper {
+        Some(k) => match KeeperLink::connect(&k.socket, &k.key) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "no FUSE keeper; a restart of this client will not keep open files");
+                None
+            }
+        },
+        None => None,
+    };
+    let config = session_config(opts, offer.is_some());
     let fs = RcacheFs::new(source, opts.clone(), rt, metrics.clone());
     let kernel = fs.kernel_notifier_slot();
+    let journal = fs.journal_slot();
+    let link = match offer {
+        Some(Offer::TakeOver { link, fd, state }) => {
+            match mount_entry(&mount_point).filter(|e| e.fs_type == ours) {
+                Some(entry) => {
+                    fs.restore(&state);
+                    let _ = journal.set(link.into_journal());
+                    let session = takeover::session_over(fs, fd, config)?;
+                    let _ = kernel.set(session.notifier());
+                    let session = session
+                        .spawn()
+                        .context("cannot start the FUSE session threads")?;
+                    tracing::info!(
+                        mount_point = %mount_point.display(),
+                        inodes = state.inodes.len(),
+                        open_files = state.files.len(),
+                        "took over the FUSE connection from the keeper"
+                    );
+                    metrics.set_mounted(&mount_point, true);
+                    return Ok(MountedFs {
+                        session: Some(session),
+                        mount_point,
+                        dev: Some(entry.dev),
+                        metrics,
+                        kept: true,
+                    });
+                }
+                None => {
+                    tracing::warn!(
+                        mount_point = %mount_point.display(),
+                        "the keeper holds a connection that is no longer mounted here; mounting afresh"
+                    );
+                    drop(fd);
+                    Some(link)
+                }
+            }
+        }
+        Some(Offer::Fresh(link)) => Some(link),
+        None => None,
+    };
+    let state = clear_stale_mount(&mount_point)?;
+    tracing::info!(mount_point = %mount_point.display(), ?state, "mount point ready");
     let session = fuser::Session::new(fs, &mount_point, &config).with_context(|| {
         format!(
             "cannot mount FUSE at {} (needs root or fusermount3, and /dev/fuse)",
@@ -269,11 +345,21 @@ pub fn mount<S: FileSource>(
         )
     })?;
     let _ = kernel.set(session.notifier());
+    let kept = match link {
+        Some(link) => {
+            let j = link
+                .adopt(session.as_fd())
+                .context("cannot hand the FUSE connection to the keeper")?;
+            let _ = journal.set(j);
+            true
+        }
+        None => false,
+    };
     let session = session
         .spawn()
         .context("cannot start the FUSE session threads")?;
     let dev = mount_entry(&mount_point)
-        .filter(|e| e.fs_type == format!("fuse.{FS_SUBTYPE}"))
+        .filter(|e| e.fs_type == ours)
         .map(|e| e.dev);
     // Readahead covers the prefetch window, so the kernel asks far enough ahead.
     let ra_kib =
@@ -290,12 +376,28 @@ pub fn mount<S: FileSource>(
         mount_point,
         dev,
         metrics,
+        kept,
     })
 }
 
 impl MountedFs {
     pub fn mount_point(&self) -> &Path {
         &self.mount_point
+    }
+
+    /// True when a keeper holds the connection (see [`takeover`]): the process should then
+    /// stop with [`MountedFs::leave_to_keeper`], not unmount.
+    pub fn is_kept(&self) -> bool {
+        self.kept
+    }
+
+    /// Ends this process and leaves the mounted connection to the keeper, exactly as a crash
+    /// would (nothing is unmounted, unanswered requests are resent to the next client). Pending
+    /// replies are not dropped (that would answer them `EIO`): the process exits at once.
+    pub fn leave_to_keeper(&self) -> ! {
+        self.metrics.set_mounted(&self.mount_point, false);
+        tracing::info!(mount_point = %self.mount_point.display(), "leaving the FUSE connection to the keeper for the next client");
+        std::process::exit(0)
     }
 
     /// False once the session ended (e.g. someone unmounted the path from outside).
