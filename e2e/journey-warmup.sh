@@ -42,13 +42,15 @@ journey_workers_ufs_bytes() {
 }
 
 # journey_warmup <namespace> <cluster> <load name> <path...>: applies a CacheLoad of <path...>
+# (with spec.bandwidth = $JOURNEY_WARMUP_BANDWIDTH when set)
 # and waits (10 min at most) until it is Complete; prints every PROGRESS value seen (one a line)
 # and fails when it ends otherwise, printing its status.
 journey_warmup() {
   local ns=$1 rcc=$2 name=$3 i phase prog last=
   shift 3
   jq -n --arg n "$name" --arg c "$rcc" --args '{apiVersion: "rcache.io/v1alpha1", kind: "CacheLoad",
-      metadata: {name: $n}, spec: {cacheClusterRef: $c, paths: $ARGS.positional, concurrency: 16}}' "$@" |
+      metadata: {name: $n}, spec: ({cacheClusterRef: $c, paths: $ARGS.positional, concurrency: 16}
+        + (if env.JOURNEY_WARMUP_BANDWIDTH then {bandwidth: env.JOURNEY_WARMUP_BANDWIDTH} else {} end))}' "$@" |
     kubectl -n "$ns" apply -f - >/dev/null
   for ((i = 0; i < 1200; i++)); do
     phase=$(kubectl -n "$ns" get cacheload "$name" -o jsonpath='{.status.phase}')

@@ -134,20 +134,31 @@ check "the deleted worker is back: 2 ready members" wait_for 180 journey_members
 # --------------------------------------------------------------------------------------------
 e2e_log "warm-up: a CacheLoad of a 1 GiB tree, then every byte read through FUSE from the cache"
 journey_make_warmup_tree "$dataset/warm"
-if progress=$(journey_warmup "$app" ipoib warm warm 2>&1); then
+# A bandwidth limit (one of the CacheLoad's own knobs) makes the 1 GiB take several seconds, so
+# the PROGRESS column is seen between 0 and 100% however fast the machine is.
+if progress=$(JOURNEY_WARMUP_BANDWIDTH=128Mi journey_warmup "$app" ipoib warm warm 2>&1); then
   pass "CacheLoad of 1 GiB (1000 x 512 KiB + 2 x 262 MiB) reaches Complete"
 else
   fail "CacheLoad of 1 GiB (1000 x 512 KiB + 2 x 262 MiB) reaches Complete" "$progress"
 fi
-check "progress was seen rising before Complete ($(echo "$progress" | tr '\n' ' '))" \
-  test "$(echo "$progress" | grep -c .)" -ge 2
+check "progress was seen between 0 and 100% before Complete ($(echo "$progress" | tr '\n' ' '))" \
+  test "$(echo "$progress" | grep -cE '^([1-9]|[1-9][0-9])%$')" -ge 1
 load=$(kubectl -n "$app" get cacheload warm -o json)
 assert_eq "status counts every file done, none failed" "1002 0" "$(jq -r '"\(.status.filesDone) \(.status.filesFailed)"' <<<"$load")"
 before=$(journey_workers_ufs_bytes "$app" ipoib)
 check "reading the whole tree through the FUSE mount" journey_read_tree /mnt/rcache/warm
 assert_eq "the read made zero under-storage reads (workers' UFS byte counter unchanged)" "$before" \
   "$(journey_workers_ufs_bytes "$app" ipoib)"
-check "status.cache hit ratio is 1.00 over the recent window" wait_for 90 journey_hit_ratio_is "$app" ipoib 1.00
+# status.cache's hit ratio is over the window between two polls of the workers (30 s); the window
+# of the read above may also hold the misses of the worker deleted earlier. Read again (page cache
+# dropped, so every page comes from the workers) until a window holds only these reads.
+read_until_hit_ratio_is_one() {
+  sync; echo 3 >/proc/sys/vm/drop_caches
+  journey_read_tree /mnt/rcache/warm
+  journey_hit_ratio_is "$app" ipoib 1.00
+}
+check "status.cache hit ratio is 1.00 over a window of reads of the tree" wait_for 150 read_until_hit_ratio_is_one
+assert_eq "... and those reads made zero under-storage reads too" "$before" "$(journey_workers_ufs_bytes "$app" ipoib)"
 kubectl -n "$app" get "$crd" ipoib
 
 # --------------------------------------------------------------------------------------------
