@@ -123,20 +123,26 @@ mod tests {
         );
     }
 
+    /// Asserts the first version has a status subresource; returns its printer column names.
+    fn status_and_columns(
+        crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    ) -> Vec<String> {
+        let v = &crd.spec.versions[0];
+        assert!(v.subresources.as_ref().unwrap().status.is_some());
+        v.additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     #[test]
     fn cacheload_crd_has_short_name_status_and_a_progress_column() {
         use kube::CustomResourceExt;
         let crd = crate::load::CacheLoad::crd();
         assert_eq!(crd.spec.names.short_names, Some(vec!["rcl".to_string()]));
-        let v = &crd.spec.versions[0];
-        assert!(v.subresources.as_ref().unwrap().status.is_some());
-        let cols: Vec<_> = v
-            .additional_printer_columns
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|c| c.name.clone())
-            .collect();
+        let cols = status_and_columns(&crd);
         assert_eq!(
             cols,
             [
@@ -156,15 +162,7 @@ mod tests {
         use kube::CustomResourceExt;
         let crd = super::CacheCluster::crd();
         assert_eq!(crd.spec.names.short_names, Some(vec!["rcc".to_string()]));
-        let v = &crd.spec.versions[0];
-        assert!(v.subresources.as_ref().unwrap().status.is_some());
-        let cols: Vec<_> = v
-            .additional_printer_columns
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|c| c.name.clone())
-            .collect();
+        let cols = status_and_columns(&crd);
         assert_eq!(
             cols,
             [

@@ -61,6 +61,21 @@ fn read_in_background(
     })
 }
 
+/// The client's properties file and a keeper on `<dir>/keeper.sock`, as both tests start them.
+fn config_and_keeper(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, KeeperProcess) {
+    let config = dir.join("rcache.properties");
+    std::fs::write(
+        &config,
+        "rcache.cluster.name=test\nrcache.ufs.uri=file:///unused\n",
+    )
+    .unwrap();
+    let socket = dir.join("keeper.sock");
+    let keeper = KeeperProcess::start(&socket, &dir.join("keeper.log"));
+    (config, socket, keeper)
+}
+
 #[test]
 fn an_open_file_reads_on_through_a_kill_9_and_a_sigterm_of_the_client() {
     require_fuse!();
@@ -70,14 +85,7 @@ fn an_open_file_reads_on_through_a_kill_9_and_a_sigterm_of_the_client() {
     let big_len = 24 << 20;
     let want = common::pattern(big_len, 99);
     std::fs::write(ufs.join("big.bin"), &want).unwrap();
-    let config = dir.path().join("rcache.properties");
-    std::fs::write(
-        &config,
-        "rcache.cluster.name=test\nrcache.ufs.uri=file:///unused\n",
-    )
-    .unwrap();
-    let socket = dir.path().join("keeper.sock");
-    let keeper = KeeperProcess::start(&socket, &dir.path().join("keeper.log"));
+    let (config, socket, keeper) = config_and_keeper(dir.path());
     let args = [
         "--local-dir",
         ufs.to_str().unwrap(),
@@ -173,14 +181,7 @@ fn reads_in_flight_when_the_client_is_killed_are_answered_by_the_next_one() {
     let want = std::sync::Arc::new(common::pattern(len, 7));
     std::fs::write(ufs.join("f.bin"), &*want).unwrap();
     std::fs::write(ufs.join("small.txt"), b"x").unwrap();
-    let config = dir.path().join("rcache.properties");
-    std::fs::write(
-        &config,
-        "rcache.cluster.name=test\nrcache.ufs.uri=file:///unused\n",
-    )
-    .unwrap();
-    let socket = dir.path().join("keeper.sock");
-    let keeper = KeeperProcess::start(&socket, &dir.path().join("keeper.log"));
+    let (config, socket, keeper) = config_and_keeper(dir.path());
     let args = [
         "--local-dir",
         ufs.to_str().unwrap(),
