@@ -174,11 +174,15 @@ jq --argjson p "$(journey_on_real_node_patch "$dataset" 8Mi)" -n '{apiVersion: "
           network: {mode: "rdma", attachments: [{name: "ipoib", interface: "ib0"}],
                     rdma: {resourceName: "rdma/hca_shared_devices_a", resourceCount: 1,
                            bufferPool: {initial: "4Mi", prewarm: "4Mi", max: "8Mi"}}}} * $p.spec
-         | del(.fuse.nodeSelector, .fuse.tolerations))}' >"$E2E_TMP/rdma-real.json"
+         | del(.fuse.nodeSelector, .fuse.tolerations)
+         | .worker.tiers += [{medium: "SSD", path: "/cache/ssd", hostPath: "/var/lib/rcache/e2e-ssd", quota: "64Mi"}])}' >"$E2E_TMP/rdma-real.json"
+e2e_on_exit "rm -rf /var/lib/rcache/e2e-ssd"
 check "rdma-mode CacheCluster admitted" kubectl -n "$app" apply -f "$E2E_TMP/rdma-real.json"
 check "rdma worker pod Running and Ready" wait_for 180 pods_ready "$app" "app.kubernetes.io/instance=rdma-real,app.kubernetes.io/component=worker" 1
 assert_contains "the kubelet allocated a stand-in RDMA device to the worker" standin- \
   "$(kubectl -n "$app" exec rdma-real-worker-0 -- printenv RCACHE_STANDIN_RDMA_DEVICES 2>&1)"
+assert_eq "the init container gave the hostPath disk tier to the worker user" 65532 \
+  "$(kubectl -n "$app" exec rdma-real-worker-0 -c worker -- stat -c %u /cache/ssd)"
 check "rdma-real Ready" kubectl -n "$app" wait --for=condition=Ready --timeout=120s "$crd/rdma-real"
 assert_contains "its member's data address is its ib0 address" "192.168.77." "$(journey_member_ips "$app" rdma-real)"
 kubectl -n "$app" delete "$crd" rdma-real --wait=false >/dev/null
