@@ -38,7 +38,8 @@ struct Cli {
     /// The FUSE keeper socket the FUSE pods hand their connections to; empty disables it.
     #[arg(long, default_value = rcache_fuse::takeover::DEFAULT_KEEPER_SOCKET)]
     keeper_socket: PathBuf,
-    /// A connection no FUSE client came back to for this many seconds is closed.
+    /// A connection no FUSE client came back to for this many seconds is closed and its mount
+    /// detached (the CacheCluster was deleted, or its FUSE pod cannot start).
     #[arg(long, default_value_t = 600)]
     keeper_orphan_grace_secs: u64,
     /// This node's name (the downward API's spec.nodeName).
@@ -46,9 +47,14 @@ struct Cli {
     node_id: String,
     #[arg(long, default_value = "/var/lib/kubelet")]
     kubelet_dir: PathBuf,
-    /// Where the node's / is mounted in this container (HostToContainer).
+    /// Where the node's paths are mounted in this container (HostToContainer): a node path P
+    /// is seen at <host-root>/P.
     #[arg(long, default_value = "/host")]
     host_root: PathBuf,
+    /// A node directory mounted under --host-root (repeatable; chart value csi.cacheMountRoots).
+    /// Cache mounts must lie under one; none given: the whole node / is mounted there.
+    #[arg(long = "cache-mount-root")]
+    cache_mount_roots: Vec<PathBuf>,
 }
 
 fn listen(path: &Path) -> anyhow::Result<UnixListener> {
@@ -86,7 +92,13 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if !cli.keeper_socket.as_os_str().is_empty() {
         let keeper =
-            rcache_fuse::takeover::Keeper::new(Duration::from_secs(cli.keeper_orphan_grace_secs));
+            rcache_fuse::takeover::Keeper::new(Duration::from_secs(cli.keeper_orphan_grace_secs))
+                .with_dead_mount_sweep(
+                    cli.cache_mount_roots
+                        .iter()
+                        .map(|r| cli.host_root.join(r.strip_prefix("/").unwrap_or(r)))
+                        .collect(),
+                );
         let socket = cli.keeper_socket.clone();
         std::thread::Builder::new()
             .name("fuse-keeper".into())
@@ -101,6 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node_id: cli.node_id.clone(),
             kubelet_dir: cli.kubelet_dir.clone(),
             host_root: cli.host_root.clone(),
+            cache_roots: cli.cache_mount_roots.clone(),
             require_cache_mount: true,
         },
     };

@@ -31,6 +31,9 @@ pub struct NodeConfig {
     pub kubelet_dir: PathBuf,
     /// Where the node's `/` is seen in this container (`/host` in the DaemonSet, `/` in tests).
     pub host_root: PathBuf,
+    /// The node directories mounted under `host_root` (chart value `csi.cacheMountRoots`): a
+    /// cache mount outside them cannot be seen from this container. Empty: all of `/` is.
+    pub cache_roots: Vec<PathBuf>,
     /// Refuse to publish unless an rcache FUSE mount is at the host mount path.
     pub require_cache_mount: bool,
 }
@@ -161,6 +164,21 @@ impl NodeService {
         let (ns, name) = parse_volume_id(&r.volume_id)?;
         let target = check_target("target_path", &r.target_path, &self.config.kubelet_dir)?;
         let (root, source) = publish_source(&r.volume_context)?;
+        if !self.config.cache_roots.is_empty()
+            && !self.config.cache_roots.iter().any(|r| root.starts_with(r))
+        {
+            let roots: Vec<String> = self
+                .config
+                .cache_roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect();
+            return Err(Status::failed_precondition(format!(
+                "the cache of CacheCluster {ns}/{name} is mounted at {} (spec.fuse.hostMountPath), outside the node paths this plugin sees ({}); add it to the chart value csi.cacheMountRoots",
+                root.display(),
+                roots.join(", ")
+            )));
+        }
         let host_root = in_host(&self.config.host_root, &root);
         if self.config.require_cache_mount
             && rcache_fuse::mount::mounted_fs_type(&host_root).as_deref() != Some("fuse.rcache")
@@ -322,6 +340,7 @@ mod tests {
                 node_id: "node-1".into(),
                 kubelet_dir: kubelet.clone(),
                 host_root: PathBuf::from("/"),
+                cache_roots: Vec::new(),
                 require_cache_mount,
             },
         };
@@ -439,6 +458,25 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         assert!(
             e.message().contains("team-a/demo") && e.message().contains("node-1"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn a_cache_mount_outside_the_plugins_host_paths_names_the_chart_value() {
+        let mut f = fixture(false);
+        f.svc.config.cache_roots = vec![PathBuf::from("/mnt/elsewhere")];
+        let target = f.kubelet.join("pods/u/mount");
+        let e = f
+            .svc
+            .publish(&publish_req(&f, target.to_str().unwrap(), None))
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            e.message().contains("csi.cacheMountRoots")
+                && e.message().contains("/mnt/elsewhere")
+                && e.message().contains("team-a/demo"),
             "{}",
             e.message()
         );

@@ -63,6 +63,10 @@ enum Cmd {
         /// see ENOTCONN).
         #[arg(long, default_value_t = 600)]
         orphan_grace_secs: u64,
+        /// Detach dead rcache mounts under this directory after closing a connection
+        /// (repeatable).
+        #[arg(long = "sweep-root")]
+        sweep_roots: Vec<PathBuf>,
     },
 }
 
@@ -170,7 +174,9 @@ fn run() -> anyhow::Result<()> {
         Cmd::Keeper {
             socket,
             orphan_grace_secs,
+            sweep_roots,
         } => rcache_fuse::takeover::Keeper::new(Duration::from_secs(orphan_grace_secs))
+            .with_dead_mount_sweep(sweep_roots)
             .serve(&socket),
     }
 }

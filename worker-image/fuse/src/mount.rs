@@ -80,7 +80,7 @@ pub fn lazy_unmount(path: &Path) -> io::Result<()> {
 }
 
 /// Unescapes a /proc/self/mountinfo path (`\040` for space and friends).
-fn unescape_mountinfo(s: &str) -> String {
+pub(crate) fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -394,6 +394,10 @@ pub struct Keeper {
     inner: Arc<(Mutex<KeeperInner>, Condvar)>,
     /// A connection no client serves for this long is closed (its readers see ENOTCONN).
     orphan_grace: Duration,
+    /// Where the keeper sees the nodes' cache mounts (propagated both ways): once it closes an
+    /// orphaned connection, the dead rcache mounts under them are detached, so a deleted
+    /// CacheCluster leaves no `ENOTCONN` mount on the node.
+    sweep_roots: Vec<PathBuf>,
 }
 
 impl Keeper {
@@ -401,7 +405,14 @@ impl Keeper {
         Self {
             inner: Arc::new((Mutex::new(KeeperInner::default()), Condvar::new())),
             orphan_grace,
+            sweep_roots: Vec::new(),
         }
+    }
+
+    /// Detaches dead rcache mounts under `roots` after closing an orphaned connection.
+    pub fn with_dead_mount_sweep(mut self, roots: Vec<PathBuf>) -> Self {
+        self.sweep_roots = roots;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, KeeperInner> {
@@ -437,6 +448,10 @@ impl Keeper {
         let listener = UnixListener::bind(socket)
             .with_context(|| format!("cannot listen on {}", socket.display()))?;
         tracing::info!(socket = %socket.display(), "FUSE keeper listening");
+        // Connections a previous keeper held died with it: their mounts are dead.
+        for p in unmount_dead_mounts(&self.sweep_roots) {
+            tracing::info!(mount_point = %p.display(), "detached a dead rcache FUSE mount left from before this keeper");
+        }
         let reaper = self.clone();
         std::thread::Builder::new()
             .name("keeper-reaper".into())
@@ -464,10 +479,12 @@ impl Keeper {
         Ok(())
     }
 
-    /// Drops connections that ended (unmounted) and those no client came back to in time.
+    /// Drops connections that ended (unmounted) and those no client came back to in time; the
+    /// mounts of the latter are detached (see [`Keeper::with_dead_mount_sweep`]).
     pub fn reap(&self) {
         let mut g = self.lock();
         let grace = self.orphan_grace;
+        let mut closed = false;
         g.held.retain(|mount, h| {
             let Some(fd) = h.fd.as_ref() else {
                 return h.clients > 0;
@@ -480,12 +497,20 @@ impl Keeper {
                 tracing::warn!(
                     mount,
                     ?grace,
-                    "no FUSE client came back; closing the connection (its readers see ENOTCONN)"
+                    "no FUSE client came back; closing the connection and detaching its mount"
                 );
+                closed = true;
                 return false;
             }
             true
         });
+        // Closing the last fd aborted those connections: their mounts answer ENOTCONN now.
+        drop(g);
+        if closed {
+            for p in unmount_dead_mounts(&self.sweep_roots) {
+                tracing::info!(mount_point = %p.display(), "detached a dead rcache FUSE mount");
+            }
+        }
     }
 
     fn serve_client(&self, mut sock: UnixStream) -> anyhow::Result<()> {
@@ -577,6 +602,44 @@ impl Keeper {
         }
         Ok(())
     }
+}
+
+/// Detaches every `fuse.rcache` mount under `roots` whose connection is gone (`ENOTCONN`),
+/// innermost first; returns what it detached. Live mounts are left alone.
+pub fn unmount_dead_mounts(roots: &[PathBuf]) -> Vec<PathBuf> {
+    if roots.is_empty() {
+        return Vec::new();
+    }
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut dead: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| {
+            let fs_type = line.split(" - ").nth(1)?.split(' ').next()?;
+            if fs_type != "fuse.rcache" {
+                return None;
+            }
+            let mp = PathBuf::from(crate::mount::unescape_mountinfo(line.split(' ').nth(4)?));
+            roots.iter().any(|r| mp.starts_with(r)).then_some(mp)
+        })
+        .filter(|mp| {
+            std::fs::metadata(mp)
+                .err()
+                .is_some_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+        })
+        .collect();
+    dead.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    dead.dedup();
+    dead.into_iter()
+        .filter(|mp| match crate::mount::lazy_unmount(mp) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(mount_point = %mp.display(), error = %e, "cannot detach a dead rcache FUSE mount");
+                false
+            }
+        })
+        .collect()
 }
 
 /// Default keeper socket on a node (inside the CSI plugin's directory, shared by hostPath with

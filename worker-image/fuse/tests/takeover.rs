@@ -18,9 +18,14 @@ struct KeeperProcess {
 
 impl KeeperProcess {
     fn start(socket: &Path, log: &Path) -> Self {
+        Self::start_with(socket, log, &[])
+    }
+
+    fn start_with(socket: &Path, log: &Path, extra: &[&str]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_rcache-fuse"))
             .args(["keeper", "--socket"])
             .arg(socket)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
@@ -253,4 +258,57 @@ fn reads_in_flight_when_the_client_is_killed_are_answered_by_the_next_one() {
         assert!(n > 0);
     }
     drop(f);
+}
+
+#[test]
+fn a_connection_no_client_comes_back_to_is_closed_and_its_mount_detached() {
+    require_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
+    common::make_tree(&ufs);
+    let config = dir.path().join("rcache.properties");
+    std::fs::write(
+        &config,
+        "rcache.cluster.name=test\nrcache.ufs.uri=file:///unused\n",
+    )
+    .unwrap();
+    let socket = dir.path().join("keeper.sock");
+    let keeper = KeeperProcess::start_with(
+        &socket,
+        &dir.path().join("keeper.log"),
+        &[
+            "--orphan-grace-secs",
+            "1",
+            "--sweep-root",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    let args = [
+        "--local-dir",
+        ufs.to_str().unwrap(),
+        "--keeper-socket",
+        socket.to_str().unwrap(),
+    ];
+    let mut client = common::FuseProcess::start(&config, &mnt, &dir.path().join("fuse.log"), &args);
+    common::assert_same_tree(&ufs, &mnt);
+    // Stopped as when its CacheCluster is deleted: the mount stays, held by the keeper...
+    assert!(client.signal_and_wait(libc::SIGTERM).success());
+    assert_eq!(common::mount_type(&mnt).as_deref(), Some("fuse.rcache"));
+    // ...until the grace passes with no client back: then nothing is left on the node.
+    common::wait_until(
+        "the keeper detaches the mount",
+        Duration::from_secs(30),
+        || common::mount_type(&mnt).is_none(),
+    );
+    assert!(
+        keeper
+            .log_text()
+            .contains("detached a dead rcache FUSE mount"),
+        "{}",
+        keeper.log_text()
+    );
+    assert!(
+        std::fs::read_dir(&mnt).is_ok(),
+        "the mount point is a plain directory again"
+    );
 }
