@@ -1,6 +1,7 @@
-//! rcache-operator: the `CacheCluster` API, pure builders of its child objects, and the
-//! reconcile pipeline validate → build → apply → status. `main.rs` only parses flags and wires
-//! the runtime (leader election, web server, controller) defined here.
+//! rcache-operator: the `CacheCluster` API, pure builders of its child objects, and the reconcile
+//! pipeline validate → observe → plan → apply → sweep → status (one file per stage under
+//! `reconcile/`). `main.rs` only parses flags and wires the runtime (leader election, web server,
+//! controller) defined here.
 
 pub mod build;
 pub mod crd;

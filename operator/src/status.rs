@@ -1,8 +1,9 @@
-//! Stage 4 of the reconcile, the pure part: from what was applied and observed ([`Observed`])
-//! to the CacheCluster status, with conditions `Ready`, `WorkersReady`, `FuseReady`,
-//! `NetworkReady`, `Progressing` and `Degraded`. Transition times are carried over from the
-//! previous status when a condition's status did not change, so recomputing an unchanged world
-//! yields an equal status and the writer can skip the patch.
+//! The status stage of the reconcile, the pure part (written by
+//! [`crate::reconcile::update_status`]): from what was applied and observed ([`Observed`]) to the
+//! CacheCluster status, with conditions `Ready`, `WorkersReady`, `FuseReady`, `NetworkReady`,
+//! `Progressing` and `Degraded`. Transition times are carried over from the previous status when a
+//! condition's status did not change, so recomputing an unchanged world yields an equal status and
+//! the writer can skip the patch.
 //!
 //! Failing pods ([`PodProblem`], read from container states by the reconcile) turn
 //! `WorkersReady`/`FuseReady` False with `WorkerPodsFailing`/`FusePodsFailing` and the

@@ -1,8 +1,9 @@
-//! Stage 1 of the reconcile: turns a `CacheCluster` into a [`ClusterPlan`], the checked and
-//! resolved input of the builders (bytes instead of quantities, the bind device chosen, NAD
-//! namespaces filled in). Re-checks the CEL rules (`rules.rs`) with the contract crate's
-//! validators, so a CRD installed without them (or an object stored before a rule existed) still
-//! cannot produce broken children or properties the worker refuses. Pure: no API calls.
+//! The validate stage of the reconcile ([`crate::reconcile`]): turns a `CacheCluster` into a
+//! [`ClusterPlan`], the checked and resolved input of the builders (bytes instead of quantities,
+//! the bind device chosen, NAD namespaces filled in). Re-checks the CEL rules (`rules.rs`) with the
+//! contract crate's validators, so a CRD installed without them (or an object stored before a rule
+//! existed) still cannot produce broken children or properties the worker refuses. Pure: no API
+//! calls.
 
 use kube::ResourceExt;
 

@@ -1,6 +1,7 @@
-//! Stage 2 of the reconcile: pure functions from a [`ClusterPlan`] (and observed worker pods for
-//! membership) to the k8s-openapi objects the operator applies. One file per child; shared
-//! naming, labels and owner references live here. Nothing in `build` talks to the API server.
+//! The builders of the plan stage ([`crate::reconcile::plan`]): pure functions from a
+//! [`ClusterPlan`] (and observed worker pods for membership) to the k8s-openapi objects the
+//! operator applies. One file per child; shared naming, labels and owner references live here.
+//! Nothing in `build` talks to the API server.
 
 pub mod fabric;
 pub mod fuse;
