@@ -12,6 +12,8 @@
 . "$E2E_DIR/journey.sh"
 # shellcheck source=e2e/journey-warmup.sh
 . "$E2E_DIR/journey-warmup.sh"
+# shellcheck source=e2e/journey-csi.sh
+. "$E2E_DIR/journey-csi.sh"
 
 [ "$(id -u)" = 0 ] || { fail "journey needs root (the real node: containerd, kubelet, FUSE)"; e2e_finish; }
 
@@ -43,8 +45,12 @@ check "kwok nodes stay next to it" bash -c "[ \$(kubectl get nodes -l type=kwok 
 e2e_log "helm install: the operator is a real pod"
 # The chart's admission policy admits host paths under these prefixes only: the dataset lives in
 # this suite's scratch directory. FUSE pods (privileged) run only in namespaces the admin labels.
-check "helm install the chart" journey_install_chart "$sys" "$rel" \
-  --set-json "admissionPolicy.allowedHostPathPrefixes=[\"/data\",\"/mnt\",\"/var/lib/rcache\",\"$E2E_TMP\"]"
+# The CSI node plugin runs on the real node; a FUSE connection nobody takes back is let go after
+# 20 s (the default is 10 minutes), so deleting a CacheCluster below shows its mount go.
+check "helm install the chart (with the CSI node plugin)" journey_install_chart "$sys" "$rel" \
+  --set-json "admissionPolicy.allowedHostPathPrefixes=[\"/data\",\"/mnt\",\"/var/lib/rcache\",\"$E2E_TMP\"]" \
+  --set csi.enabled=true --set-string "csi.nodeSelector.rcache\.io/node=$JOURNEY_NODE_VALUE" \
+  --set csi.orphanGraceSeconds=20
 kubectl label namespace "$app" rcache.io/privileged-pods=true >/dev/null
 check "CRD Established" wait_for 60 crd_established "$crd"
 check "operator pod Running and Ready on the real node" wait_for 120 pods_ready "$sys" "app.kubernetes.io/instance=$rel" 1
@@ -130,6 +136,45 @@ wait "$loop" || true
 assert_eq "$rounds reads during the deletion, every one byte-identical (zero failed reads)" \
   "$(printf "$want\n%.0s" $(seq $rounds))" "$(cat "$E2E_TMP/loop.out")"
 check "the deleted worker is back: 2 ready members" wait_for 180 journey_members_ready "$app" ipoib 2
+
+# --------------------------------------------------------------------------------------------
+e2e_log "an application pod with only the PersistentVolumeClaim; FUSE restarts under fio"
+check "CSI node plugin Running and Ready on the real node" wait_for 120 pods_ready kube-system "app.kubernetes.io/component=csi-node" 1
+check "the kubelet registered csi.rcache.io (CSINode)" wait_for 60 journey_csinode_has "$RCACHE_NODE" csi.rcache.io
+assert_eq "status.persistentVolumeClaim names the claim" ipoib \
+  "$(kubectl -n "$app" get "$crd" ipoib -o jsonpath='{.status.persistentVolumeClaim}')"
+check "the claim ipoib is Bound (ReadOnlyMany)" wait_for 60 journey_pvc_bound "$app" ipoib
+journey_fio_files "$dataset/fio"
+if ! fio_image=$("$E2E_DIR/node/app-image.sh" 2>"$E2E_TMP/app-image.log"); then
+  fail "the fio application image builds" "$(tail -n 20 "$E2E_TMP/app-image.log")"
+fi
+check "application pod (only the claim; non-root, no capabilities) Running" journey_pvc_pod "$app" fio ipoib "$fio_image"
+assert_eq "256 MiB file through the claim: sha256 equals the under-storage" "$want" \
+  "$(kubectl -n "$app" exec fio -- sh -c 'dd if=/data/models/weights.bin bs=1M iflag=direct status=none | sha256sum | cut -d" " -f1' 2>&1)"
+for how in delete SIGKILL; do
+  fuse_before=$(journey_fuse_pod "$app" ipoib)
+  journey_fio "$app" fio 60 >"$E2E_TMP/fio-$how.json" 2>"$E2E_TMP/fio-$how.err" &
+  fio_pid=$!
+  sleep 15
+  if [ "$how" = delete ]; then
+    kubectl -n "$app" delete pod "$fuse_before" --wait=false >/dev/null
+    check "fio running: the FUSE pod is deleted and a new one is Ready" wait_for 120 bash -c \
+      "p=\$(kubectl -n $app get pods -l app.kubernetes.io/instance=ipoib,app.kubernetes.io/component=fuse -o jsonpath='{.items[?(@.status.phase==\"Running\")].metadata.name}'); [ -n \"\$p\" ] && [ \"\$p\" != $fuse_before ] && kubectl -n $app wait --for=condition=Ready --timeout=5s pod/\$p"
+  else
+    check "fio running: the FUSE process is killed with SIGKILL" pkill -KILL -x rcache-fuse
+    check "... and its container restarts Ready" wait_for 120 bash -c \
+      "[ \"\$(kubectl -n $app get pod $fuse_before -o jsonpath='{.status.containerStatuses[0].restartCount}')\" -ge 1 ] && kubectl -n $app wait --for=condition=Ready --timeout=5s pod/$fuse_before"
+  fi
+  fuse_after=$fuse_before
+  [ "$how" = delete ] && fuse_after=$(journey_fuse_pod "$app" ipoib "$fuse_before")
+  assert_contains "the new FUSE client took over the kept connection ($how)" "took over the FUSE connection" \
+    "$(kubectl -n "$app" logs "$fuse_after" 2>&1)"
+  wait "$fio_pid" || true
+  check "fio over the claim for 60 s across the FUSE $how: 0 errors, every block verified" journey_fio_ok "$E2E_TMP/fio-$how.json"
+  check "no ENOTCONN in fio's output ($how)" bash -c "! grep -q 'Transport endpoint' $E2E_TMP/fio-$how.json $E2E_TMP/fio-$how.err"
+done
+assert_eq "after the restarts new opens work: sha256 through the claim equals" "$want" \
+  "$(kubectl -n "$app" exec fio -- sh -c 'dd if=/data/models/weights.bin bs=1M iflag=direct status=none | sha256sum | cut -d" " -f1' 2>&1)"
 
 # --------------------------------------------------------------------------------------------
 e2e_log "warm-up: a CacheLoad of a 1 GiB tree, then every byte read through FUSE from the cache"
@@ -300,11 +345,24 @@ assert_eq "operator restart rewrites no child (resourceVersions unchanged)" "$be
 
 uid=$(kubectl -n "$app" get "$crd" ipoib -o jsonpath='{.metadata.uid}')
 kubectl -n "$app" delete pod reader --wait=false >/dev/null 2>&1 || true
-kubectl -n "$app" delete "$crd" ipoib --wait=true --timeout=90s >/dev/null || true
+kubectl -n "$app" delete "$crd" ipoib --wait=false >/dev/null
+check "ipoib deleted while the fio pod mounts its claim: Ready False, DeletionWaitsForClaim" \
+  wait_for 60 reason_is ipoib Ready DeletionWaitsForClaim
+assert_contains "... the condition names the pod and the fix" "fio" "$(message_of ipoib Ready)"
+assert_contains "... a Warning Event says the same" DeletionWaitsForClaim \
+  "$(kubectl -n "$app" get events --field-selector involvedObject.name=ipoib -o jsonpath='{.items[*].reason}')"
+check "... the claim is Terminating: no new pod can mount it" bash -c \
+  "[ -n \"\$(kubectl -n $app get pvc ipoib -o jsonpath='{.metadata.deletionTimestamp}')\" ]"
+assert_eq "... and the cache keeps serving the pod that mounts it" "$want" \
+  "$(kubectl -n "$app" exec fio -- sh -c 'dd if=/data/models/weights.bin bs=1M iflag=direct status=none | sha256sum | cut -d" " -f1' 2>&1)"
+kubectl -n "$app" delete pod fio --wait=true --timeout=60s >/dev/null
+check "with the pod gone, the CacheCluster goes" wait_for 90 bash -c "! kubectl -n $app get $crd ipoib >/dev/null 2>&1"
+check "... and with it the claim and its PersistentVolume" wait_for 30 bash -c \
+  "! kubectl -n $app get pvc ipoib >/dev/null 2>&1 && ! kubectl get pv rcache-$app-ipoib >/dev/null 2>&1"
 check "delete removes every child of ipoib" wait_for 60 bash -c \
   "[ -z \"\$(kubectl -n $app get configmaps,services,statefulsets,daemonsets,poddisruptionbudgets -l rcache.io/owner-uid=$uid -o name)\" ]"
 host_unmounted() { ! journey_host_fuse_mounted /mnt/rcache; }
-check "the FUSE pod's preStop unmounted /mnt/rcache on the host" wait_for 120 host_unmounted
+check "no FUSE pod came back: the CSI keeper detached /mnt/rcache on the host" wait_for 120 host_unmounted
 denials=$(journey_operator_logs "$sys" "$rel" | grep -iE 'forbidden' || true)
 if [ -z "$denials" ]; then pass "no RBAC denial in the operator log"; else fail "no RBAC denial in the operator log" "${denials:0:1500}"; fi
 

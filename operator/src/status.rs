@@ -56,6 +56,8 @@ pub mod reason {
     pub const FUSE_PODS_FAILING: &str = "FusePodsFailing";
     /// Progressing is False: failing pods keep the rollout from completing.
     pub const PODS_FAILING: &str = "PodsFailing";
+    /// Ready is False: the cluster is being deleted and waits while pods mount its claim.
+    pub const DELETION_WAITS_FOR_CLAIM: &str = "DeletionWaitsForClaim";
 }
 
 /// Failing pods named in a condition message; the rest are counted ("and N more").
@@ -429,6 +431,23 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
     }
 }
 
+/// The status of a deleted cluster that waits for its claim's pods: the stored status with
+/// `Ready` False, reason [`reason::DELETION_WAITS_FOR_CLAIM`] and `message`.
+pub fn deletion_waits(previous: Option<&CacheClusterStatus>, message: &str) -> CacheClusterStatus {
+    let mut s = previous.cloned().unwrap_or_default();
+    let ready = cond(
+        READY,
+        false,
+        reason::DELETION_WAITS_FOR_CLAIM,
+        message.to_string(),
+    );
+    match s.conditions.iter_mut().find(|c| c.type_ == READY) {
+        Some(c) => *c = ready,
+        None => s.conditions.push(ready),
+    }
+    s
+}
+
 /// Fills in lastTransitionTime and observedGeneration: kept from `previous` when the condition's
 /// status is unchanged, `now` otherwise.
 pub fn carry_transition_times(
@@ -457,6 +476,35 @@ pub fn condition<'a>(status: &'a CacheClusterStatus, type_: &str) -> Option<&'a 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deletion_waiting_for_the_claim_turns_only_ready_false() {
+        let prev = CacheClusterStatus {
+            conditions: vec![
+                cond(READY, true, "Ready", "ok".into()),
+                cond(WORKERS_READY, true, "WorkersReady", "2/2".into()),
+            ],
+            ready_workers: 2,
+            ..CacheClusterStatus::default()
+        };
+        let s = deletion_waits(Some(&prev), "deletion waits: pod(s) a mount ...");
+        let ready = condition(&s, READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::DELETION_WAITS_FOR_CLAIM)
+        );
+        assert_eq!(
+            condition(&s, WORKERS_READY),
+            condition(&prev, WORKERS_READY)
+        );
+        assert_eq!(s.ready_workers, 2);
+        assert_eq!(
+            condition(&deletion_waits(None, "m"), READY)
+                .unwrap()
+                .message,
+            "m"
+        );
+    }
 
     fn observed(yaml: &str) -> Observed {
         #[derive(serde::Deserialize, Default)]

@@ -34,7 +34,12 @@ pub const ACCESS_MODE: &str = "ReadOnlyMany";
 
 /// The PersistentVolume's name: cluster-scoped, so unique across namespaces.
 pub fn pv_name(plan: &ClusterPlan) -> String {
-    format!("rcache-{}-{}", plan.namespace, plan.name)
+    pv_name_of(&plan.namespace, &plan.name)
+}
+
+/// The PersistentVolume's name of CacheCluster `namespace/name`.
+pub fn pv_name_of(namespace: &str, name: &str) -> String {
+    format!("rcache-{namespace}-{name}")
 }
 
 /// The claim's name: the cluster's.

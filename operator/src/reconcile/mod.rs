@@ -10,6 +10,7 @@
 //! | sweep orphans | [`sweep`] | lists, deletes |
 //! | observe pods, nodes, NADs, workloads | [`observe`] | reads |
 //! | compute and write status, publish Events | [`crate::status`] (pure), [`update_status`] | writes status |
+//! | deletion: wait for the claim's pods, then claim, volume, finalizer | [`delete`] | reads, deletes |
 //!
 //! This module owns the order of the stages, the shared [`Context`] and the retry policy
 //! ([`error_policy`], [`backoff`]). It must not build objects or call the API server itself:
@@ -26,6 +27,7 @@
 //! from reflector stores of the children ([`ChildStores`]) that feed the controller's triggers.
 
 pub mod apply;
+pub mod delete;
 pub mod observe;
 pub mod plan;
 pub mod sweep;
@@ -149,14 +151,17 @@ where
 
 async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, Error> {
     if cc.metadata.deletion_timestamp.is_some() {
-        // Children carry controller owner references; the garbage collector removes them.
+        // Children carry controller owner references; the garbage collector removes them once
+        // the delete stage lets the cluster go (no pod mounts its claim).
         if let Some(uid) = &cc.metadata.uid {
             ctx.swept.forget(uid);
             ctx.applied.forget(uid);
         }
-        return Ok(Action::await_change());
+        return delete::finish(ctx, cc).await;
     }
     let generation = cc.metadata.generation.unwrap_or_default();
+    // 0. a cluster with a claim is not deleted under the pods that mount it
+    delete::ensure_finalizer(ctx, cc).await?;
 
     // 1. validate
     let plan = match validate::plan(cc) {

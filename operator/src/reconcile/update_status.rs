@@ -97,6 +97,23 @@ pub(super) async fn observed(
     Ok(())
 }
 
+/// The deleted cluster waits for its claim's pods (`message` names them); true when this is
+/// news (Ready was not already waiting with this message), for the caller's Event.
+pub(super) async fn deletion_waits(
+    ctx: &Context,
+    cc: &CacheCluster,
+    message: &str,
+) -> Result<bool, Error> {
+    let new_status = status::deletion_waits(cc.status.as_ref(), message);
+    let prev = write_status(&ctx.client, cc, new_status).await?;
+    Ok(!prev
+        .as_ref()
+        .and_then(|p| status::condition(p, status::READY))
+        .is_some_and(|c| {
+            c.reason == status::reason::DELETION_WAITS_FOR_CLAIM && c.message == message
+        }))
+}
+
 pub(super) async fn publish(
     ctx: &Context,
     cc: &CacheCluster,
