@@ -75,7 +75,8 @@ journey_fio_ok() {
   jq -r '.jobs[] | "\(.jobname): error \(.error), \(.read.io_bytes) bytes read, \(.read.total_ios) reads"' "$1" 2>/dev/null || {
     echo "no fio JSON:"; head -c 2000 "$1"; return 1
   }
-  jq -e '[.jobs[] | select(.error == 0 and .read.io_bytes > 0)] | length == 2' "$1" >/dev/null
+  # -s: an empty or non-JSON output (fio never ran) is a failure, not "no output, exit 0".
+  jq -se 'length == 1 and ([.[0].jobs[] | select(.error == 0 and .read.io_bytes > 0)] | length == 2)' "$1" >/dev/null
 }
 
 # journey_fuse_pod <namespace> <cluster> [not <pod>]: the name of the cluster's Running FUSE

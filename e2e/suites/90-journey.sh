@@ -46,11 +46,12 @@ e2e_log "helm install: the operator is a real pod"
 # The chart's admission policy admits host paths under these prefixes only: the dataset lives in
 # this suite's scratch directory. FUSE pods (privileged) run only in namespaces the admin labels.
 # The CSI node plugin runs on the real node; a FUSE connection nobody takes back is let go after
-# 20 s (the default is 10 minutes), so deleting a CacheCluster below shows its mount go.
+# 60 s (the default is 10 minutes; a FUSE pod's restart here takes 20-30 s on 2 loaded cores), so
+# deleting a CacheCluster below shows its mount go.
 check "helm install the chart (with the CSI node plugin)" journey_install_chart "$sys" "$rel" \
   --set-json "admissionPolicy.allowedHostPathPrefixes=[\"/data\",\"/mnt\",\"/var/lib/rcache\",\"$E2E_TMP\"]" \
   --set csi.enabled=true --set-string "csi.nodeSelector.rcache\.io/node=$JOURNEY_NODE_VALUE" \
-  --set csi.orphanGraceSeconds=20
+  --set csi.orphanGraceSeconds=60
 kubectl label namespace "$app" rcache.io/privileged-pods=true >/dev/null
 check "CRD Established" wait_for 60 crd_established "$crd"
 check "operator pod Running and Ready on the real node" wait_for 120 pods_ready "$sys" "app.kubernetes.io/instance=$rel" 1
@@ -362,7 +363,7 @@ check "... and with it the claim and its PersistentVolume" wait_for 30 bash -c \
 check "delete removes every child of ipoib" wait_for 60 bash -c \
   "[ -z \"\$(kubectl -n $app get configmaps,services,statefulsets,daemonsets,poddisruptionbudgets -l rcache.io/owner-uid=$uid -o name)\" ]"
 host_unmounted() { ! journey_host_fuse_mounted /mnt/rcache; }
-check "no FUSE pod came back: the CSI keeper detached /mnt/rcache on the host" wait_for 120 host_unmounted
+check "no FUSE pod came back: the CSI keeper detached /mnt/rcache on the host" wait_for 180 host_unmounted
 denials=$(journey_operator_logs "$sys" "$rel" | grep -iE 'forbidden' || true)
 if [ -z "$denials" ]; then pass "no RBAC denial in the operator log"; else fail "no RBAC denial in the operator log" "${denials:0:1500}"; fi
 
