@@ -6,7 +6,7 @@
 //! differs. Pure: no I/O.
 
 use kube::CustomResourceExt;
-use rcache_contract::keys::{KEYS, env_name};
+use rcache_contract::keys::{KEYS, Kind, env_name};
 use rcache_contract::meaning::meaning;
 use serde_json::Value;
 
@@ -226,23 +226,42 @@ fn properties_section(out: &mut String) {
          `/etc/rcache/rcache.properties` in worker and FUSE pods; edit the CacheCluster, not the \
          file. Keys follow Alluxio's names with the `rcache.` prefix. Each key can be overridden \
          by an environment variable (column *environment*). The worker checks every value's \
-         syntax when it parses the file (column *accepted values*) and then the keys together \
-         (ports differ, buffer pool sizes in order, the SSD tier outside the under-storage); a \
-         key it does not know is logged and ignored.\n\n\
-         | key | default | accepted values | environment | meaning |\n| --- | --- | --- | --- | --- |\n",
+         syntax when it parses the file (columns *accepted values* and *checked by*, functions of the contract crate \
+         `rcache_contract`) and then the keys together in `worker::accept` (ports differ, buffer \
+         pool sizes in order, the SSD tier outside the under-storage); a key it does not know is \
+         logged and ignored.\n\n\
+         | key | default | accepted values | checked by | environment | meaning |\n| --- | --- | --- | --- | --- | --- |\n",
     );
     for k in KEYS {
         out.push_str(&format!(
-            "| `{}` | {} | {} | `{}` | {} |\n",
+            "| `{}` | {} | {} | `{}` | `{}` | {} |\n",
             k.key,
             k.default
-                .map_or_else(|| "(unset)".to_string(), |d| format!("`{d}`")),
+                .map_or_else(|| "(none)".to_string(), |d| format!("`{d}`")),
             cell(&k.kind.accepted()),
+            checked_by(k.kind),
             env_name(k.key),
             cell(meaning(k.key).unwrap_or("")),
         ));
     }
     out.push('\n');
+}
+
+/// The contract crate's function that checks a value of `kind` when the worker parses the file
+/// (a new kind fails to compile here until it is named).
+fn checked_by(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Size | Kind::SignedSize => "values::parse_size",
+        Kind::Duration => "values::parse_duration",
+        Kind::SyncInterval => "values::parse_sync_interval",
+        Kind::Port => "values::parse_port",
+        Kind::Interface => "values::check_interface_name",
+        Kind::RdmaDevice => "values::check_rdma_device",
+        Kind::Path => "paths::check_absolute",
+        Kind::Bool | Kind::Count | Kind::Text | Kind::Uri | Kind::OneOf(_) => {
+            "properties::Properties::set"
+        }
+    }
 }
 
 /// A description on one line (doc comments wrap at 100 columns).
