@@ -26,7 +26,7 @@ lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-crds-check: ## the committed CRD must match the Rust types
+crds-check: ## the committed CRDs, install.yaml and docs/configuration.md must match the Rust types; docs lint
 	scripts/check-generated.sh
 
 test-rust: deps ## unit and process-level integration tests (the cluster tests of rcache-e2e run in test-e2e)

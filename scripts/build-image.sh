@@ -16,8 +16,9 @@
 #        scripts/build-image.sh --full     builds the Dockerfile's full multi-stage path instead
 #   (`--target runtime`, cargo inside the builder stage). With no registry, the builder's Rust
 #   image is assembled locally from the debootstrap base + build-essential + the host's stable
-#   toolchain (localhost/rcache/rust:bookworm); crates come from crates.io. Slow (a full release
-#   build inside the container); it proves the Dockerfile a registry build would use.
+#   toolchain (localhost/rcache/rust:bookworm); crates come from the Rust package registry.
+#   Slow (a full release build inside the container); it proves the Dockerfile a registry build
+#   would use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)

@@ -1,6 +1,7 @@
 //! The property keys of `rcache.properties` (docs/contracts.md), the syntax of each key's value
 //! ([`Kind`]) and its default. Add a key here (constant and [`KEYS`] entry), then render it in
-//! the operator and read it in the worker; the table in docs/contracts.md names the same keys.
+//! the operator and read it in the worker; explain it in [`crate::meaning`] (docs/configuration.md
+//! is generated from both).
 
 /// What syntax a key's value has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 //! heavy dependencies, so every crate of the workspace can use it.
 
 pub mod keys;
+pub mod meaning;
 pub mod paths;
 pub mod properties;
 pub mod ufs;

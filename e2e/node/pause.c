@@ -1,7 +1,7 @@
 /* The pod sandbox's pause process for the local real node: holds the pod's namespaces, exits on
  * SIGINT/SIGTERM, reaps zombies (it is PID 1 of the pod when the PID namespace is shared).
- * Built statically by e2e/node/images.sh because no registry (registry.k8s.io/pause) is
- * reachable here. */
+ * Built statically by e2e/node/images.sh because no image registry (for the upstream pause
+ * image) is reachable here. */
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>

@@ -9,6 +9,7 @@ pub mod leader;
 pub mod load;
 pub mod metrics;
 pub mod reconcile;
+pub mod reference;
 pub mod rules;
 pub mod run;
 pub mod status;

@@ -38,3 +38,56 @@ pub fn desired(plan: &ClusterPlan, pods: &[Pod], prev: Option<&CacheClusterStatu
         children,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Member, MemberPorts};
+    use crate::testutil::plan_of;
+
+    fn member(id: &str) -> Member {
+        Member {
+            id: id.into(),
+            pod: id.into(),
+            node: "node-0".into(),
+            data_address: "10.0.0.1".into(),
+            ports: MemberPorts {
+                data: 29999,
+                rdma: 59999,
+                web: 30000,
+            },
+            transport: "tcp".into(),
+            ready: true,
+        }
+    }
+
+    #[test]
+    fn the_membership_generation_starts_at_one_and_moves_only_when_the_members_change() {
+        let plan = plan_of("ufs: {uri: 'file:///data'}\nworker: {replicas: 1}\n");
+        let first = desired(&plan, &[], None);
+        assert_eq!(first.membership_generation, 1, "a new cluster starts at 1");
+        assert!(!first.children.stateful_sets.is_empty());
+
+        let stored = CacheClusterStatus {
+            membership_generation: 1,
+            members: Vec::new(),
+            ..CacheClusterStatus::default()
+        };
+        assert_eq!(
+            desired(&plan, &[], Some(&stored)).membership_generation,
+            1,
+            "same members: same generation"
+        );
+
+        let changed = CacheClusterStatus {
+            membership_generation: 4,
+            members: vec![member("demo-worker-0")],
+            ..CacheClusterStatus::default()
+        };
+        assert_eq!(
+            desired(&plan, &[], Some(&changed)).membership_generation,
+            5,
+            "the members differ from the stored ones: bumped"
+        );
+    }
+}
