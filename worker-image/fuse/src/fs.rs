@@ -32,6 +32,12 @@ use crate::takeover::{Journal, Record, TakeoverState};
 
 /// How long the kernel may trust an entry or attribute before asking again.
 const KERNEL_TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may trust the root directory's attributes. The kubelet and the container
+/// runtime stat a FUSE pod's hostPath (this mount's root) before starting its next container; if
+/// the root's attributes expired while no client serves (a restart handing over through the
+/// keeper), that stat waits for a client that cannot start until it returns. The root of a
+/// read-only cache has nothing in its attributes worth asking again for.
+const ROOT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest read the kernel sends and readahead it keeps in flight (FUSE max_pages limit is
 /// 256 pages = 1 MiB by default).
 pub const MAX_READ: u32 = 1 << 20;
@@ -427,7 +433,8 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
                     if let Some(size) = open_size.filter(|_| !st.is_dir) {
                         st.size = size;
                     }
-                    reply.attr(&KERNEL_TTL, &shared.attr(ino.0, &st));
+                    let ttl = if ino.0 == 1 { &ROOT_TTL } else { &KERNEL_TTL };
+                    reply.attr(ttl, &shared.attr(ino.0, &st));
                 }
                 Err(e) => {
                     log_failure("getattr", &path, &e);

@@ -448,10 +448,16 @@ impl Keeper {
         let listener = UnixListener::bind(socket)
             .with_context(|| format!("cannot listen on {}", socket.display()))?;
         tracing::info!(socket = %socket.display(), "FUSE keeper listening");
-        // Connections a previous keeper held died with it: their mounts are dead.
-        for p in unmount_dead_mounts(&self.sweep_roots) {
-            tracing::info!(mount_point = %p.display(), "detached a dead rcache FUSE mount left from before this keeper");
-        }
+        // Connections a previous keeper held died with it: their mounts are dead. On a thread:
+        // a live mount whose client hangs must not keep the keeper from listening.
+        let roots = self.sweep_roots.clone();
+        std::thread::Builder::new()
+            .name("keeper-sweep".into())
+            .spawn(move || {
+                for p in unmount_dead_mounts(&roots) {
+                    tracing::info!(mount_point = %p.display(), "detached a dead rcache FUSE mount left from before this keeper");
+                }
+            })?;
         let reaper = self.clone();
         std::thread::Builder::new()
             .name("keeper-reaper".into())
@@ -623,11 +629,9 @@ pub fn unmount_dead_mounts(roots: &[PathBuf]) -> Vec<PathBuf> {
             let mp = PathBuf::from(crate::mount::unescape_mountinfo(line.split(' ').nth(4)?));
             roots.iter().any(|r| mp.starts_with(r)).then_some(mp)
         })
-        .filter(|mp| {
-            std::fs::metadata(mp)
-                .err()
-                .is_some_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
-        })
+        // statfs always reaches the connection (the root's attributes are cached for a day):
+        // an aborted one answers ENOTCONN at once.
+        .filter(|mp| connection_aborted(mp))
         .collect();
     dead.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     dead.dedup();
@@ -640,6 +644,19 @@ pub fn unmount_dead_mounts(roots: &[PathBuf]) -> Vec<PathBuf> {
             }
         })
         .collect()
+}
+
+/// True when the FUSE mount at `mp` answers `statfs` with ENOTCONN (its connection is gone).
+fn connection_aborted(mp: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path and a zeroed statfs buffer that outlives the call.
+    let rc = unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut buf)
+    };
+    rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
 }
 
 /// Default keeper socket on a node (inside the CSI plugin's directory, shared by hostPath with

@@ -312,3 +312,37 @@ fn a_connection_no_client_comes_back_to_is_closed_and_its_mount_detached() {
         "the mount point is a plain directory again"
     );
 }
+
+#[test]
+fn while_no_client_serves_the_mount_points_own_attributes_still_answer() {
+    // The kubelet and the container runtime stat a FUSE pod's hostPath (the mount point) before
+    // they start its next container: if that waited for a client, no client could ever start.
+    require_fuse!();
+    let dir = tempfile::tempdir().unwrap();
+    let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
+    common::make_tree(&ufs);
+    let (config, socket, _keeper) = config_and_keeper(dir.path());
+    let args = [
+        "--local-dir",
+        ufs.to_str().unwrap(),
+        "--keeper-socket",
+        socket.to_str().unwrap(),
+    ];
+    let mut first = common::FuseProcess::start(&config, &mnt, &dir.path().join("fuse1.log"), &args);
+    assert!(std::fs::metadata(&mnt).unwrap().is_dir());
+    assert!(!first.signal_and_wait(libc::SIGKILL).success());
+    // Past the 1 s the kernel trusts other attributes for.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let m = mnt.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::metadata(&m).map(|md| md.is_dir()));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(10));
+    // Serve again before asserting, so a failure cannot leave a stat stuck in the kernel.
+    let _second = common::FuseProcess::start(&config, &mnt, &dir.path().join("fuse2.log"), &args);
+    assert!(
+        matches!(got, Ok(Ok(true))),
+        "stat of the mount point with no client: {got:?} (it waited for a client)"
+    );
+}
