@@ -20,7 +20,7 @@ use crate::config::{POOL_INITIAL, POOL_MAX, POOL_PREWARM, RDMA_ENABLED, WorkerCo
 use crate::metrics::{Metrics, Op, Outcome, RequestMetrics};
 use crate::ufs::{UfsError, normalize};
 
-/// Pages in the registered pool (a pool chunk is one page).
+/// Pages in the registered pool: a pool chunk is one page, a file's last page a piece of one.
 pub struct PoolAllocator(pub BufferPool);
 
 struct PoolBuf(ChunkMut);
@@ -29,6 +29,9 @@ impl PageBufMut for PoolBuf {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         self.0.as_mut_slice()
     }
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
     fn freeze(self: Box<Self>, len: usize) -> bytes::Bytes {
         self.0.freeze(len)
     }
@@ -36,11 +39,8 @@ impl PageBufMut for PoolBuf {
 
 impl PageAllocator for PoolAllocator {
     fn alloc(&self, size: usize) -> Option<Box<dyn PageBufMut>> {
-        if size > self.0.chunk_size() {
-            return None;
-        }
         self.0
-            .alloc()
+            .alloc_at_least(size)
             .map(|c| Box::new(PoolBuf(c)) as Box<dyn PageBufMut>)
     }
 }
