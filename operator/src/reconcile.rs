@@ -562,8 +562,9 @@ async fn write_status(
 ) -> Result<Option<CacheClusterStatus>, Error> {
     let prev = cc.status.clone();
     status::carry_transition_times(&mut new, prev.as_ref(), &now());
-    // `status.cache` is the cache-usage poller's (`load::usage`); kept as it is.
+    // `status.cache` and `status.fabric` are the cache-usage poller's (`load::usage`); kept.
     new.cache = prev.as_ref().and_then(|p| p.cache.clone());
+    new.fabric = prev.as_ref().and_then(|p| p.fabric.clone());
     if prev.as_ref() == Some(&new) {
         return Ok(prev);
     }
@@ -913,7 +914,17 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
     let membership = build::membership::members(&plan, &pods);
     let prev_status = cc.status.clone().unwrap_or_default();
     let mut membership_generation = prev_status.membership_generation;
-    if membership_generation == 0 || membership.members != prev_status.members {
+    // Status members also carry what each worker observed; the membership file does not.
+    let published: Vec<_> = prev_status
+        .members
+        .iter()
+        .cloned()
+        .map(|mut m| {
+            m.observed_transport = None;
+            m
+        })
+        .collect();
+    if membership_generation == 0 || membership.members != published {
         membership_generation += 1;
     }
 
@@ -1044,6 +1055,7 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
         missing_address: membership.missing_address.clone(),
         bind_device: plan.bind_device.clone(),
         transport: plan.transport.as_str().to_string(),
+        fabric: cc.status.as_ref().and_then(|s| s.fabric.clone()),
         members: membership.members.clone(),
         membership_generation,
     };
