@@ -420,6 +420,9 @@ pub struct Attachment {
 /// RDMA settings.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.ibPort) || !has(self.device) || self.device.split(',').all(d, d.endsWith(':' + string(self.ibPort)))").message("spec.network.rdma.ibPort must equal the port of every device in spec.network.rdma.device (or drop one of them)")
+)]
 pub struct RdmaSpec {
     /// Extended resource of the RDMA device plugin requested by worker and FUSE pods (e.g.
     /// rdma/hca_shared_devices_a or nvidia.com/mlnxnics). Required in rdma mode without host
@@ -446,6 +449,21 @@ pub struct RdmaSpec {
     #[schemars(length(max = 16))]
     #[x_kube(validation = rules::operation_timeout())]
     pub operation_timeout: String,
+    /// Refuse to serve without RDMA (rcache.network.rdma.data.strict): a worker whose UCX has
+    /// no RDMA transport exits with the reason instead of serving over UCX's tcp. Either way,
+    /// mode rdma without an RDMA lane is NetworkReady False (NoRdmaLane).
+    #[serde(default)]
+    pub strict: bool,
+    /// RoCE GID index, 0-255 (rcache.network.rdma.data.gid.index, UCX_IB_GID_INDEX) for workers
+    /// and clients. Unset: UCX's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 255))]
+    pub gid_index: Option<i32>,
+    /// Port of the RDMA device, 1-255 (rcache.network.rdma.data.ib.port): the port of a device
+    /// resolved from the bind interface. Must agree with the port in device when both are set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 255))]
+    pub ib_port: Option<i32>,
 }
 
 /// Registered buffer pool sizes (quantities, e.g. 256Mi, 8Gi): prewarm ≤ initial ≤ max.
@@ -786,6 +804,9 @@ impl Default for RdmaSpec {
             device: None,
             buffer_pool: BufferPool::default(),
             operation_timeout: default_timeout(),
+            strict: false,
+            gid_index: None,
+            ib_port: None,
         }
     }
 }

@@ -354,6 +354,19 @@ pub fn plan(cc: &CacheCluster) -> Result<ClusterPlan, Error> {
     if let Some(dev) = &net.rdma.device {
         check_rdma_device(dev).map_err(|e| invalid("spec.network.rdma.device", e))?;
     }
+    if let Some(port) = net.rdma.ib_port {
+        let port = u8::try_from(port)
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| invalid("spec.network.rdma.ibPort", "must be 1-255"))?;
+        if let Some(dev) = &net.rdma.device {
+            rcache_contract::binding::with_port(dev, Some(port))
+                .map_err(|e| invalid("spec.network.rdma.ibPort", e))?;
+        }
+    }
+    if net.rdma.gid_index.is_some_and(|g| !(0..=255).contains(&g)) {
+        return Err(invalid("spec.network.rdma.gidIndex", "must be 0-255"));
+    }
     if net.mode == NetworkMode::Rdma && !net.host_network && net.rdma.resource_name.is_none() {
         return Err(invalid(
             "spec.network.rdma.resourceName",
