@@ -31,7 +31,7 @@ impl RdmaSettings {
                 u8::try_from(n)
                     .ok()
                     .filter(|&n| n > 0)
-                    .ok_or_else(|| p.bad(RDMA_IB_PORT, &n.to_string(), "a port 1-255"))?,
+                    .ok_or_else(|| p.bad(RDMA_IB_PORT, n.to_string(), "a port 1-255"))?,
             )
         } else {
             None
@@ -42,13 +42,13 @@ impl RdmaSettings {
                 u32::try_from(n)
                     .ok()
                     .filter(|&n| n < 256)
-                    .ok_or_else(|| p.bad(RDMA_GID_INDEX, &n.to_string(), "an index 0-255"))?,
+                    .ok_or_else(|| p.bad(RDMA_GID_INDEX, n.to_string(), "an index 0-255"))?,
             )
         } else {
             None
         };
         if let (Some(d), Some(port)) = (&device, ib_port) {
-            with_port(d, Some(port)).map_err(|why| p.bad(RDMA_IB_PORT, &port.to_string(), &why))?;
+            with_port(d, Some(port)).map_err(|why| p.bad(RDMA_IB_PORT, port.to_string(), &why))?;
         }
         Ok(RdmaSettings {
             device,

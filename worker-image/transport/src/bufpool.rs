@@ -289,10 +289,10 @@ impl BufferPool {
         };
         let slab = free.slabs.get_mut(&base)?;
         let idx = slab.free.pop()? as usize;
-        if slab.free.is_empty() {
-            if let Some(p) = free.partial.get_mut(&piece) {
-                p.remove(&base);
-            }
+        if slab.free.is_empty()
+            && let Some(p) = free.partial.get_mut(&piece)
+        {
+            p.remove(&base);
         }
         drop(free);
         self.inner.in_use.fetch_add(piece, Ordering::Relaxed);

@@ -275,10 +275,13 @@ impl FabricReport {
     }
 }
 
+/// Lanes by (transport label, device).
+type LaneMap = BTreeMap<(String, String), (LinkClass, Arc<LaneBytes>)>;
+
 #[derive(Default)]
 struct Registry {
     offered: Mutex<Vec<(String, String)>>,
-    lanes: Mutex<BTreeMap<(String, String), (LinkClass, Arc<LaneBytes>)>>,
+    lanes: Mutex<LaneMap>,
     endpoints: Mutex<BTreeMap<LinkClass, u64>>,
 }
 
