@@ -261,8 +261,16 @@ impl FabricReport {
                     seen.push(t);
                 }
             }
-            // Offered only: the best class first (what a remote peer would get).
-            seen.sort_by_key(|t| class_of(t.trim_start_matches("ucx/")));
+            // Offered only: what a peer on another host would get, the best class first;
+            // shared memory only reaches peers on this host.
+            let class = |t: &String| class_of(t.trim_start_matches("ucx/"));
+            if seen
+                .iter()
+                .any(|t| matches!(class(t), LinkClass::Rdma | LinkClass::Tcp))
+            {
+                seen.retain(|t| matches!(class(t), LinkClass::Rdma | LinkClass::Tcp));
+            }
+            seen.sort_by_key(class);
         }
         seen.join(",")
     }
@@ -486,9 +494,13 @@ mod tests {
     }
 
     #[test]
-    fn summary_is_the_busiest_lanes_or_else_the_best_offered_transport() {
+    fn summary_is_the_busiest_lanes_or_else_the_best_offered_network_transport() {
         let mut r = FabricReport {
-            offered: vec!["ucx/tcp:eth0".into(), "ucx/rc_mlx5:mlx5_0:1".into()],
+            offered: vec![
+                "ucx/tcp:eth0".into(),
+                "ucx/posix:memory".into(),
+                "ucx/rc_mlx5:mlx5_0:1".into(),
+            ],
             rdma_offered: true,
             ..Default::default()
         };
