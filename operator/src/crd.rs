@@ -421,7 +421,7 @@ pub struct Attachment {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("!has(self.ibPort) || !has(self.device) || self.device.split(',').all(d, d.endsWith(':' + string(self.ibPort)))").message("spec.network.rdma.ibPort must equal the port of every device in spec.network.rdma.device (or drop one of them)")
+    validation = Rule::new("!has(self.ibPort) || !has(self.device)").message("spec.network.rdma.ibPort applies to a device resolved from the bind interface: drop it when spec.network.rdma.device names the device and its port (mlx5_0:1)")
 )]
 pub struct RdmaSpec {
     /// Extended resource of the RDMA device plugin requested by worker and FUSE pods (e.g.
@@ -459,8 +459,8 @@ pub struct RdmaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 255))]
     pub gid_index: Option<i32>,
-    /// Port of the RDMA device, 1-255 (rcache.network.rdma.data.ib.port): the port of a device
-    /// resolved from the bind interface. Must agree with the port in device when both are set.
+    /// Port of the RDMA device, 1-255 (rcache.network.rdma.data.ib.port): the port of the device
+    /// resolved from the bind interface. Not with device, which names its port itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 255))]
     pub ib_port: Option<i32>,

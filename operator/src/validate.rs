@@ -359,9 +359,13 @@ pub fn plan(cc: &CacheCluster) -> Result<ClusterPlan, Error> {
             .ok()
             .filter(|&p| p > 0)
             .ok_or_else(|| invalid("spec.network.rdma.ibPort", "must be 1-255"))?;
-        if let Some(dev) = &net.rdma.device {
-            rcache_contract::binding::with_port(dev, Some(port))
-                .map_err(|e| invalid("spec.network.rdma.ibPort", e))?;
+        if net.rdma.device.is_some() {
+            return Err(invalid(
+                "spec.network.rdma.ibPort",
+                format!(
+                    "applies to a device resolved from the bind interface: drop it ({port}) when spec.network.rdma.device names the device and its port"
+                ),
+            ));
         }
     }
     if net.rdma.gid_index.is_some_and(|g| !(0..=255).contains(&g)) {
@@ -467,6 +471,24 @@ mod tests {
         assert!(
             err.to_string().contains("spec.network.rdma.resourceName"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn ib_port_with_a_named_device_is_refused_naming_the_field() {
+        let err = plan(&cluster(
+            "ufs: {uri: 'file:///data'}\nnetwork: {mode: rdma, hostNetwork: true, rdma: {device: 'mlx5_0:1', ibPort: 1}}",
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("spec.network.rdma.ibPort"),
+            "{err}"
+        );
+        assert!(
+            plan(&cluster(
+                "ufs: {uri: 'file:///data'}\nnetwork: {mode: rdma, hostNetwork: true, rdma: {ibPort: 2, gidIndex: 3}}",
+            ))
+            .is_ok()
         );
     }
 
