@@ -2,6 +2,9 @@
 //! buffer pool, so a hit is served without a copy) and SSD (`disk`), each with a quota and LRU
 //! eviction. A miss fills from the UFS once however many readers wait for it (single flight),
 //! lands in MEM and is written through to SSD in the background; an SSD hit is promoted to MEM.
+//! Both tiers count the bytes a page holds: a file's last page moves into a buffer of about its
+//! size (a piece of a pool chunk, still registered memory), and on disk a page file is its
+//! header and its data, so a 64 KiB file costs 64 KiB of quota, not a page.
 //!
 //! Pages belong to one version (size, mtime) of their file (`meta`): a read asks the metadata
 //! cache for the current version (statting the UFS when the sync interval has passed) and is
