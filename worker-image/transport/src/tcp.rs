@@ -349,7 +349,7 @@ impl FrameReader {
             .pool
             .as_ref()
             .filter(|p| len <= p.chunk_size())
-            .and_then(|p| p.alloc())
+            .and_then(|p| p.alloc_at_least(len))
         {
             let dst = &mut chunk.as_mut_slice()[..len];
             dst[..have].copy_from_slice(&self.buf);

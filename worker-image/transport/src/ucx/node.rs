@@ -321,7 +321,7 @@ impl Node {
     fn alloc_recv(&self, len: usize) -> (RecvBuf, Option<sys::ucp_mem_h>) {
         if let Some(pool) = &self.pool
             && len <= pool.chunk_size()
-            && let Some(mut c) = pool.alloc()
+            && let Some(mut c) = pool.alloc_at_least(len)
         {
             let m = self.memh_for(c.as_mut_ptr(), len);
             return (RecvBuf::Chunk(c), m);
@@ -1357,6 +1357,38 @@ mod tests {
         listen(TransportKind::Ucx, "127.0.0.1:0".parse().unwrap(), h, opts)
             .await
             .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_rendezvous_payload_lands_in_a_piece_of_the_client_pool_not_a_chunk() {
+        let s = served(1 << 20, 8 << 20).await;
+        let cpool = BufferPool::new(PoolConfig {
+            chunk_size: 1 << 20,
+            initial: 2 << 20,
+            prewarm: 0,
+            max: 2 << 20,
+        })
+        .unwrap();
+        let copts = ClientOptions {
+            pool: Some(cpool.clone()),
+            ..Default::default()
+        };
+        let conn = connect(TransportKind::Ucx, s.local_addr(), copts)
+            .await
+            .unwrap();
+        // 64 KiB is past every rendezvous threshold here (tcp 20553, posix 8256 bytes).
+        match conn
+            .call(Request::BenchRead { len: 64 << 10 })
+            .await
+            .unwrap()
+        {
+            Response::Data(d) => {
+                assert_eq!(&d[..], &pattern(64 << 10)[..]);
+                assert!(cpool.region_of(d.as_ptr(), d.len()).is_some());
+                assert_eq!(cpool.stats().in_use_bytes, 64 << 10, "a piece, not 1 MiB");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     /// Server and client in one process over whatever transports UCX picks here (shared
