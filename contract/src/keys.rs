@@ -97,6 +97,14 @@ pub const POOL_MAX: &str = "rcache.network.rdma.data.buffer.pool.max.size";
 pub const OP_TIMEOUT: &str = "rcache.network.rdma.data.operation.timeout.ms";
 pub const FALLBACK: &str = "rcache.network.rdma.data.fallback";
 pub const USER_BIND_DEVICE: &str = "rcache.user.network.data.bind.device";
+/// Refuse to serve over UCX without an RDMA transport (`false`: serve over what UCX finds and
+/// report `NoRdmaLane`).
+pub const RDMA_STRICT: &str = "rcache.network.rdma.data.strict";
+/// RoCE GID index (`UCX_IB_GID_INDEX`); unset: UCX's choice.
+pub const RDMA_GID_INDEX: &str = "rcache.network.rdma.data.gid.index";
+/// InfiniBand/RoCE port of the RDMA device (1-255); overrides the port of the bound or
+/// resolved device (`mlx5_0:<port>`).
+pub const RDMA_IB_PORT: &str = "rcache.network.rdma.data.ib.port";
 pub const PREFETCH_PARTS: &str =
     "rcache.user.position.reader.streaming.async.prefetch.max.part.number";
 pub const PREFETCH_THRESHOLD: &str =
@@ -147,6 +155,9 @@ pub const KEYS: &[KeySpec] = &[
     spec(OP_TIMEOUT, Kind::Duration, Some("30s")),
     spec(FALLBACK, Kind::OneOf(&["none", "tcp"]), Some("none")),
     spec(USER_BIND_DEVICE, Kind::Interface, None),
+    spec(RDMA_STRICT, Kind::Bool, Some("false")),
+    spec(RDMA_GID_INDEX, Kind::Count, None),
+    spec(RDMA_IB_PORT, Kind::Count, None),
     spec(PREFETCH_PARTS, Kind::Count, Some("8")),
     spec(PREFETCH_THRESHOLD, Kind::SignedSize, Some("0")),
     spec(FUSE_STATUS_CACHE, Kind::Bool, Some("false")),

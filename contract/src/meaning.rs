@@ -99,7 +99,28 @@ pub fn meaning(key: &str) -> Option<&'static str> {
             "what a client does when a worker's UCX port is unreachable, from \
              `spec.network.fallback`: `none` (fail, Alluxio's behaviour) or `tcp`"
         }
-        USER_BIND_DEVICE => "client and FUSE side interface (e.g. `ib0`); the worker's bind device",
+        RDMA_STRICT => {
+            "`true`: a worker with `rdma.data.enabled` refuses to start (fatal error, termination \
+             message) when its bind interface has no RDMA device or UCX offers no RDMA transport \
+             (`rc_*`, `dc_*`, `ud_*`), from `spec.network.rdma.strict`. `false`: it serves over what \
+             UCX found (e.g. `tcp`), logs a warning and reports it: `/v1/stats` \
+             `fabric.rdmaLane=false`, metric `rcache_transport_rdma_lane 0`, condition \
+             `NetworkReady False NoRdmaLane`"
+        }
+        RDMA_GID_INDEX => {
+            "RoCE GID index 0-255, applied to UCX as `IB_GID_INDEX` on workers and clients, from \
+             `spec.network.rdma.gidIndex`; unset: UCX's choice"
+        }
+        RDMA_IB_PORT => {
+            "port 1-255 of the RDMA device, from `spec.network.rdma.ibPort`: the port of a device \
+             resolved from the bind interface (`mlx5_0:<port>`); must agree with the port of \
+             `rdma.data.bind.device` when both are set"
+        }
+        USER_BIND_DEVICE => {
+            "client and FUSE side interface (e.g. `ib0`): the TCP source address, and the client's \
+             UCX devices (`UCX_NET_DEVICES` = the interface's RDMA device, given or resolved \
+             through sysfs, with `ib.port`, then the interface), by the same rule as the worker's"
+        }
         METADATA_SYNC_INTERVAL => {
             "how long a worker trusts an under-storage file's size and mtime (its version) before \
              it stats the file again, from `spec.ufs.metadataSyncInterval`; a changed file's old \

@@ -53,6 +53,10 @@ pub struct WorkerConfig {
     pub metadata_sync: SyncInterval,
     /// `rcache.worker.bench.enabled`: answer the transport benchmark's requests.
     pub bench_enabled: bool,
+    /// `rcache.network.rdma.data.{ib.port,gid.index}` (and the device, as `rdma_bind_device`).
+    pub rdma: crate::binding::RdmaSettings,
+    /// `rcache.network.rdma.data.strict`: refuse to serve over UCX without an RDMA transport.
+    pub rdma_strict: bool,
 }
 
 /// The ports of a worker and of the FUSE client beside it (host network) must differ: the
@@ -163,6 +167,7 @@ impl WorkerConfig {
             ));
         }
         check_ports(p)?;
+        let rdma = crate::binding::RdmaSettings::from_properties(p)?;
         let op_timeout = p.duration(OP_TIMEOUT);
         if op_timeout.is_zero() {
             return Err(p.bad(OP_TIMEOUT, "zero", "a positive duration, e.g. 30s"));
@@ -188,6 +193,8 @@ impl WorkerConfig {
             op_timeout,
             metadata_sync: p.sync_interval(METADATA_SYNC_INTERVAL),
             bench_enabled: p.flag(BENCH_ENABLED),
+            rdma,
+            rdma_strict: p.flag(RDMA_STRICT),
         })
     }
 }

@@ -30,7 +30,7 @@ pub const DEFAULT_IMAGE: &str = "rcache/rcache:0.1.0";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Whether workers, FUSE and network are all ready"}"#,
     printcolumn = r#"{"name":"Workers","type":"string","jsonPath":".status.workers","description":"Ready/desired cache workers"}"#,
     printcolumn = r#"{"name":"FUSE","type":"string","jsonPath":".status.fuse","description":"Ready/desired FUSE pods"}"#,
-    printcolumn = r#"{"name":"Transport","type":"string","jsonPath":".status.transport","description":"Data transport: ucx (RDMA) or tcp"}"#,
+    printcolumn = r#"{"name":"Transport","type":"string","jsonPath":".status.transport","description":"Transport the workers observed carrying data (ucx/rc_mlx5, ucx/tcp, ucx/posix, tcp); ucx or tcp alone until a worker reported"}"#,
     printcolumn = r#"{"name":"Cached","type":"string","jsonPath":".status.cache.cached","description":"Bytes the workers' tiers hold"}"#,
     printcolumn = r#"{"name":"Capacity","type":"string","jsonPath":".status.cache.capacity","description":"Bytes the workers' tiers may hold"}"#,
     printcolumn = r#"{"name":"Hit","type":"string","jsonPath":".status.cache.hitRatio","description":"Page lookups served from a tier over the last window"}"#,
@@ -420,6 +420,9 @@ pub struct Attachment {
 /// RDMA settings.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.ibPort) || !has(self.device)").message("spec.network.rdma.ibPort applies to a device resolved from the bind interface: drop it when spec.network.rdma.device names the device and its port (mlx5_0:1)")
+)]
 pub struct RdmaSpec {
     /// Extended resource of the RDMA device plugin requested by worker and FUSE pods (e.g.
     /// rdma/hca_shared_devices_a or nvidia.com/mlnxnics). Required in rdma mode without host
@@ -446,6 +449,21 @@ pub struct RdmaSpec {
     #[schemars(length(max = 16))]
     #[x_kube(validation = rules::operation_timeout())]
     pub operation_timeout: String,
+    /// Refuse to serve without RDMA (rcache.network.rdma.data.strict): a worker whose UCX has
+    /// no RDMA transport exits with the reason instead of serving over UCX's tcp. Either way,
+    /// mode rdma without an RDMA lane is NetworkReady False (NoRdmaLane).
+    #[serde(default)]
+    pub strict: bool,
+    /// RoCE GID index, 0-255 (rcache.network.rdma.data.gid.index, UCX_IB_GID_INDEX) for workers
+    /// and clients. Unset: UCX's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 255))]
+    pub gid_index: Option<i32>,
+    /// Port of the RDMA device, 1-255 (rcache.network.rdma.data.ib.port): the port of the device
+    /// resolved from the bind interface. Not with device, which names its port itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 255))]
+    pub ib_port: Option<i32>,
 }
 
 /// Registered buffer pool sizes (quantities, e.g. 256Mi, 8Gi): prewarm ≤ initial ≤ max.
@@ -502,9 +520,14 @@ pub struct CacheClusterStatus {
     /// FUSE pods the DaemonSet wants.
     #[serde(default)]
     pub desired_fuse: i32,
-    /// Data transport: ucx (RDMA) or tcp.
+    /// The transport that carries data: what the workers observed (`ucx/rc_mlx5`, `ucx/tcp`,
+    /// `ucx/posix`, `tcp`, busiest first), or the requested `ucx`/`tcp` until a worker reported.
     #[serde(default)]
     pub transport: String,
+    /// What the workers observed of their transports (from their `/v1/stats`, polled with
+    /// `cache`); absent until a worker reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric: Option<FabricStatus>,
     /// Counter bumped whenever the published membership changes (members.json "generation").
     #[serde(default)]
     pub membership_generation: i64,
@@ -519,6 +542,42 @@ pub struct CacheClusterStatus {
     /// (`persistentVolumeClaim: {claimName: ...}`); absent while FUSE is disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent_volume_claim: Option<String>,
+}
+
+/// The transports the workers observed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FabricStatus {
+    /// The transports that carried data across the workers, busiest first (`ucx/tcp`), or what
+    /// UCX offers while nothing was carried yet.
+    #[serde(default)]
+    pub observed: String,
+    /// Every reporting worker running UCX has an RDMA transport and no endpoint fell back to
+    /// tcp.
+    #[serde(default)]
+    pub rdma_lane: bool,
+    /// Per worker.
+    #[serde(default)]
+    pub workers: Vec<WorkerFabric>,
+}
+
+/// One worker's observed transport.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerFabric {
+    pub pod: String,
+    /// `ucx/tcp`, `ucx/rc_mlx5`, `tcp`, ...
+    #[serde(default)]
+    pub observed: String,
+    /// The worker serves UCX.
+    #[serde(default)]
+    pub ucx: bool,
+    /// UCX offers an RDMA transport and no endpoint fell back to tcp.
+    #[serde(default)]
+    pub rdma_lane: bool,
+    /// `ucx/<tl>:<device>` UCX offers.
+    #[serde(default)]
+    pub offered: Vec<String>,
 }
 
 /// What a cluster's cache holds, summed over its ready workers.
@@ -607,8 +666,12 @@ pub struct Member {
     pub data_address: String,
     /// Ports of the worker.
     pub ports: MemberPorts,
-    /// ucx or tcp.
+    /// ucx or tcp: how clients connect.
     pub transport: String,
+    /// What the worker observed carrying data (`ucx/tcp`, `ucx/rc_mlx5`); status only, never in
+    /// the membership file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_transport: Option<String>,
     /// Whether clients may use this member.
     pub ready: bool,
 }
@@ -741,6 +804,9 @@ impl Default for RdmaSpec {
             device: None,
             buffer_pool: BufferPool::default(),
             operation_timeout: default_timeout(),
+            strict: false,
+            gid_index: None,
+            ib_port: None,
         }
     }
 }

@@ -14,7 +14,7 @@
 //! `UfsReady` False with the fault as the reason (`AccessDenied`, `BucketNotFound`,
 //! `Unreachable`, `UfsError`).
 
-use crate::crd::{CacheClusterStatus, ClusterCondition, Member};
+use crate::crd::{CacheClusterStatus, ClusterCondition, FabricStatus, Member};
 
 /// Condition types.
 pub const READY: &str = "Ready";
@@ -45,6 +45,9 @@ pub mod reason {
     pub const INTERFACE_ADDRESS_MISSING: &str = "InterfaceAddressMissing";
     /// Network is usable.
     pub const NETWORK_AVAILABLE: &str = "NetworkAvailable";
+    /// `mode: rdma`, yet a worker's UCX offers no RDMA transport or an endpoint fell back to
+    /// tcp: the data crosses the network over TCP.
+    pub const NO_RDMA_LANE: &str = "NoRdmaLane";
     /// The spec failed validation.
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Applying children failed.
@@ -134,6 +137,8 @@ pub struct Observed {
     pub bind_device: Option<String>,
     /// ucx or tcp.
     pub transport: String,
+    /// What the workers observed of their transports (`status.fabric`, from the usage poller).
+    pub fabric: Option<FabricStatus>,
     /// Members as published.
     pub members: Vec<Member>,
     /// membership generation as published.
@@ -222,11 +227,70 @@ fn network_condition(o: &Observed) -> ClusterCondition {
             ),
         );
     }
-    let msg = match &o.resource {
+    if let Some(msg) = no_rdma_lane(o) {
+        return cond(NETWORK_READY, false, reason::NO_RDMA_LANE, msg);
+    }
+    let mut msg = match &o.resource {
         Some((name, n)) => format!("network attachments found; {n} node(s) advertise {name}"),
         None => "network attachments found (or none needed)".to_string(),
     };
+    if let Some(f) = o.fabric.as_ref().filter(|f| !f.observed.is_empty()) {
+        msg.push_str(&format!("; workers observe {}", f.observed));
+    }
     cond(NETWORK_READY, true, reason::NETWORK_AVAILABLE, msg)
+}
+
+/// With `mode: rdma` (transport `ucx`), the workers that reported UCX without an RDMA lane,
+/// as the `NoRdmaLane` message with the fix; `None` when every reporting worker has one (or
+/// none reported yet).
+fn no_rdma_lane(o: &Observed) -> Option<String> {
+    if o.transport != "ucx" {
+        return None;
+    }
+    let f = o.fabric.as_ref()?;
+    let lacking: Vec<String> = f
+        .workers
+        .iter()
+        .filter(|w| w.ucx && !w.rdma_lane)
+        .map(|w| {
+            let what = if w.observed.is_empty() {
+                "nothing".to_string()
+            } else {
+                w.observed.clone()
+            };
+            format!("{} carries data over {what}", w.pod)
+        })
+        .collect();
+    if lacking.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "mode rdma, but no RDMA lane: {}; give the worker and client pods an RDMA device (spec.network.rdma.resourceName and a device plugin, or spec.network.rdma.device such as mlx5_0:1; for RoCE the GID index rcache.network.rdma.data.gid.index), or use mode ipoib/tcp; set rcache.network.rdma.data.strict=true to refuse to serve without RDMA",
+        lacking.join("; ")
+    ))
+}
+
+/// `status.transport`: what the workers observed, else the requested transport.
+fn transport_shown(o: &Observed) -> String {
+    match o.fabric.as_ref().filter(|f| !f.observed.is_empty()) {
+        Some(f) => f.observed.clone(),
+        None => o.transport.clone(),
+    }
+}
+
+/// The members with what each worker observed (status only).
+fn members_shown(o: &Observed) -> Vec<Member> {
+    let mut members = o.members.clone();
+    if let Some(f) = &o.fabric {
+        for m in &mut members {
+            m.observed_transport = f
+                .workers
+                .iter()
+                .find(|w| w.pod == m.pod && !w.observed.is_empty())
+                .map(|w| w.observed.clone());
+        }
+    }
+    members
 }
 
 /// Computes the status (transition times still empty; see [`carry_transition_times`]).
@@ -421,9 +485,11 @@ pub fn compute(o: &Observed) -> CacheClusterStatus {
         desired_workers: o.workers_desired,
         ready_fuse: if o.fuse_enabled { o.fuse_ready } else { 0 },
         desired_fuse: if o.fuse_enabled { o.fuse_desired } else { 0 },
-        transport: o.transport.clone(),
+        transport: transport_shown(o),
+        // Written by the cache-usage poller (`load::usage`) with `cache`.
+        fabric: None,
         membership_generation: o.membership_generation,
-        members: o.members.clone(),
+        members: members_shown(o),
         // Written by the cache-usage poller (`load::usage`), not computed here.
         cache: None,
         // Set by the reconcile from what it applied (build::volume).
@@ -551,6 +617,93 @@ mod tests {
     fn get<'a>(s: &'a CacheClusterStatus, t: &str) -> (&'a str, &'a str) {
         let c = condition(s, t).unwrap();
         (c.status.as_str(), c.reason.as_str())
+    }
+
+    fn with_fabric(mut o: Observed, observed: &str, rdma_lane: bool) -> Observed {
+        o.members = vec![member("w-0")];
+        o.fabric = Some(FabricStatus {
+            observed: observed.into(),
+            rdma_lane,
+            workers: vec![crate::crd::WorkerFabric {
+                pod: "w-0".into(),
+                observed: observed.into(),
+                ucx: true,
+                rdma_lane,
+                offered: vec![],
+            }],
+        });
+        o
+    }
+
+    fn member(pod: &str) -> Member {
+        Member {
+            id: pod.into(),
+            pod: pod.into(),
+            node: String::new(),
+            data_address: "10.0.0.1".into(),
+            ports: crate::crd::MemberPorts {
+                data: 29999,
+                rdma: 59999,
+                web: 30000,
+            },
+            transport: "ucx".into(),
+            observed_transport: None,
+            ready: true,
+        }
+    }
+
+    #[test]
+    fn mode_rdma_over_ucx_tcp_is_network_not_ready_no_rdma_lane_with_the_fix() {
+        let o = with_fabric(
+            observed("{workersDesired: 1, workersReady: 1}"),
+            "ucx/tcp",
+            false,
+        );
+        let s = compute(&o);
+        assert_eq!(get(&s, NETWORK_READY), ("False", reason::NO_RDMA_LANE));
+        let msg = &condition(&s, NETWORK_READY).unwrap().message;
+        assert!(msg.contains("w-0 carries data over ucx/tcp"), "{msg}");
+        assert!(
+            msg.contains("resourceName") && msg.contains("strict"),
+            "{msg}"
+        );
+        assert_eq!(get(&s, READY), ("False", reason::NO_RDMA_LANE));
+        assert_eq!(get(&s, DEGRADED), ("True", reason::NO_RDMA_LANE));
+        assert_eq!(s.transport, "ucx/tcp", "the column shows what was observed");
+        assert_eq!(s.members[0].observed_transport.as_deref(), Some("ucx/tcp"));
+    }
+
+    #[test]
+    fn mode_rdma_over_an_rdma_lane_is_network_ready_and_shows_the_verbs_transport() {
+        let o = with_fabric(
+            observed("{workersDesired: 1, workersReady: 1}"),
+            "ucx/rc_mlx5",
+            true,
+        );
+        let s = compute(&o);
+        assert_eq!(get(&s, NETWORK_READY), ("True", reason::NETWORK_AVAILABLE));
+        assert_eq!(s.transport, "ucx/rc_mlx5");
+        assert!(
+            condition(&s, NETWORK_READY)
+                .unwrap()
+                .message
+                .contains("ucx/rc_mlx5")
+        );
+    }
+
+    #[test]
+    fn mode_tcp_is_not_judged_on_rdma_and_nothing_observed_shows_the_requested_transport() {
+        let mut o = with_fabric(
+            observed("{workersDesired: 1, workersReady: 1}"),
+            "tcp",
+            false,
+        );
+        o.transport = "tcp".into();
+        assert_eq!(get(&compute(&o), NETWORK_READY).0, "True");
+        let o = observed("{workersDesired: 1, workersReady: 1}");
+        let s = compute(&o);
+        assert_eq!(s.transport, "ucx", "no worker reported yet");
+        assert_eq!(get(&s, NETWORK_READY).0, "True");
     }
 
     #[test]

@@ -355,6 +355,23 @@ pub fn plan(cc: &CacheCluster) -> Result<ClusterPlan, Error> {
     if let Some(dev) = &net.rdma.device {
         check_rdma_device(dev).map_err(|e| invalid("spec.network.rdma.device", e))?;
     }
+    if let Some(port) = net.rdma.ib_port {
+        let port = u8::try_from(port)
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| invalid("spec.network.rdma.ibPort", "must be 1-255"))?;
+        if net.rdma.device.is_some() {
+            return Err(invalid(
+                "spec.network.rdma.ibPort",
+                format!(
+                    "applies to a device resolved from the bind interface: drop it ({port}) when spec.network.rdma.device names the device and its port"
+                ),
+            ));
+        }
+    }
+    if net.rdma.gid_index.is_some_and(|g| !(0..=255).contains(&g)) {
+        return Err(invalid("spec.network.rdma.gidIndex", "must be 0-255"));
+    }
     if net.mode == NetworkMode::Rdma && !net.host_network && net.rdma.resource_name.is_none() {
         return Err(invalid(
             "spec.network.rdma.resourceName",
@@ -455,6 +472,24 @@ mod tests {
         assert!(
             err.to_string().contains("spec.network.rdma.resourceName"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn ib_port_with_a_named_device_is_refused_naming_the_field() {
+        let err = plan(&cluster(
+            "ufs: {uri: 'file:///data'}\nnetwork: {mode: rdma, hostNetwork: true, rdma: {device: 'mlx5_0:1', ibPort: 1}}",
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("spec.network.rdma.ibPort"),
+            "{err}"
+        );
+        assert!(
+            plan(&cluster(
+                "ufs: {uri: 'file:///data'}\nnetwork: {mode: rdma, hostNetwork: true, rdma: {ibPort: 2, gidIndex: 3}}",
+            ))
+            .is_ok()
         );
     }
 

@@ -67,6 +67,11 @@ pub struct ClientConfig {
     /// Pool that received payloads land in (registered with UCX; reused, so large reads do not
     /// fault fresh heap pages in). `None`: the heap.
     pub receive_pool: Option<PoolConfig>,
+    /// `rcache.user.network.data.bind.device`: the interface the client's data goes out of
+    /// (TCP source address; UCX `NET_DEVICES` with the interface's RDMA device, if any).
+    pub bind_device: Option<String>,
+    /// `rcache.network.rdma.data.{bind.device,ib.port,gid.index}` for the client's UCX.
+    pub rdma: rcache_contract::binding::RdmaSettings,
 }
 
 impl Default for ClientConfig {
@@ -88,6 +93,8 @@ impl Default for ClientConfig {
                 prewarm: 0,
                 max: 256 << 20,
             }),
+            bind_device: None,
+            rdma: Default::default(),
         }
     }
 }
@@ -125,9 +132,45 @@ impl ClientConfig {
             max_request: u32::try_from(p.size(config::PAGE_SIZE))
                 .unwrap_or(1 << 20)
                 .clamp(4 << 10, rcache_transport::protocol::MAX_PAYLOAD),
+            bind_device: p.text(config::USER_BIND_DEVICE),
+            rdma: rcache_contract::binding::RdmaSettings::from_properties(p)?,
             ..ClientConfig::default()
         })
     }
+}
+
+/// The client's side of the binding (the same rule as the worker's, `rcache_contract::binding`):
+/// the bind device's IPv4 address for TCP, and `UCX_NET_DEVICES` = its RDMA device (given or
+/// resolved through sysfs) plus the interface. No bind device: no RDMA property applies unless
+/// a device is named, and the kernel and UCX choose.
+fn bind_from(
+    cfg: &ClientConfig,
+) -> Result<(Option<std::net::IpAddr>, Option<String>), ClientError> {
+    let iface = cfg.bind_device.as_deref().filter(|d| !d.is_empty());
+    let bad = |e: rcache_transport::binding::BindError| {
+        ClientError::Config(format!(
+            "{} ({}): {e}",
+            config::USER_BIND_DEVICE,
+            iface.unwrap_or("")
+        ))
+    };
+    let local_ip = match iface {
+        Some(i) => Some(std::net::IpAddr::V4(
+            rcache_transport::binding::interface_ipv4(i).map_err(bad)?,
+        )),
+        None => None,
+    };
+    let (devices, missing) = rcache_transport::binding::ucx_binding(
+        cfg.rdma.device.as_deref(),
+        cfg.rdma.ib_port,
+        iface,
+        &rcache_transport::binding::sysfs_root(),
+    )
+    .map_err(bad)?;
+    if let Some(e) = missing {
+        tracing::info!(error = %e, "client bind device has no RDMA device; UCX uses its tcp transport on it");
+    }
+    Ok((local_ip, devices))
 }
 
 /// Client errors; each names the path or the worker involved.
@@ -247,6 +290,9 @@ struct Inner {
     source_hint: String,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     pool: Option<BufferPool>,
+    /// Where connections go out from (the bind device): TCP source address, UCX devices.
+    local_ip: Option<std::net::IpAddr>,
+    ucx_devices: Option<String>,
 }
 
 /// A handle to the cache cluster; cheap to clone, safe to share.
@@ -303,8 +349,11 @@ impl CacheClient {
             ),
             None => None,
         };
+        let (local_ip, ucx_devices) = bind_from(&cfg)?;
         Ok(CacheClient {
             inner: Arc::new(Inner {
+                local_ip,
+                ucx_devices,
                 pool,
                 cfg,
                 members,
@@ -677,6 +726,9 @@ impl CacheClient {
             connect_timeout: self.inner.cfg.connect_timeout,
             request_timeout: Some(self.inner.cfg.request_timeout),
             pool: self.inner.pool.clone(),
+            local_ip: self.inner.local_ip,
+            ucx_devices: self.inner.ucx_devices.clone(),
+            ucx_gid_index: self.inner.cfg.rdma.gid_index,
             ..ClientOptions::default()
         };
         let tcp_addr = resolve(m, m.ports.data).await?;

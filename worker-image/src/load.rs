@@ -133,6 +133,62 @@ pub struct Stats {
     pub load_fills: u64,
     pub ufs_reads: u64,
     pub ufs_read_bytes: u64,
+    /// Which transports really carried the data (`rcache_transport::fabric`).
+    #[serde(default)]
+    pub fabric: FabricStats,
+}
+
+/// The observed transport, as the operator reads it for `status.transport` and `NetworkReady`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FabricStats {
+    /// The transports that carried data, busiest first (`ucx/tcp`, `ucx/rc_mlx5`, `tcp`); what
+    /// UCX offers while nothing was carried yet; empty when nothing is known.
+    pub observed: String,
+    /// UCX is serving (`rcache.network.rdma.data.enabled`).
+    pub ucx: bool,
+    /// UCX offers an RDMA transport and no endpoint fell back to tcp.
+    pub rdma_lane: bool,
+    /// `ucx/<tl>:<device>` UCX offers.
+    pub offered: Vec<String>,
+    pub endpoints_rdma: u64,
+    pub endpoints_shared_memory: u64,
+    pub endpoints_tcp: u64,
+    /// Lanes that carried data: `{transport, device, bytesSent, bytesReceived}`.
+    pub lanes: Vec<LaneStats>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LaneStats {
+    pub transport: String,
+    pub device: String,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// What this process observed of its transports.
+pub fn fabric_stats() -> FabricStats {
+    let r = rcache_transport::fabric::report();
+    FabricStats {
+        observed: r.summary(),
+        ucx: !r.offered.is_empty(),
+        rdma_lane: r.rdma_lane(),
+        offered: r.offered.clone(),
+        endpoints_rdma: r.endpoints_rdma,
+        endpoints_shared_memory: r.endpoints_shared_memory,
+        endpoints_tcp: r.endpoints_tcp,
+        lanes: r
+            .lanes
+            .iter()
+            .map(|l| LaneStats {
+                transport: l.transport.clone(),
+                device: l.device.clone(),
+                bytes_sent: l.bytes_sent,
+                bytes_received: l.bytes_received,
+            })
+            .collect(),
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -172,6 +228,7 @@ pub fn stats(store: &PageStore) -> Stats {
         load_fills: c.load_fills.load(Ordering::Relaxed),
         ufs_reads: ufs.reads.load(Ordering::Relaxed),
         ufs_read_bytes: ufs.bytes.load(Ordering::Relaxed),
+        fabric: fabric_stats(),
     }
 }
 

@@ -147,6 +147,7 @@ impl Metrics {
             latency.clone(),
         );
         registry.register_collector(Box::new(StoreCollector { store, pool }));
+        registry.register_collector(Box::new(FabricCollector));
         Arc::new(Metrics {
             registry,
             bytes_served,
@@ -399,6 +400,70 @@ impl Collector for StoreCollector {
             )?;
         }
         Ok(())
+    }
+}
+
+/// The transports and devices that really carried this process's bytes
+/// (`rcache_transport::fabric`), read at each scrape. Any process with a registry (worker, FUSE
+/// client) can register it.
+#[derive(Debug)]
+pub struct FabricCollector;
+
+impl Collector for FabricCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let r = rcache_transport::fabric::report();
+        {
+            let mut m = enc.encode_descriptor(
+                "transport_bytes",
+                "Bytes carried, by observed transport (ucx/<tl> from the endpoint's lanes, or tcp), device and direction",
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for l in &r.lanes {
+                for (dir, v) in [("sent", l.bytes_sent), ("received", l.bytes_received)] {
+                    let labels = vec![
+                        ("transport".to_string(), l.transport.clone()),
+                        ("device".to_string(), l.device.clone()),
+                        ("direction".to_string(), dir.to_string()),
+                    ];
+                    ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        counter_family(
+            &mut enc,
+            "transport_ucx_endpoints",
+            "UCX endpoints wired up, by the class of their data lanes",
+            "class",
+            &[
+                ("rdma", r.endpoints_rdma),
+                ("shared_memory", r.endpoints_shared_memory),
+                ("tcp", r.endpoints_tcp),
+            ],
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "transport_ucx_offered",
+                "UCX transports and devices the UCP context offers (1 each)",
+                None,
+                ConstGauge::new(0i64).metric_type(),
+            )?;
+            for o in &r.offered {
+                let (t, d) = o.split_once(':').unwrap_or((o, ""));
+                let labels = vec![
+                    ("transport".to_string(), t.to_string()),
+                    ("device".to_string(), d.to_string()),
+                ];
+                ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        gauge_family(
+            &mut enc,
+            "transport_rdma_lane",
+            "1 when UCX offers an RDMA transport and no endpoint fell back to tcp",
+            "offered",
+            &[("rdma", i64::from(r.rdma_lane()))],
+        )
     }
 }
 

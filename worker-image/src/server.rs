@@ -16,11 +16,13 @@ use rcache_transport::{
 };
 
 use crate::cache::{CacheError, PageAllocator, PageBufMut, PageStore, StoreConfig};
-use crate::config::{POOL_INITIAL, POOL_MAX, POOL_PREWARM, RDMA_ENABLED, WorkerConfig};
+use crate::config::{
+    POOL_INITIAL, POOL_MAX, POOL_PREWARM, RDMA_ENABLED, RDMA_STRICT, WorkerConfig,
+};
 use crate::metrics::{Metrics, Op, Outcome, RequestMetrics};
 use crate::ufs::{UfsError, normalize};
 
-/// Pages in the registered pool (a pool chunk is one page).
+/// Pages in the registered pool: a pool chunk is one page, a file's last page a piece of one.
 pub struct PoolAllocator(pub BufferPool);
 
 struct PoolBuf(ChunkMut);
@@ -29,6 +31,9 @@ impl PageBufMut for PoolBuf {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         self.0.as_mut_slice()
     }
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
     fn freeze(self: Box<Self>, len: usize) -> bytes::Bytes {
         self.0.freeze(len)
     }
@@ -36,11 +41,8 @@ impl PageBufMut for PoolBuf {
 
 impl PageAllocator for PoolAllocator {
     fn alloc(&self, size: usize) -> Option<Box<dyn PageBufMut>> {
-        if size > self.0.chunk_size() {
-            return None;
-        }
         self.0
-            .alloc()
+            .alloc_at_least(size)
             .map(|c| Box::new(PoolBuf(c)) as Box<dyn PageBufMut>)
     }
 }
@@ -280,22 +282,47 @@ fn bind_ip(device: &Option<String>, host: &str, key: &str) -> anyhow::Result<IpA
 
 /// `UCX_NET_DEVICES` for the UCX listener: the RDMA device from the property, else resolved
 /// from the bind interface through sysfs; an interface without an RDMA device (a veth in tests,
-/// UCX over tcp) leaves the choice to UCX on that interface.
+/// UCX over tcp) leaves the choice to UCX on that interface, or is fatal when strict.
 fn ucx_devices(cfg: &WorkerConfig) -> anyhow::Result<Option<String>> {
-    let iface = cfg.data_bind_device.as_deref();
-    let rdma = match binding::rdma_device(
+    let (devices, missing) = binding::ucx_binding(
         cfg.rdma_bind_device.as_deref(),
-        iface,
+        cfg.rdma.ib_port,
+        cfg.data_bind_device.as_deref(),
         &binding::sysfs_root(),
-    ) {
-        Ok(d) => d,
-        Err(e @ binding::BindError::NoRdmaDevice { .. }) => {
-            tracing::warn!(error = %e, "UCX will use the interface's own transports (tcp)");
-            None
+    )?;
+    if let Some(e) = missing {
+        if cfg.rdma_strict {
+            anyhow::bail!("{e} ({RDMA_STRICT}=true refuses to serve without RDMA)");
         }
-        Err(e) => return Err(e.into()),
+        tracing::warn!(error = %e, "UCX will use the interface's own transports (tcp); status reports NoRdmaLane");
+    }
+    Ok(devices)
+}
+
+/// The strict check once UCX is up: what its context offers must include an RDMA transport
+/// (`rc_*`, `dc_*`, `ud_*`). Not strict: a warning, and `/v1/stats` and the metrics say so.
+fn check_rdma_offered(cfg: &WorkerConfig) -> anyhow::Result<()> {
+    let r = rcache_transport::fabric::report();
+    if r.rdma_offered {
+        return Ok(());
+    }
+    let offered = if r.offered.is_empty() {
+        "nothing".to_string()
+    } else {
+        r.offered.join(", ")
     };
-    Ok(binding::ucx_net_devices(rdma.as_deref(), iface))
+    let why = format!(
+        "no RDMA lane: UCX offers {offered} (UCX_TLS={}, UCX_NET_DEVICES={}); give the pod an RDMA \
+         device (device-plugin resource, rcache.network.rdma.data.bind.device such as mlx5_0:1) or \
+         use mode ipoib/tcp",
+        std::env::var("UCX_TLS").unwrap_or_else(|_| "unset".into()),
+        std::env::var("UCX_NET_DEVICES").unwrap_or_else(|_| "unset".into()),
+    );
+    if cfg.rdma_strict {
+        anyhow::bail!("{why} ({RDMA_STRICT}=true refuses to serve over UCX without RDMA)");
+    }
+    tracing::warn!(reason = %why, "serving over UCX without RDMA; status reports NoRdmaLane ({RDMA_STRICT}=true makes this fatal)");
+    Ok(())
 }
 
 /// Runs the worker until SIGTERM/SIGINT.
@@ -371,6 +398,7 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
         } else {
             None
         },
+        ucx_gid_index: cfg.rdma.gid_index,
         ..ServerOptions::default()
     };
     let bench_pool = cfg.bench_enabled.then_some(&pool);
@@ -420,6 +448,7 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
             )
         })?;
         ucx = Some(s);
+        check_rdma_offered(&cfg)?;
     }
     let ports = BoundPorts {
         data: tcp.local_addr().port(),

@@ -115,6 +115,7 @@ pub fn members(plan: &ClusterPlan, pods: &[Pod]) -> Membership {
                 web: ports.web,
             },
             transport: plan.transport.as_str().to_string(),
+            observed_transport: None,
         });
     }
     out

@@ -62,6 +62,13 @@ pub fn render(plan: &ClusterPlan) -> String {
     kv.push((k::POOL_PREWARM, contract_size(plan.pool_prewarm)));
     kv.push((k::POOL_MAX, contract_size(plan.pool_max)));
     kv.push((k::OP_TIMEOUT, rdma.operation_timeout.clone()));
+    kv.push((k::RDMA_STRICT, rdma.strict.to_string()));
+    if let Some(gid) = rdma.gid_index {
+        kv.push((k::RDMA_GID_INDEX, gid.to_string()));
+    }
+    if let Some(port) = rdma.ib_port {
+        kv.push((k::RDMA_IB_PORT, port.to_string()));
+    }
     kv.push((
         k::FALLBACK,
         match s.network.fallback {
@@ -190,6 +197,27 @@ mod tests {
         );
         assert_eq!(p["rcache.network.rdma.data.buffer.pool.max.size"], "16GB");
         assert_eq!(p["rcache.network.rdma.data.fallback"], "tcp");
+        assert_eq!(p["rcache.network.rdma.data.strict"], "false");
+        assert!(!p.contains_key("rcache.network.rdma.data.gid.index"));
+    }
+
+    #[test]
+    fn strict_gid_index_and_ib_port_render_for_worker_and_client() {
+        let p = props(
+            "ufs: {uri: 'file:///data'}\nnetwork:\n  mode: rdma\n  attachments: [{name: roce, interface: net1}]\n  rdma: {resourceName: rdma/hca_shared_devices_a, strict: true, gidIndex: 3, ibPort: 1}",
+        );
+        assert_eq!(p["rcache.network.rdma.data.strict"], "true");
+        assert_eq!(p["rcache.network.rdma.data.gid.index"], "3");
+        assert_eq!(p["rcache.network.rdma.data.ib.port"], "1");
+        let text = p
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect::<String>();
+        let w = rcache_contract::accept(&text, "rendered").expect("the worker accepts it");
+        assert_eq!(
+            (w.rdma.gid_index, w.rdma.ib_port, w.rdma_strict),
+            (Some(3), Some(1), true)
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! operator asks each ready worker for `GET /v1/stats`, sums them, and computes the hit ratio and
 //! the under-storage bytes read over the window since the last poll. The status is patched only
 //! when a number changed, so an idle cluster is not written at all and a busy one at most once
-//! per window.
+//! per window. The same answers carry what each worker observed of its transports
+//! (`status.fabric`), from which the reconcile shows the Transport column and `NoRdmaLane`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use tracing::warn;
 
 use super::http;
 use super::progress::human_bytes;
-use crate::crd::{CacheCluster, CacheUsage, TierUsage};
+use crate::crd::{CacheCluster, CacheUsage, FabricStatus, TierUsage, WorkerFabric};
 
 /// How often the workers are asked (and the status written at most).
 pub const EVERY: Duration = Duration::from_secs(30);
@@ -32,6 +33,48 @@ pub struct WorkerStats {
     pub load_fills: u64,
     pub ufs_reads: u64,
     pub ufs_read_bytes: u64,
+    /// What the worker observed of its transports (`rcache_worker::load::FabricStats`).
+    pub fabric: WorkerFabricStats,
+}
+
+/// The part of a worker's `fabric` the status shows.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WorkerFabricStats {
+    pub observed: String,
+    pub ucx: bool,
+    pub rdma_lane: bool,
+    pub offered: Vec<String>,
+}
+
+/// `status.fabric` from the workers' answers: the transports observed across them (each
+/// worker's list is busiest first; the cluster's keeps the first seen order), and whether
+/// every worker running UCX has an RDMA lane.
+pub fn fabric_of(stats: &[(String, WorkerStats)]) -> FabricStatus {
+    let mut observed: Vec<String> = Vec::new();
+    for (_, s) in stats {
+        for t in s.fabric.observed.split(',').filter(|t| !t.is_empty()) {
+            if !observed.iter().any(|o| o == t) {
+                observed.push(t.to_string());
+            }
+        }
+    }
+    let mut workers: Vec<WorkerFabric> = stats
+        .iter()
+        .map(|(pod, s)| WorkerFabric {
+            pod: pod.clone(),
+            observed: s.fabric.observed.clone(),
+            ucx: s.fabric.ucx,
+            rdma_lane: s.fabric.rdma_lane,
+            offered: s.fabric.offered.clone(),
+        })
+        .collect();
+    workers.sort_by(|a, b| a.pod.cmp(&b.pod));
+    FabricStatus {
+        observed: observed.join(","),
+        rdma_lane: workers.iter().all(|w| !w.ucx || w.rdma_lane),
+        workers,
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -172,7 +215,10 @@ pub async fn run(client: Client, ns: Option<String>, mut stop: watch::Receiver<b
             let prev = samples.get(&key).cloned().unwrap_or_default();
             let (usage, sample) = summarize(&stats, &prev, Instant::now());
             samples.insert(key.clone(), sample);
-            if cc.status.as_ref().and_then(|s| s.cache.as_ref()) == Some(&usage) {
+            let fabric = fabric_of(&stats);
+            if cc.status.as_ref().and_then(|s| s.cache.as_ref()) == Some(&usage)
+                && cc.status.as_ref().and_then(|s| s.fabric.as_ref()) == Some(&fabric)
+            {
                 continue;
             }
             let api: Api<CacheCluster> = Api::namespaced(client.clone(), &ns);
@@ -180,7 +226,7 @@ pub async fn run(client: Client, ns: Option<String>, mut stop: watch::Receiver<b
                 .patch_status(
                     &cc.name_any(),
                     &PatchParams::default(),
-                    &Patch::Merge(json!({ "status": { "cache": usage } })),
+                    &Patch::Merge(json!({ "status": { "cache": usage, "fabric": fabric } })),
                 )
                 .await
             {
@@ -193,6 +239,31 @@ pub async fn run(client: Client, ns: Option<String>, mut stop: watch::Receiver<b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fabric(observed: &str, ucx: bool, rdma_lane: bool) -> WorkerStats {
+        WorkerStats {
+            fabric: WorkerFabricStats {
+                observed: observed.into(),
+                ucx,
+                rdma_lane,
+                offered: Vec::new(),
+            },
+            ..WorkerStats::default()
+        }
+    }
+
+    #[test]
+    fn fabric_joins_the_workers_observed_transports_and_needs_every_ucx_worker_on_rdma() {
+        let f = fabric_of(&[
+            ("w-1".into(), fabric("ucx/rc_mlx5", true, true)),
+            ("w-0".into(), fabric("ucx/rc_mlx5,ucx/tcp", true, false)),
+        ]);
+        assert_eq!(f.observed, "ucx/rc_mlx5,ucx/tcp");
+        assert!(!f.rdma_lane, "w-0 fell back to tcp");
+        assert_eq!(f.workers[0].pod, "w-0", "sorted by pod");
+        let f = fabric_of(&[("w-0".into(), fabric("tcp", false, false))]);
+        assert!(f.rdma_lane, "a worker without UCX is not judged on RDMA");
+    }
 
     fn worker(hits: u64, misses: u64, ufs: u64) -> WorkerStats {
         WorkerStats {

@@ -195,8 +195,10 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
     sweep::orphans(ctx, cc, &plan, &desired.children, generation).await?;
 
     // 6. observe
-    let observed =
+    let mut observed =
         observe::observe(&ctx.client, &plan, generation, &pods, &desired, &workloads).await?;
+    // What the workers observed on the fabric is the cache-usage poller's (`load::usage`).
+    observed.fabric = cc.status.as_ref().and_then(|s| s.fabric.clone());
 
     // 7. status
     update_status::observed(ctx, cc, &observed, &desired.children).await?;

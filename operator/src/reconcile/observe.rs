@@ -119,6 +119,8 @@ pub(super) async fn observe(
         missing_address: membership.missing_address.clone(),
         bind_device: plan.bind_device.clone(),
         transport: plan.transport.as_str().to_string(),
+        // Filled in by the reconcile from the stored status (the cache-usage poller's).
+        fabric: None,
         members: membership.members.clone(),
         membership_generation: desired.membership_generation,
     })

@@ -26,8 +26,17 @@ pub fn desired(plan: &ClusterPlan, pods: &[Pod], prev: Option<&CacheClusterStatu
     let (prev_generation, prev_members) = prev.map_or((0, &[][..]), |s| {
         (s.membership_generation, s.members.as_slice())
     });
+    // Status members also carry what each worker observed; the membership file does not.
+    let published: Vec<_> = prev_members
+        .iter()
+        .cloned()
+        .map(|mut m| {
+            m.observed_transport = None;
+            m
+        })
+        .collect();
     let mut membership_generation = prev_generation;
-    if membership_generation == 0 || membership.members != prev_members {
+    if membership_generation == 0 || membership.members != published {
         membership_generation += 1;
     }
     let members_json = build::membership::render(plan, membership_generation, &membership.members);
@@ -57,6 +66,7 @@ mod tests {
                 web: 30000,
             },
             transport: "tcp".into(),
+            observed_transport: None,
             ready: true,
         }
     }

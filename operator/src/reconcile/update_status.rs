@@ -148,8 +148,9 @@ async fn write_status(
 ) -> Result<Option<CacheClusterStatus>, Error> {
     let prev = cc.status.clone();
     status::carry_transition_times(&mut new, prev.as_ref(), &now());
-    // `status.cache` is the cache-usage poller's (`load::usage`); kept as it is.
+    // `status.cache` and `status.fabric` are the cache-usage poller's (`load::usage`); kept.
     new.cache = prev.as_ref().and_then(|p| p.cache.clone());
+    new.fabric = prev.as_ref().and_then(|p| p.fabric.clone());
     if prev.as_ref() == Some(&new) {
         return Ok(prev);
     }

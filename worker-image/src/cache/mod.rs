@@ -2,6 +2,9 @@
 //! buffer pool, so a hit is served without a copy) and SSD (`disk`), each with a quota and LRU
 //! eviction. A miss fills from the UFS once however many readers wait for it (single flight),
 //! lands in MEM and is written through to SSD in the background; an SSD hit is promoted to MEM.
+//! Both tiers count the bytes a page holds: a file's last page moves into a buffer of about its
+//! size (a piece of a pool chunk, still registered memory), and on disk a page file is its
+//! header and its data, so a 64 KiB file costs 64 KiB of quota, not a page.
 //!
 //! Pages belong to one version (size, mtime) of their file (`meta`): a read asks the metadata
 //! cache for the current version (statting the UFS when the sync interval has passed) and is
@@ -52,12 +55,15 @@ impl PageKey {
 /// A writable page buffer; `freeze` turns it into the immutable page.
 pub trait PageBufMut: Send + 'static {
     fn as_mut_slice(&mut self) -> &mut [u8];
+    /// The bytes the buffer holds (what a page in it is charged).
+    fn capacity(&self) -> usize;
     fn freeze(self: Box<Self>, len: usize) -> Bytes;
 }
 
 /// Where page buffers come from: the registered buffer pool in the worker, the heap in tests.
 pub trait PageAllocator: Send + Sync + 'static {
     /// A buffer of at least `size` bytes, or `None` when exhausted (the store then uses the heap).
+    /// A small `size` (a file's last page) gets a small buffer, so it holds about what it stores.
     fn alloc(&self, size: usize) -> Option<Box<dyn PageBufMut>>;
 }
 
@@ -66,6 +72,9 @@ struct HeapBuf(Vec<u8>);
 impl PageBufMut for HeapBuf {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.0
+    }
+    fn capacity(&self) -> usize {
+        self.0.len()
     }
     fn freeze(self: Box<Self>, len: usize) -> Bytes {
         let mut v = self.0;
@@ -151,6 +160,12 @@ type Flight = Arc<OnceCell<Result<Bytes, CacheError>>>;
 struct MemPage {
     file_version: u64,
     data: Bytes,
+}
+
+/// A filled page and the bytes its buffer holds (its charge against the MEM quota).
+struct Sealed {
+    data: Bytes,
+    held: u64,
 }
 
 /// How often a read restarts because the file changed under it before it gives up.
@@ -511,9 +526,10 @@ impl PageStore {
                     match res {
                         Ok(n) => {
                             self.counters.hits_ssd.fetch_add(1, Ordering::Relaxed);
-                            let page = buf.freeze(n);
-                            self.insert_mem(key, version, page.clone());
-                            return Ok(page);
+                            let page = self.seal(buf, n);
+                            let data = page.data.clone();
+                            self.insert_mem(key, version, page);
+                            return Ok(data);
                         }
                         Err(PageFileError::Torn(_)) => {
                             self.counters.torn_dropped.fetch_add(1, Ordering::Relaxed);
@@ -561,12 +577,35 @@ impl PageStore {
                 path: key.path.to_string(),
             });
         }
-        let page = buf.freeze(got.len);
+        let page = self.seal(buf, got.len);
+        let data = page.data.clone();
         if got.len > 0 {
-            self.insert_mem(key.clone(), version, page.clone());
-            self.write_through(key, version, page.clone());
+            self.write_through(key.clone(), version, data.clone());
+            self.insert_mem(key, version, page);
         }
-        Ok(page)
+        Ok(data)
+    }
+
+    /// Freezes the first `n` bytes of a page-size buffer. A short page (a file's last) moves to
+    /// a buffer of about its size, so it holds (and is charged) what it stores, not a page; the
+    /// copy happens once per fill, never on a hit. When no smaller buffer is free the page stays
+    /// where it is, charged at the buffer's size.
+    fn seal(&self, mut buf: Box<dyn PageBufMut>, n: usize) -> Sealed {
+        let cap = buf.capacity();
+        if n < cap
+            && let Some(mut small) = self.alloc.alloc(n).filter(|b| b.capacity() < cap)
+        {
+            small.as_mut_slice()[..n].copy_from_slice(&buf.as_mut_slice()[..n]);
+            let held = small.capacity() as u64;
+            return Sealed {
+                data: small.freeze(n),
+                held,
+            };
+        }
+        Sealed {
+            data: buf.freeze(n),
+            held: cap as u64,
+        }
     }
 
     fn buffer(&self, size: usize) -> Box<dyn PageBufMut> {
@@ -579,8 +618,9 @@ impl PageStore {
         }
     }
 
-    fn insert_mem(&self, key: PageKey, version: u64, page: Bytes) {
-        if self.mem_quota < self.page_size {
+    /// Inserts the page charged at the bytes its buffer holds, evicting LRU pages over quota.
+    fn insert_mem(&self, key: PageKey, version: u64, page: Sealed) {
+        if page.held > self.mem_quota {
             return;
         }
         let mut mem = self.mem_lock();
@@ -588,9 +628,9 @@ impl PageStore {
             key,
             MemPage {
                 file_version: version,
-                data: page,
+                data: page.data,
             },
-            self.page_size,
+            page.held,
         );
         while mem.weight() > self.mem_quota {
             if mem.pop_lru().is_none() {
@@ -1123,6 +1163,59 @@ mod tests {
         assert_eq!(&got[..], &bytes[..]);
         assert_eq!(ufs_reads(&s), 1);
         assert_eq!(s.counters.torn_dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_short_last_page_is_charged_its_size_in_mem_and_on_disk() {
+        let (d, bytes) = setup(4096 * 2 + 100);
+        let s = store(d.path(), 1 << 20, Some(1 << 20)).await;
+        s.read("f.bin", 0, 1 << 16).await.expect("cold");
+        s.flush().await;
+        let u = s.tier_use();
+        assert_eq!((u.mem_pages, u.mem_bytes), (3, 4096 * 2 + 100));
+        let header = (disk::HEADER_LEN + "f.bin".len()) as u64;
+        assert_eq!(
+            (u.ssd_pages, u.ssd_bytes),
+            (3, 4096 * 2 + 100 + 3 * header),
+            "each page file is its header and its data"
+        );
+        // Promoted from disk after a restart: charged the same.
+        drop(s);
+        let s = store(d.path(), 1 << 20, Some(1 << 20)).await;
+        let got = s.read("f.bin", 0, 1 << 16).await.expect("warm");
+        assert_eq!(&got[..], &bytes[..]);
+        assert_eq!(s.tier_use().mem_bytes, 4096 * 2 + 100);
+    }
+
+    #[tokio::test]
+    async fn eviction_counts_bytes_held_so_many_small_files_fit_a_few_pages_of_quota() {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(d.path().join("ufs")).expect("mkdir");
+        for i in 0..8 {
+            std::fs::write(d.path().join(format!("ufs/s{i}")), data(512)).expect("write");
+        }
+        // 8 files of 512 B in a quota of one 4 KiB page: all held; one more page evicts the
+        // least recently used small files until the bytes fit again.
+        let s = store(d.path(), 4096, None).await;
+        for i in 0..8 {
+            s.read(&format!("s{i}"), 0, 4096).await.expect("small");
+        }
+        let u = s.tier_use();
+        assert_eq!((u.mem_pages, u.mem_bytes), (8, 8 * 512));
+        assert_eq!(s.counters.evictions_mem.load(Ordering::Relaxed), 0);
+        std::fs::write(d.path().join("ufs/big"), data(4096)).expect("write");
+        s.read("big", 0, 4096).await.expect("big");
+        assert_eq!(s.tier_use().mem_bytes, 4096);
+        assert_eq!(s.counters.evictions_mem.load(Ordering::Relaxed), 8);
+    }
+
+    #[tokio::test]
+    async fn a_page_larger_than_the_quota_is_served_but_not_kept() {
+        let (d, bytes) = setup(4096);
+        let s = store(d.path(), 1000, None).await;
+        let got = s.read("f.bin", 0, 4096).await.expect("read");
+        assert_eq!(&got[..], &bytes[..]);
+        assert_eq!(s.tier_use().mem_pages, 0);
     }
 
     #[tokio::test]

@@ -29,6 +29,8 @@ pub enum BindError {
         "invalid RDMA device {value:?} in rcache.network.rdma.data.bind.device: expected name:port such as mlx5_0:1"
     )]
     BadRdmaDevice { value: String },
+    #[error("invalid data-plane binding: {reason}")]
+    BadBinding { reason: String },
 }
 
 /// The IPv4 address of interface `name` (the first one when there are several).
@@ -77,6 +79,39 @@ pub fn interface_ipv4(name: &str) -> Result<Ipv4Addr, BindError> {
             interface: name.into(),
         }),
     }
+}
+
+/// The interface that holds IPv4 address `ip` (`lo` for 127.0.0.1); `None` when none does.
+pub fn interface_of(ip: Ipv4Addr) -> Option<String> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: out-pointer; the list is freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_name.is_null() || ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: non-null sockaddr; the family says which struct it is.
+        if unsafe { (*ifa.ifa_addr).sa_family } as i32 != libc::AF_INET {
+            continue;
+        }
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == ip {
+            // SAFETY: NUL-terminated name owned by the list.
+            let n = unsafe { CStr::from_ptr(ifa.ifa_name) };
+            found = Some(n.to_string_lossy().into_owned());
+            break;
+        }
+    }
+    // SAFETY: list from getifaddrs, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found
 }
 
 /// The listen address: the bind device's address when one is set, else `bind_host`.
@@ -196,6 +231,28 @@ pub fn ucx_net_devices(rdma: Option<&str>, interface: Option<&str>) -> Option<St
         .filter(|s| !s.is_empty())
         .collect();
     (!parts.is_empty()).then(|| parts.join(","))
+}
+
+/// `UCX_NET_DEVICES` for one side (worker or client) bound to `interface`: the RDMA device
+/// from the property, else resolved from the interface through sysfs (an interface without
+/// one, a veth or Ethernet NIC, gives just the interface: UCX runs tcp on it), with
+/// `rcache.network.rdma.data.ib.port` applied; validated by the contract's one rule
+/// (`rcache_contract::binding::net_devices`). The second value is the resolution error when
+/// no RDMA device was found, for the caller to report (or refuse, when strict).
+pub fn ucx_binding(
+    rdma_property: Option<&str>,
+    ib_port: Option<u8>,
+    interface: Option<&str>,
+    sysfs: &Path,
+) -> Result<(Option<String>, Option<BindError>), BindError> {
+    let (rdma, missing) = match rdma_device(rdma_property, interface, sysfs) {
+        Ok(d) => (d, None),
+        Err(e @ BindError::NoRdmaDevice { .. }) => (None, Some(e)),
+        Err(e) => return Err(e),
+    };
+    let devices = rcache_contract::binding::net_devices(rdma.as_deref(), ib_port, interface)
+        .map_err(|reason| BindError::BadBinding { reason })?;
+    Ok((devices, missing))
 }
 
 /// The real sysfs root.

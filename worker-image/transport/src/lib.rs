@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod binding;
 pub mod bufpool;
+pub mod fabric;
 pub mod protocol;
 pub mod tcp;
 pub mod ucx;
@@ -94,6 +95,8 @@ pub struct ServerOptions {
     pub socket_buffer: Option<usize>,
     /// UCX `NET_DEVICES` (e.g. `mlx5_0:1`, see `binding`); `None` keeps UCX's choice.
     pub ucx_devices: Option<String>,
+    /// UCX `IB_GID_INDEX` (RoCE, `rcache.network.rdma.data.gid.index`); `None`: UCX's choice.
+    pub ucx_gid_index: Option<u32>,
 }
 
 /// Client settings.
@@ -109,6 +112,11 @@ pub struct ClientOptions {
     pub socket_buffer: Option<usize>,
     /// UCX `NET_DEVICES` (e.g. `mlx5_0:1`, see `binding`); `None` keeps UCX's choice.
     pub ucx_devices: Option<String>,
+    /// UCX `IB_GID_INDEX` (RoCE, `rcache.network.rdma.data.gid.index`); `None`: UCX's choice.
+    pub ucx_gid_index: Option<u32>,
+    /// TCP only: the source address of connections (the client's bind device's address,
+    /// `rcache.user.network.data.bind.device`); `None`: the kernel's route decides.
+    pub local_ip: Option<std::net::IpAddr>,
     /// UCX only: the calling thread sends and progresses the connection's UCP worker itself
     /// for up to this long while it waits for the reply (no hand-off to the connection's
     /// thread and back), then parks the task. Cuts small-request latency to about the fabric's
@@ -124,6 +132,8 @@ impl Default for ClientOptions {
             pool: None,
             socket_buffer: None,
             ucx_devices: None,
+            ucx_gid_index: None,
+            local_ip: None,
             busy_poll: None,
         }
     }

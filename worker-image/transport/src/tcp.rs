@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::bufpool::BufferPool;
 use crate::protocol::{CodecError, FrameHeader, HEADER_LEN, Request, Response};
 use crate::{ClientOptions, Connection, Handler, ServerOptions, TransportError, TransportKind};
+use crate::{binding, fabric};
 
 /// Payloads at least this large are read directly into their own buffer.
 const DIRECT_READ_MIN: usize = 32 << 10;
@@ -89,14 +90,17 @@ pub(crate) struct FrameWriter {
     meta: BytesMut,
     /// What is left to write, in order.
     segs: VecDeque<Bytes>,
+    /// Bytes sent are counted here (`fabric`).
+    lane: Arc<fabric::LaneBytes>,
 }
 
 type SharedWriter = Arc<tokio::sync::Mutex<FrameWriter>>;
 
 impl FrameWriter {
-    fn shared(wr: OwnedWriteHalf) -> SharedWriter {
+    fn shared(wr: OwnedWriteHalf, lane: Arc<fabric::LaneBytes>) -> SharedWriter {
         Arc::new(tokio::sync::Mutex::new(FrameWriter {
             wr,
+            lane,
             meta: BytesMut::with_capacity(64 << 10),
             segs: VecDeque::with_capacity(2 * MAX_BATCH + 1),
         }))
@@ -106,6 +110,7 @@ impl FrameWriter {
     fn push<T: Frame>(&mut self, id: u64, msg: &T) {
         if let Some(data) = encode_into(id, msg, &mut self.meta) {
             let head = self.meta.split().freeze();
+            self.lane.add_sent((head.len() + data.len()) as u64);
             self.segs.push_back(head);
             self.segs.push_back(data.clone());
         }
@@ -115,6 +120,7 @@ impl FrameWriter {
     fn seal(&mut self) {
         if !self.meta.is_empty() {
             let head = self.meta.split().freeze();
+            self.lane.add_sent(head.len() as u64);
             self.segs.push_back(head);
         }
         if self.meta.capacity() < 4096 {
@@ -261,11 +267,22 @@ impl From<io::Error> for ReadError {
     }
 }
 
+/// Records a connection with the interface its local address is on (`fabric`).
+fn observe_connection(rd: &OwnedReadHalf) -> Arc<fabric::LaneBytes> {
+    let device = match rd.local_addr().map(|a| a.ip()) {
+        Ok(std::net::IpAddr::V4(ip)) => binding::interface_of(ip),
+        _ => None,
+    };
+    fabric::record_tcp_connection(device.as_deref().unwrap_or("unknown"))
+}
+
 /// Reads frames off a byte stream.
 struct FrameReader {
     rd: OwnedReadHalf,
     buf: BytesMut,
     pool: Option<BufferPool>,
+    /// Bytes received are counted here (`fabric`).
+    lane: Arc<fabric::LaneBytes>,
 }
 
 impl FrameReader {
@@ -319,6 +336,8 @@ impl FrameReader {
         } else {
             self.read_direct(data_len).await?
         };
+        self.lane
+            .add_received((HEADER_LEN + meta.len() + data.len()) as u64);
         Ok(Some((h, meta, data)))
     }
 
@@ -330,7 +349,7 @@ impl FrameReader {
             .pool
             .as_ref()
             .filter(|p| len <= p.chunk_size())
-            .and_then(|p| p.alloc())
+            .and_then(|p| p.alloc_at_least(len))
         {
             let dst = &mut chunk.as_mut_slice()[..len];
             dst[..have].copy_from_slice(&self.buf);
@@ -501,12 +520,14 @@ async fn serve_conn(
 ) -> io::Result<()> {
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<(u64, Response)>(QUEUE_DEPTH);
-    let w = FrameWriter::shared(wr);
+    let lane = observe_connection(&rd);
+    let w = FrameWriter::shared(wr, lane.clone());
     let writer = tokio::spawn(write_loop(w.clone(), rx));
     let mut reader = FrameReader {
         rd,
         buf: BytesMut::with_capacity(128 << 10),
         pool,
+        lane,
     };
     let result = loop {
         let next = tokio::select! {
@@ -626,7 +647,21 @@ pub(crate) async fn connect(
     addr: SocketAddr,
     opts: &ClientOptions,
 ) -> Result<TcpConnection, TransportError> {
-    let stream = match tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr)).await {
+    let dial = async {
+        match opts.local_ip {
+            Some(ip) => {
+                let sock = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                sock.bind(SocketAddr::new(ip, 0))?;
+                sock.connect(addr).await
+            }
+            None => TcpStream::connect(addr).await,
+        }
+    };
+    let stream = match tokio::time::timeout(opts.connect_timeout, dial).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return Err(TransportError::Connect {
@@ -644,7 +679,8 @@ pub(crate) async fn connect(
     tune_socket(&stream, opts.socket_buffer);
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<(u64, Request)>(QUEUE_DEPTH);
-    let w = FrameWriter::shared(wr);
+    let lane = observe_connection(&rd);
+    let w = FrameWriter::shared(wr, lane.clone());
     let pending = Arc::new(Pending {
         map: Mutex::new(HashMap::with_capacity(256)),
         closed: Mutex::new(None),
@@ -661,6 +697,7 @@ pub(crate) async fn connect(
         rd,
         buf: BytesMut::with_capacity(128 << 10),
         pool: opts.pool.clone(),
+        lane,
     };
     let reader = tokio::spawn(async move {
         let reason = loop {

@@ -62,6 +62,8 @@ fn err(op: &'static str, status: sys::ucs_status) -> UcxError {
 pub struct UcxConfig {
     /// `NET_DEVICES` (e.g. `mlx5_0:1`, or `lo` in tests); `None` keeps UCX's choice / the env.
     pub net_devices: Option<String>,
+    /// `IB_GID_INDEX` (RoCE); `None` keeps UCX's choice / the env.
+    pub gid_index: Option<u32>,
 }
 
 /// True when `UCX_TLS` allows shared-memory transports (unset, `all`, `sm`, `mm`, `posix`, `sysv`).
@@ -75,6 +77,35 @@ fn tls_include_mm() -> bool {
             )
         }),
     }
+}
+
+/// What a UCX `*_print_info` call writes, as text (through `open_memstream`).
+fn print_to_string(print: impl FnOnce(*mut sys::FILE)) -> String {
+    let mut buf: *mut libc::c_char = std::ptr::null_mut();
+    let mut len: libc::size_t = 0;
+    // SAFETY: out-pointers valid for the stream's life; the buffer is read after fclose and
+    // freed here.
+    unsafe {
+        let f = libc::open_memstream(&mut buf, &mut len);
+        if f.is_null() {
+            return String::new();
+        }
+        print(f as *mut sys::FILE);
+        libc::fclose(f);
+        if buf.is_null() {
+            return String::new();
+        }
+        let text =
+            String::from_utf8_lossy(std::slice::from_raw_parts(buf as *const u8, len)).into_owned();
+        libc::free(buf as *mut c_void);
+        text
+    }
+}
+
+/// The lanes of a live endpoint, as `ucp_ep_print_info` prints them (see `fabric`).
+pub(crate) fn ep_info(ep: sys::ucp_ep_h) -> String {
+    // SAFETY: ep is live (the caller's), the stream valid during the call.
+    print_to_string(|f| unsafe { sys::ucp_ep_print_info(ep, f) })
 }
 
 /// A UCP context (`ucp_init`). Features: active messages, RMA, wakeup.
@@ -113,6 +144,13 @@ impl Context {
                 return Err(err("ucp_config_modify(NET_DEVICES)", s));
             }
         }
+        if let Some(gid) = cfg.gid_index {
+            let s = set("IB_GID_INDEX", &gid.to_string());
+            if s != st::UCS_OK {
+                // UCX built without verbs does not know the key: nothing uses a GID then.
+                tracing::debug!(status = %status_text(s), "UCX does not know IB_GID_INDEX");
+            }
+        }
         let name = c"rcache";
         let params = sys::ucp_params_t {
             field_mask: (sys::UCP_PARAM_FIELD_FEATURES | sys::UCP_PARAM_FIELD_NAME) as u64,
@@ -127,6 +165,12 @@ impl Context {
         unsafe { sys::ucp_config_release(config) };
         check("ucp_init", s)?;
         Ok(Rc::new(Context { h }))
+    }
+
+    /// The context's transports and devices, as `ucp_context_print_info` prints them.
+    pub fn info(&self) -> String {
+        // SAFETY: the context is live, the stream valid during the call.
+        print_to_string(|f| unsafe { sys::ucp_context_print_info(self.h, f) })
     }
 
     /// Registers `[addr, addr + len)` for local and remote access (`ucp_mem_map`).

@@ -39,6 +39,7 @@ use super::{
     Context, Listener, MemHandle, UcxConfig, Worker, ep_accept, ep_close, ep_connect, status_text,
 };
 use crate::bufpool::{BufferPool, ChunkMut};
+use crate::fabric;
 use crate::protocol::{FrameHeader, HEADER_LEN, Request, Response};
 use crate::tcp::{CatchPanic, Frame, encode_into};
 use crate::{ClientOptions, Connection, Handler, ServerOptions, TransportError, TransportKind};
@@ -176,6 +177,8 @@ enum Role {
 
 struct State {
     role: Role,
+    /// How each wired-up endpoint's bytes are counted (`fabric`), by endpoint.
+    routes: HashMap<usize, fabric::Route>,
     /// Replies produced inside callbacks, sent after progress returns.
     outq: VecDeque<(usize, u64, Response)>,
     regs: Vec<MemHandle>,
@@ -285,6 +288,7 @@ impl Node {
         p.cb.send = Some(send_done);
         let hptr = hdr.as_ptr();
         let hlen = hdr.len();
+        self.count(ep as usize, (hlen + dlen) as u64, true);
         let ctx = Box::into_raw(Box::new(SendCtx {
             _hdr: hdr,
             _data: data,
@@ -317,7 +321,7 @@ impl Node {
     fn alloc_recv(&self, len: usize) -> (RecvBuf, Option<sys::ucp_mem_h>) {
         if let Some(pool) = &self.pool
             && len <= pool.chunk_size()
-            && let Some(mut c) = pool.alloc()
+            && let Some(mut c) = pool.alloc_at_least(len)
         {
             let m = self.memh_for(c.as_mut_ptr(), len);
             return (RecvBuf::Chunk(c), m);
@@ -332,7 +336,39 @@ impl Node {
     }
 
     /// A whole message arrived: decode and hand it on.
+    /// Counts `len` bytes sent or received on endpoint `ep` against the lane carrying them.
+    fn count(&self, ep: usize, len: u64, sent: bool) {
+        if let Some(r) = self.st.borrow().routes.get(&ep) {
+            let lane = r.lane(len);
+            if sent {
+                lane.add_sent(len);
+            } else {
+                lane.add_received(len);
+            }
+        }
+    }
+
+    /// Learns the lanes of `ep` once it carried its first message (wire-up is done by then).
+    fn observe(&self, ep: usize) {
+        if ep == 0 || self.st.borrow().routes.contains_key(&ep) {
+            return;
+        }
+        let text = super::ep_info(ep as sys::ucp_ep_h);
+        if std::env::var_os("RCACHE_UCX_PRINT_EP").is_some() {
+            eprint!("{text}");
+        }
+        if let Some(route) = fabric::record_endpoint(&text) {
+            self.st.borrow_mut().routes.insert(ep, route);
+        }
+    }
+
     fn deliver(&self, hdr: FrameHeader, meta: Bytes, data: Bytes, reply_ep: usize) {
+        let ep = match &self.st.borrow().role {
+            Role::Server { .. } => reply_ep,
+            Role::Client { ep, .. } => ep.map_or(0, |e| e as usize),
+        };
+        self.observe(ep);
+        self.count(ep, (HEADER_LEN + meta.len() + data.len()) as u64, false);
         let mut st = self.st.borrow_mut();
         match &mut st.role {
             Role::Server { handler, .. } => {
@@ -349,14 +385,7 @@ impl Node {
                     )),
                 }
             }
-            Role::Client { pending, ep, .. } => {
-                if hdr.id == 1
-                    && let Some(ep) = ep
-                    && std::env::var_os("RCACHE_UCX_PRINT_EP").is_some()
-                {
-                    // The first reply (connect's ping) proves wire-up is done.
-                    print_ep(*ep);
-                }
+            Role::Client { pending, .. } => {
                 let resp =
                     Response::decode(hdr.op, &meta, data).map_err(|e| TransportError::Protocol {
                         addr: self.peer,
@@ -467,14 +496,19 @@ impl Node {
 
     /// Closes endpoints that reported errors (outside callbacks).
     fn reap(&self) {
-        let dead: Vec<usize> = match &mut self.st.borrow_mut().role {
-            Role::Server { dead, eps, .. } => {
-                for d in dead.iter() {
-                    eps.remove(d);
+        let dead: Vec<usize> = {
+            let mut guard = self.st.borrow_mut();
+            let st = &mut *guard;
+            match &mut st.role {
+                Role::Server { dead, eps, .. } => {
+                    for d in dead.iter() {
+                        eps.remove(d);
+                        st.routes.remove(d);
+                    }
+                    std::mem::take(dead)
                 }
-                std::mem::take(dead)
+                Role::Client { .. } => Vec::new(),
             }
-            Role::Client { .. } => Vec::new(),
         };
         for ep in dead {
             // SAFETY: endpoint of this worker, removed from the live set above.
@@ -663,19 +697,6 @@ impl Node {
             }
         }
         self.fail_client("connection closed".into());
-    }
-}
-
-/// Debug aid (`RCACHE_UCX_PRINT_EP=1`): print an endpoint's lanes once wired up
-/// (`ucp_ep_print_info`; `ucp_ep_query` cannot report transports before UCX 1.14).
-fn print_ep(ep: sys::ucp_ep_h) {
-    // SAFETY: fd 2 duplicated into a FILE that is flushed and closed here; ep is live.
-    unsafe {
-        let f = libc::fdopen(libc::dup(2), c"w".as_ptr());
-        if !f.is_null() {
-            sys::ucp_ep_print_info(ep, f as *mut sys::FILE);
-            libc::fclose(f);
-        }
     }
 }
 
@@ -874,6 +895,7 @@ fn build_node(
     mailbox: Mailbox,
 ) -> Result<Box<Node>, String> {
     let ctx = Context::new(cfg).map_err(|e| e.to_string())?;
+    fabric::record_context(&ctx.info());
     // A client's worker may be progressed by its callers too (under the `Direct` lock).
     let worker = match role {
         Role::Client { .. } => Worker::new_serialized(&ctx),
@@ -890,6 +912,7 @@ fn build_node(
             role,
             outq: VecDeque::new(),
             regs: Vec::new(),
+            routes: HashMap::new(),
         }),
     });
     {
@@ -929,9 +952,10 @@ impl Drop for UcxServer {
     }
 }
 
-fn ucx_config(devices: &Option<String>) -> UcxConfig {
+fn ucx_config(devices: &Option<String>, gid_index: Option<u32>) -> UcxConfig {
     UcxConfig {
         net_devices: devices.clone(),
+        gid_index,
     }
 }
 
@@ -948,7 +972,7 @@ pub(crate) async fn listen(
     let (ready_tx, ready_rx) = oneshot::channel::<Result<SocketAddr, String>>();
     let (done_tx, done_rx) = oneshot::channel();
     let mb = mailbox.clone();
-    let cfg = ucx_config(&opts.ucx_devices);
+    let cfg = ucx_config(&opts.ucx_devices, opts.ucx_gid_index);
     std::thread::Builder::new()
         .name(format!("ucx-server-{}", addr.port()))
         .spawn(move || {
@@ -1025,7 +1049,7 @@ pub(crate) async fn connect(
     let closed = Arc::new(Mutex::new(None));
     let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
     let mb = mailbox.clone();
-    let cfg = ucx_config(&opts.ucx_devices);
+    let cfg = ucx_config(&opts.ucx_devices, opts.ucx_gid_index);
     let pool = opts.pool.clone();
     let closed2 = closed.clone();
     let direct = Arc::new(Direct {
@@ -1333,6 +1357,38 @@ mod tests {
         listen(TransportKind::Ucx, "127.0.0.1:0".parse().unwrap(), h, opts)
             .await
             .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_rendezvous_payload_lands_in_a_piece_of_the_client_pool_not_a_chunk() {
+        let s = served(1 << 20, 8 << 20).await;
+        let cpool = BufferPool::new(PoolConfig {
+            chunk_size: 1 << 20,
+            initial: 2 << 20,
+            prewarm: 0,
+            max: 2 << 20,
+        })
+        .unwrap();
+        let copts = ClientOptions {
+            pool: Some(cpool.clone()),
+            ..Default::default()
+        };
+        let conn = connect(TransportKind::Ucx, s.local_addr(), copts)
+            .await
+            .unwrap();
+        // 64 KiB is past every rendezvous threshold here (tcp 20553, posix 8256 bytes).
+        match conn
+            .call(Request::BenchRead { len: 64 << 10 })
+            .await
+            .unwrap()
+        {
+            Response::Data(d) => {
+                assert_eq!(&d[..], &pattern(64 << 10)[..]);
+                assert!(cpool.region_of(d.as_ptr(), d.len()).is_some());
+                assert_eq!(cpool.stats().in_use_bytes, 64 << 10, "a piece, not 1 MiB");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     /// Server and client in one process over whatever transports UCX picks here (shared
