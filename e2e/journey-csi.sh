@@ -72,7 +72,7 @@ journey_fio() {
 # journey_fio_ok <fio json file>: both jobs ran without an error (a failed read or a verify
 # mismatch is an error) and read something; prints what they did.
 journey_fio_ok() {
-  jq -r '.jobs[] | "\(.jobname): error \(.error), \(.read.io_bytes) bytes read, \(.read.total_ios) reads"' "$1" 2>/dev/null || {
+  jq -r '.jobs[] | "\(.jobname): error \(.error), \(.read.io_bytes / 1048576 | floor) MiB in \(.read.total_ios) reads, \(.read.bw_bytes / 1048576 * 10 | floor / 10) MiB/s, longest read \(.read.clat_ns.max / 1e6 | floor) ms"' "$1" 2>/dev/null || {
     echo "no fio JSON:"; head -c 2000 "$1"; return 1
   }
   # -s: an empty or non-JSON output (fio never ran) is a failure, not "no output, exit 0".

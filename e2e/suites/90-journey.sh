@@ -172,6 +172,7 @@ for how in delete SIGKILL; do
     "$(kubectl -n "$app" logs "$fuse_after" 2>&1)"
   wait "$fio_pid" || true
   check "fio over the claim for 60 s across the FUSE $how: 0 errors, every block verified" journey_fio_ok "$E2E_TMP/fio-$how.json"
+  e2e_log "fio across the FUSE $how: $(journey_fio_ok "$E2E_TMP/fio-$how.json" | paste -sd ';')"
   check "no ENOTCONN in fio's output ($how)" bash -c "! grep -q 'Transport endpoint' $E2E_TMP/fio-$how.json $E2E_TMP/fio-$how.err"
 done
 assert_eq "after the restarts new opens work: sha256 through the claim equals" "$want" \
