@@ -108,6 +108,10 @@ pub const METADATA_SYNC_INTERVAL: &str = "rcache.user.file.metadata.sync.interva
 /// Whether `serve` answers the transport benchmark's `BenchRead`/`BenchWrite` (off in
 /// production: they read and write the registered pool for anyone who can connect).
 pub const BENCH_ENABLED: &str = "rcache.worker.bench.enabled";
+/// The file holding the cluster's shared secret (the operator mounts the CacheCluster's Secret
+/// there). Set: every data connection must prove it knows the secret (challenge-response) before
+/// its requests are served, and the clients (FUSE, load) prove it. Unset: no authentication.
+pub const AUTH_SECRET_FILE: &str = "rcache.security.auth.secret.file";
 /// The S3 under-storage (`rcache.ufs.uri=s3://...`), read by [`crate::ufs::UfsConfig`].
 pub const S3_ENDPOINT: &str = "rcache.underfs.s3.endpoint";
 pub const S3_REGION: &str = "rcache.underfs.s3.region";
@@ -154,6 +158,7 @@ pub const KEYS: &[KeySpec] = &[
     spec(FUSE_WEB_PORT, Kind::Port, Some("30001")),
     spec(METADATA_SYNC_INTERVAL, Kind::SyncInterval, Some("10s")),
     spec(BENCH_ENABLED, Kind::Bool, Some("false")),
+    spec(AUTH_SECRET_FILE, Kind::Path, None),
     spec(S3_ENDPOINT, Kind::Text, None),
     spec(S3_REGION, Kind::Text, None),
     spec(S3_PATH_STYLE, Kind::Bool, Some("false")),

@@ -53,6 +53,8 @@ pub struct WorkerConfig {
     pub metadata_sync: SyncInterval,
     /// `rcache.worker.bench.enabled`: answer the transport benchmark's requests.
     pub bench_enabled: bool,
+    /// `rcache.security.auth.secret.file`: clients must prove the secret in this file.
+    pub auth_secret_file: Option<PathBuf>,
 }
 
 /// The ports of a worker and of the FUSE client beside it (host network) must differ: the
@@ -188,6 +190,7 @@ impl WorkerConfig {
             op_timeout,
             metadata_sync: p.sync_interval(METADATA_SYNC_INTERVAL),
             bench_enabled: p.flag(BENCH_ENABLED),
+            auth_secret_file: p.text(AUTH_SECRET_FILE).map(PathBuf::from),
         })
     }
 }
@@ -211,6 +214,26 @@ mod tests {
         assert_eq!(w.data_port, DEFAULT_DATA_PORT);
         assert_eq!(w.rdma_port, DEFAULT_RDMA_PORT);
         assert_eq!(w.web_port, DEFAULT_WEB_PORT);
+    }
+
+    #[test]
+    fn authentication_is_off_unless_a_secret_file_is_named_and_the_name_must_be_absolute() {
+        assert!(
+            accept(BASE, "t")
+                .expect("accepted")
+                .auth_secret_file
+                .is_none()
+        );
+        let on = accept(
+            &format!("{BASE}rcache.security.auth.secret.file=/etc/rcache/auth/token\n"),
+            "t",
+        );
+        assert_eq!(
+            on.expect("accepted").auth_secret_file,
+            Some(PathBuf::from("/etc/rcache/auth/token"))
+        );
+        let e = refused("rcache.security.auth.secret.file=token");
+        assert!(e.contains("rcache.security.auth.secret.file"), "{e}");
     }
 
     #[test]

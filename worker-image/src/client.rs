@@ -9,15 +9,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use rcache_transport::{
-    BufferPool, ClientOptions, DirEntry, ErrorCode, FileStat, FileVersion, PoolConfig, Request,
-    Response, SharedConnection, TransportKind,
+    AuthKey, BufferPool, ClientOptions, DirEntry, ErrorCode, FileStat, FileVersion, PoolConfig,
+    Request, Response, SharedConnection, TransportError, TransportKind,
 };
 
 use crate::cluster::{Member, MemberTransport, MembershipWatch};
@@ -67,6 +67,9 @@ pub struct ClientConfig {
     /// Pool that received payloads land in (registered with UCX; reused, so large reads do not
     /// fault fresh heap pages in). `None`: the heap.
     pub receive_pool: Option<PoolConfig>,
+    /// The cluster's secret (`rcache.security.auth.secret.file`), proven to every worker at
+    /// connection setup. `None`: workers that ask for authentication refuse this client.
+    pub auth: Option<AuthKey>,
 }
 
 impl Default for ClientConfig {
@@ -88,6 +91,7 @@ impl Default for ClientConfig {
                 prewarm: 0,
                 max: 256 << 20,
             }),
+            auth: None,
         }
     }
 }
@@ -107,6 +111,16 @@ impl ClientConfig {
             Some("tcp") => Fallback::Tcp,
             _ => Fallback::None,
         };
+        let auth = match p.text(config::AUTH_SECRET_FILE) {
+            None => None,
+            Some(file) => Some(AuthKey::from_file(Path::new(&file)).map_err(|reason| {
+                p.bad(
+                    config::AUTH_SECRET_FILE,
+                    reason,
+                    "a readable file holding the cluster's secret (the operator mounts it)",
+                )
+            })?),
+        };
         let path = p
             .text(config::MEMBERSHIP_FILE)
             .unwrap_or_else(|| "/etc/rcache/membership/members.json".into());
@@ -125,6 +139,7 @@ impl ClientConfig {
             max_request: u32::try_from(p.size(config::PAGE_SIZE))
                 .unwrap_or(1 << 20)
                 .clamp(4 << 10, rcache_transport::protocol::MAX_PAYLOAD),
+            auth,
             ..ClientConfig::default()
         })
     }
@@ -145,6 +160,13 @@ pub enum ClientError {
     NoWorkers { source_hint: String },
     #[error("worker {worker} is unavailable: {reason}")]
     Unavailable { worker: String, reason: String },
+    /// A worker refused this client's authentication: every worker of the cluster shares the
+    /// secret, so this is final.
+    #[error(
+        "worker {worker} {reason}; the client needs the cluster's secret \
+         (rcache.security.auth.secret.file, the CacheCluster's <name>-auth Secret)"
+    )]
+    Unauthenticated { worker: String, reason: String },
     #[error("{path}: every owner failed; last: worker {worker}: {reason}")]
     AllOwnersFailed {
         path: String,
@@ -167,6 +189,7 @@ impl ClientError {
             ClientError::IsADirectory { .. } => libc::EISDIR,
             ClientError::Invalid { .. } => libc::EINVAL,
             ClientError::Stale { .. } => libc::ESTALE,
+            ClientError::Unauthenticated { .. } => libc::EACCES,
             _ => libc::EIO,
         }
     }
@@ -616,6 +639,7 @@ impl CacheClient {
                                 .push(c.clone());
                             c
                         }
+                        Err(e @ ClientError::Unauthenticated { .. }) => return Attempt::Final(e),
                         Err(e) => {
                             // With some connections still open, use one of them.
                             match slot.pick(1) {
@@ -677,7 +701,18 @@ impl CacheClient {
             connect_timeout: self.inner.cfg.connect_timeout,
             request_timeout: Some(self.inner.cfg.request_timeout),
             pool: self.inner.pool.clone(),
+            auth: self.inner.cfg.auth.clone(),
             ..ClientOptions::default()
+        };
+        let refused = |e: TransportError| match e {
+            TransportError::Auth { reason, .. } => ClientError::Unauthenticated {
+                worker: describe(m),
+                reason: format!("refused the connection: {reason}"),
+            },
+            other => ClientError::Unavailable {
+                worker: describe(m),
+                reason: other.to_string(),
+            },
         };
         let tcp_addr = resolve(m, m.ports.data).await?;
         if m.transport == MemberTransport::Ucx {
@@ -685,6 +720,7 @@ impl CacheClient {
             let ucx_addr = resolve(m, port).await?;
             match rcache_transport::connect(TransportKind::Ucx, ucx_addr, opts.clone()).await {
                 Ok(c) => return Ok(c),
+                Err(e @ TransportError::Auth { .. }) => return Err(refused(e)),
                 Err(e) if self.inner.cfg.fallback == Fallback::Tcp => {
                     tracing::warn!(worker = %describe(m), error = %e, "UCX port unreachable; falling back to TCP (rcache.network.rdma.data.fallback=tcp)");
                 }
@@ -701,10 +737,7 @@ impl CacheClient {
         }
         rcache_transport::connect(TransportKind::Tcp, tcp_addr, opts)
             .await
-            .map_err(|e| ClientError::Unavailable {
-                worker: describe(m),
-                reason: e.to_string(),
-            })
+            .map_err(refused)
     }
 }
 

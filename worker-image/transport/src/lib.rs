@@ -3,6 +3,7 @@
 //! transports where no fabric exists), bind-device resolution and the `bench` tool.
 //! It knows nothing about caching: a server hands each request to a [`Handler`].
 
+pub mod auth;
 pub mod bench;
 pub mod binding;
 pub mod bufpool;
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use auth::AuthKey;
 pub use bufpool::{BufferPool, ChunkMut, PoolConfig, PoolError, PoolStats};
 pub use protocol::{DirEntry, ErrorCode, FileStat, FileVersion, LoadCounts, Request, Response};
 
@@ -42,6 +44,10 @@ pub enum TransportError {
     Protocol { addr: SocketAddr, reason: String },
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
+    /// The server refused the connection's authentication (or asked for one the client
+    /// cannot give); `reason` is the server's text, which starts "authentication failed".
+    #[error("{addr} refused the connection: {reason}")]
+    Auth { addr: SocketAddr, reason: String },
 }
 
 /// Server side: turns one request into one response. Implemented by the cache worker and by
@@ -94,6 +100,9 @@ pub struct ServerOptions {
     pub socket_buffer: Option<usize>,
     /// UCX `NET_DEVICES` (e.g. `mlx5_0:1`, see `binding`); `None` keeps UCX's choice.
     pub ucx_devices: Option<String>,
+    /// The cluster's secret: every connection must prove it knows it (module `auth`) before
+    /// its requests reach the handler. `None` serves everyone.
+    pub auth: Option<AuthKey>,
 }
 
 /// Client settings.
@@ -114,6 +123,9 @@ pub struct ClientOptions {
     /// thread and back), then parks the task. Cuts small-request latency to about the fabric's
     /// round trip; costs a busy core per waiting caller. `None` (default) never polls.
     pub busy_poll: Option<Duration>,
+    /// The cluster's secret, proven at connection setup (module `auth`). `None`: the client
+    /// proves nothing, and a server that asks for authentication refuses it.
+    pub auth: Option<AuthKey>,
 }
 
 impl Default for ClientOptions {
@@ -125,6 +137,7 @@ impl Default for ClientOptions {
             socket_buffer: None,
             ucx_devices: None,
             busy_poll: None,
+            auth: None,
         }
     }
 }
@@ -183,7 +196,8 @@ pub async fn listen(
     })
 }
 
-/// Connects to a data server and checks it answers a ping within `opts.connect_timeout`.
+/// Connects to a data server, authenticates when `opts.auth` holds the cluster's secret
+/// (module `auth`), and checks the server answers, all within `opts.connect_timeout`.
 pub async fn connect(
     kind: TransportKind,
     addr: SocketAddr,
@@ -193,16 +207,53 @@ pub async fn connect(
         TransportKind::Tcp => Arc::new(tcp::connect(addr, &opts).await?),
         TransportKind::Ucx => Arc::new(ucx::connect(addr, &opts).await?),
     };
-    match tokio::time::timeout(opts.connect_timeout, conn.call(Request::Ping)).await {
-        Ok(Ok(Response::Pong)) => Ok(conn),
-        Ok(Ok(other)) => Err(TransportError::Protocol {
-            addr,
-            reason: format!("ping answered with {other:?}"),
-        }),
+    let setup = setup(conn.as_ref(), kind, addr, opts.auth.as_ref());
+    match tokio::time::timeout(opts.connect_timeout, setup).await {
+        Ok(Ok(())) => Ok(conn),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(TransportError::Timeout {
             addr,
             after_ms: opts.connect_timeout.as_millis() as u64,
         }),
+    }
+}
+
+/// The first round trips of a connection: a ping, or the challenge-response of `auth`.
+async fn setup(
+    conn: &dyn Connection,
+    kind: TransportKind,
+    addr: SocketAddr,
+    key: Option<&AuthKey>,
+) -> Result<(), TransportError> {
+    let unexpected = |step: &str, other: Response| match other {
+        Response::Error {
+            code: ErrorCode::Unauthenticated,
+            message,
+        } => TransportError::Auth {
+            addr,
+            reason: message,
+        },
+        other => TransportError::Protocol {
+            addr,
+            reason: format!("{step} answered with {other:?}"),
+        },
+    };
+    let Some(key) = key else {
+        return match conn.call(Request::Ping).await? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected("ping", other)),
+        };
+    };
+    let nonce = match conn.call(Request::AuthHello).await? {
+        Response::AuthChallenge { nonce } => nonce,
+        other => return Err(unexpected("authentication hello", other)),
+    };
+    if nonce.is_empty() {
+        return Ok(()); // the server asks for no authentication
+    }
+    let mac = key.proof(&nonce, kind);
+    match conn.call(Request::AuthProof { mac }).await? {
+        Response::Pong => Ok(()),
+        other => Err(unexpected("authentication proof", other)),
     }
 }

@@ -32,6 +32,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::auth::{Gate, Verdict};
 use crate::bufpool::BufferPool;
 use crate::protocol::{CodecError, FrameHeader, HEADER_LEN, Request, Response};
 use crate::{ClientOptions, Connection, Handler, ServerOptions, TransportError, TransportKind};
@@ -467,9 +468,10 @@ async fn accept_loop(
                     tune_socket(&stream, opts.socket_buffer);
                     let h = handler.clone();
                     let pool = opts.pool.clone();
+                    let gate = Gate::new(opts.auth.clone(), TransportKind::Tcp);
                     let stop = stop.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_conn(stream, h, pool, stop).await {
+                        if let Err(e) = serve_conn(stream, h, pool, gate, stop).await {
                             tracing::debug!(%peer, error = %e, "TCP data connection ended");
                         }
                     });
@@ -497,6 +499,7 @@ async fn serve_conn(
     stream: TcpStream,
     handler: Arc<dyn Handler>,
     pool: Option<BufferPool>,
+    mut gate: Gate,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let (rd, wr) = stream.into_split();
@@ -517,6 +520,17 @@ async fn serve_conn(
             Ok(None) => break Ok(()),
             Ok(Some((h, meta, data))) => match Request::decode(h.op, &meta, data) {
                 Ok(req) => {
+                    let req = match gate.admit(req) {
+                        Verdict::Handle(req) => req,
+                        Verdict::Reply(resp) => {
+                            reply_soon(&w, &tx, h.id, resp).await;
+                            continue;
+                        }
+                        Verdict::Close(resp) => {
+                            reply_soon(&w, &tx, h.id, resp).await;
+                            break Ok(());
+                        }
+                    };
                     let tx = tx.clone();
                     let w = w.clone();
                     // More requests already read: let the writer task batch the replies.
