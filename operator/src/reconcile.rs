@@ -22,8 +22,9 @@ use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+    ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -78,6 +79,8 @@ pub struct Context {
     pub applied: AppliedChildren,
     /// Failed reconciles in a row, per cluster (the retry backoff).
     pub failures: Failures,
+    /// Who the rendered NetworkPolicies let in; `None`: render none (chart value).
+    pub policy_peers: Option<build::network_policy::PolicyPeers>,
 }
 
 /// The delay before retrying a cluster whose last `failures` reconciles in a row failed:
@@ -129,6 +132,8 @@ pub struct ChildStores {
     pub daemon_sets: Store<DaemonSet>,
     /// Worker PodDisruptionBudgets.
     pub pdbs: Store<PodDisruptionBudget>,
+    /// Worker NetworkPolicies.
+    pub network_policies: Store<NetworkPolicy>,
 }
 
 /// How a child in the store shows that nobody changed it since this process applied it. Either
@@ -794,6 +799,9 @@ async fn apply_children(
     for pdb in &children.pdbs {
         apply_child(ctx, uid, ns, &stores.pdbs, pdb).await?;
     }
+    for np in &children.network_policies {
+        apply_child(ctx, uid, ns, &stores.network_policies, np).await?;
+    }
     // The volume pods consume (build::volume): the cluster-scoped PV first, then its claim.
     for pv in &children.volumes {
         apply_cluster_scoped(&ctx.client, pv).await?;
@@ -848,6 +856,42 @@ async fn sweep_released_volumes(client: &Client) -> Result<Vec<String>, Error> {
         }
     }
     Ok(deleted)
+}
+
+/// The cluster's authentication token: the one in `<name>-auth` while it was made for the
+/// rotation value the CacheCluster asks for (`build::auth`), else a new one written to the
+/// Secret. Returns the token and what happened ("created", "rotated") when it is new.
+async fn ensure_auth_token(
+    client: &Client,
+    cc: &CacheCluster,
+    plan: &ClusterPlan,
+) -> Result<(String, Option<&'static str>), Error> {
+    let api = ns_api::<Secret>(client, &plan.namespace);
+    let name = build::names::auth(&plan.name);
+    let rotation = build::auth::wanted_rotation(cc.metadata.annotations.as_ref());
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("get Secret {}/{name}", plan.namespace)))?;
+    if let Some(token) = existing
+        .as_ref()
+        .and_then(|s| build::auth::current_token(s, &rotation))
+    {
+        return Ok((token, None));
+    }
+    let token = build::auth::new_token().map_err(Error::Auth)?;
+    apply(
+        client,
+        &plan.namespace,
+        &build::auth::secret(plan, &token, &rotation),
+    )
+    .await?;
+    let what = if existing.is_some() {
+        "rotated"
+    } else {
+        "created"
+    };
+    Ok((token, Some(what)))
 }
 
 async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, Error> {
@@ -919,7 +963,25 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
 
     // 2. build
     let members_json = build::membership::render(&plan, membership_generation, &membership.members);
-    let children = build::children(&plan, &members_json);
+    let (token, auth_change) = ensure_auth_token(client, cc, &plan).await?;
+    if let Some(what) = auth_change {
+        let name = build::names::auth(&plan.name);
+        info!(cluster = %plan.name, namespace = %ns, secret = %name, "authentication secret {what}");
+        publish(
+            ctx,
+            cc,
+            EventType::Normal,
+            "AuthSecretChanged",
+            format!("authentication secret {name} {what}; worker and FUSE pods roll onto it"),
+        )
+        .await;
+    }
+    let children = build::children(
+        &plan,
+        &members_json,
+        &build::auth::fingerprint(&token),
+        ctx.policy_peers.as_ref(),
+    );
 
     // 3. apply (children unchanged since this process applied them are skipped)
     let uid = plan.uid.as_str();
@@ -948,6 +1010,7 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
         .chain(children.stateful_sets.iter().map(child_key))
         .chain(children.daemon_sets.iter().map(child_key))
         .chain(children.pdbs.iter().map(child_key))
+        .chain(children.network_policies.iter().map(child_key))
         .collect();
     ctx.applied.retain(uid, &wanted);
     let mut deleted = Vec::new();
@@ -966,6 +1029,10 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
         );
         deleted.extend(
             delete_orphans::<PodDisruptionBudget>(client, &plan, &names_of(&children.pdbs)).await?,
+        );
+        deleted.extend(
+            delete_orphans::<NetworkPolicy>(client, &plan, &names_of(&children.network_policies))
+                .await?,
         );
         ctx.swept.done(&plan.uid, generation);
     }

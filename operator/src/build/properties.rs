@@ -28,6 +28,8 @@ pub fn render(plan: &ClusterPlan) -> String {
         ),
         (k::WORKER_DATA_PORT, s.worker.ports.data.to_string()),
         (k::WORKER_WEB_PORT, s.worker.ports.web.to_string()),
+        // Always: the operator keeps the Secret and mounts it (build::auth).
+        (k::AUTH_SECRET_FILE, super::auth::TOKEN_PATH.to_string()),
     ];
     if let Some(s3) = &s.ufs.s3 {
         // Where the store is; the credentials come from the Secret's environment, never here.
@@ -136,6 +138,10 @@ mod tests {
         assert_eq!(p["rcache.user.file.metadata.sync.interval"], "10s");
         assert_eq!(p["rcache.worker.data.port"], "29999");
         assert_eq!(p["rcache.worker.web.port"], "30000");
+        assert_eq!(
+            p["rcache.security.auth.secret.file"],
+            "/etc/rcache/auth/token"
+        );
         assert_eq!(p["rcache.network.rdma.data.port"], "59999");
         assert_eq!(p["rcache.worker.page.size"], "1MB");
         assert_eq!(p["rcache.worker.page.store.mem.quota"], "1GB");
@@ -164,7 +170,8 @@ mod tests {
         assert_eq!(p["rcache.underfs.s3.path.style"], "true");
         assert!(
             p.keys()
-                .all(|k| !k.contains("secret") && !k.contains("access")),
+                .filter(|key| key.as_str() != k::AUTH_SECRET_FILE)
+                .all(|key| !key.contains("secret") && !key.contains("access")),
             "{p:?}"
         );
         let p = props("ufs: {uri: 's3://data-set'}");

@@ -7,12 +7,14 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath,
     ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SecretEnvSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::auth;
 use super::properties::PROPERTIES_KEY;
 use super::{
     COMPONENT_WORKER, CONFIG_DIR, PROPERTIES_PATH, child_meta, fabric, labels, membership, names,
@@ -32,7 +34,8 @@ pub fn command() -> String {
     format!("rcache-worker serve --config {PROPERTIES_PATH}")
 }
 
-/// The projected config volume: properties file + membership/members.json.
+/// The projected config volume: properties file, membership/members.json and auth/token (the
+/// cluster's authentication secret, `build::auth`).
 pub fn config_volume(plan: &ClusterPlan) -> Volume {
     Volume {
         name: "rcache-config".to_string(),
@@ -56,6 +59,18 @@ pub fn config_volume(plan: &ClusterPlan) -> Volume {
                         items: Some(vec![KeyToPath {
                             key: membership::MEMBERS_KEY.to_string(),
                             path: format!("membership/{}", membership::MEMBERS_KEY),
+                            mode: None,
+                        }]),
+                        optional: None,
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    secret: Some(SecretProjection {
+                        name: names::auth(&plan.name),
+                        items: Some(vec![KeyToPath {
+                            key: auth::TOKEN_KEY.to_string(),
+                            path: format!("auth/{}", auth::TOKEN_KEY),
                             mode: None,
                         }]),
                         optional: None,
@@ -333,19 +348,28 @@ mod tests {
     }
 
     #[test]
-    fn config_is_mounted_as_one_projected_volume_with_membership_subdirectory() {
+    fn config_is_mounted_as_one_projected_volume_with_membership_and_auth_token() {
         let spec = pod("ufs: {uri: 'file:///data'}").spec.unwrap();
         let v = &spec.volumes.unwrap()[0];
         let sources = v.projected.as_ref().unwrap().sources.as_ref().unwrap();
         let paths: Vec<_> = sources
             .iter()
             .map(|s| {
-                s.config_map.as_ref().unwrap().items.as_ref().unwrap()[0]
-                    .path
-                    .clone()
+                let items = match (&s.config_map, &s.secret) {
+                    (Some(cm), None) => cm.items.as_ref().unwrap(),
+                    (None, Some(secret)) => {
+                        assert_eq!(secret.name, "demo-auth");
+                        secret.items.as_ref().unwrap()
+                    }
+                    _ => panic!("one source per projection"),
+                };
+                items[0].path.clone()
             })
             .collect();
-        assert_eq!(paths, ["rcache.properties", "membership/members.json"]);
+        assert_eq!(
+            paths,
+            ["rcache.properties", "membership/members.json", "auth/token"]
+        );
         assert_eq!(
             spec.containers[0].volume_mounts.as_ref().unwrap()[0].mount_path,
             "/etc/rcache"
