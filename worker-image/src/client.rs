@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use rcache_transport::{
     AuthKey, BufferPool, ClientOptions, DirEntry, ErrorCode, FileStat, FileVersion, PoolConfig,
-    Request, Response, SharedConnection, TransportError, TransportKind,
+    Request, Response, SharedConnection, TlsClient, TransportError, TransportKind,
 };
 
 use crate::cluster::{Member, MemberTransport, MembershipWatch};
@@ -70,6 +70,8 @@ pub struct ClientConfig {
     /// The cluster's secret (`rcache.security.auth.secret.file`), proven to every worker at
     /// connection setup. `None`: workers that ask for authentication refuse this client.
     pub auth: Option<AuthKey>,
+    /// TLS on TCP connections (`rcache.security.tls.*`), verified against the cluster's CA.
+    pub tls: Option<TlsClient>,
 }
 
 impl Default for ClientConfig {
@@ -92,6 +94,7 @@ impl Default for ClientConfig {
                 max: 256 << 20,
             }),
             auth: None,
+            tls: None,
         }
     }
 }
@@ -121,6 +124,21 @@ impl ClientConfig {
                 )
             })?),
         };
+        let tls = match config::tls_files(p, [config::TLS_CA_FILE])? {
+            None => None,
+            Some([ca]) => {
+                let name = p
+                    .text(config::TLS_SERVER_NAME)
+                    .unwrap_or_else(|| "rcache-worker".into());
+                Some(TlsClient::from_ca_file(&ca, &name).map_err(|reason| {
+                    p.bad(
+                        config::TLS_CA_FILE,
+                        reason,
+                        "a PEM file with the CA that signs the workers' certificates",
+                    )
+                })?)
+            }
+        };
         let path = p
             .text(config::MEMBERSHIP_FILE)
             .unwrap_or_else(|| "/etc/rcache/membership/members.json".into());
@@ -140,6 +158,7 @@ impl ClientConfig {
                 .unwrap_or(1 << 20)
                 .clamp(4 << 10, rcache_transport::protocol::MAX_PAYLOAD),
             auth,
+            tls,
             ..ClientConfig::default()
         })
     }
@@ -702,6 +721,7 @@ impl CacheClient {
             request_timeout: Some(self.inner.cfg.request_timeout),
             pool: self.inner.pool.clone(),
             auth: self.inner.cfg.auth.clone(),
+            tls: self.inner.cfg.tls.clone(),
             ..ClientOptions::default()
         };
         let refused = |e: TransportError| match e {

@@ -385,9 +385,22 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
             None
         }
     };
+    let tls = match &cfg.tls {
+        Some(f) => Some(
+            rcache_transport::TlsServer::from_pem_files(&f.cert, &f.key).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} / {}: {e}",
+                    crate::config::TLS_CERT_FILE,
+                    crate::config::TLS_KEY_FILE
+                )
+            })?,
+        ),
+        None => None,
+    };
     let server_opts = ServerOptions {
         pool: Some(pool.clone()),
         auth,
+        tls,
         ucx_devices: if cfg.rdma_enabled {
             ucx_devices(&cfg)?
         } else {

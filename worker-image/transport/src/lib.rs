@@ -9,6 +9,7 @@ pub mod binding;
 pub mod bufpool;
 pub mod protocol;
 pub mod tcp;
+pub mod tls;
 pub mod ucx;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use std::time::Duration;
 pub use auth::AuthKey;
 pub use bufpool::{BufferPool, ChunkMut, PoolConfig, PoolError, PoolStats};
 pub use protocol::{DirEntry, ErrorCode, FileStat, FileVersion, LoadCounts, Request, Response};
+pub use tls::{TlsClient, TlsServer};
 
 /// Which transport carries the data path.
 #[derive(
@@ -103,6 +105,9 @@ pub struct ServerOptions {
     /// The cluster's secret: every connection must prove it knows it (module `auth`) before
     /// its requests reach the handler. `None` serves everyone.
     pub auth: Option<AuthKey>,
+    /// TCP only: serve TLS with this certificate (module `tls`); plain clients are refused
+    /// with an error frame. `None`: plain TCP.
+    pub tls: Option<TlsServer>,
 }
 
 /// Client settings.
@@ -126,6 +131,8 @@ pub struct ClientOptions {
     /// The cluster's secret, proven at connection setup (module `auth`). `None`: the client
     /// proves nothing, and a server that asks for authentication refuses it.
     pub auth: Option<AuthKey>,
+    /// TCP only: speak TLS and verify the server against this CA and name. `None`: plain TCP.
+    pub tls: Option<TlsClient>,
 }
 
 impl Default for ClientOptions {
@@ -138,6 +145,7 @@ impl Default for ClientOptions {
             ucx_devices: None,
             busy_poll: None,
             auth: None,
+            tls: None,
         }
     }
 }
