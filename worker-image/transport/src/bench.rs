@@ -96,6 +96,35 @@ pub struct BenchArgs {
     /// connection to prove it, the client proves it.
     #[arg(long)]
     pub auth_secret_file: Option<std::path::PathBuf>,
+    /// TCP server: serve TLS with this PEM certificate (and --tls-key-file).
+    #[arg(long, requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// TCP server: the PEM private key of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// TCP client: speak TLS, verifying the server against this PEM CA.
+    #[arg(long)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// TCP client: the name the server's certificate carries.
+    #[arg(long, default_value = "rcache-worker")]
+    pub tls_server_name: String,
+}
+
+fn tls_server(args: &BenchArgs) -> anyhow::Result<Option<crate::TlsServer>> {
+    match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(c), Some(k)) => Ok(Some(
+            crate::TlsServer::from_pem_files(c, k).map_err(|e| anyhow::anyhow!("--tls-*: {e}"))?,
+        )),
+        _ => Ok(None),
+    }
+}
+
+fn tls_client(args: &BenchArgs) -> anyhow::Result<Option<crate::TlsClient>> {
+    args.tls_ca_file
+        .as_deref()
+        .map(|ca| crate::TlsClient::from_ca_file(ca, &args.tls_server_name))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--tls-ca-file: {e}"))
 }
 
 fn auth_key(args: &BenchArgs) -> anyhow::Result<Option<crate::AuthKey>> {
@@ -254,6 +283,7 @@ async fn run_server(args: BenchArgs) -> anyhow::Result<()> {
         pool: Some(pool.clone()),
         socket_buffer: (args.socket_buffer > 0).then_some(args.socket_buffer),
         auth: auth_key(&args)?,
+        tls: tls_server(&args)?,
         ..Default::default()
     };
     let server = crate::listen(args.transport, addr, handler, opts).await?;
@@ -344,6 +374,7 @@ async fn run_client(args: BenchArgs) -> anyhow::Result<()> {
         pool: Some(pool),
         socket_buffer: (args.socket_buffer > 0).then_some(args.socket_buffer),
         auth: auth_key(&args)?,
+        tls: tls_client(&args)?,
         ..Default::default()
     };
     out(
