@@ -107,14 +107,17 @@ check "Secret demo-auth exists" wait_for 30 kubectl -n "$ns" get secret demo-aut
 token_of() { kubectl -n "$ns" get secret demo-auth -o jsonpath='{.data.token}' | base64 -d; }
 token=$(token_of)
 if [[ "$token" =~ ^[0-9a-f]{64}$ ]]; then pass "demo-auth holds a 64-hex-digit token"; else fail "demo-auth holds a 64-hex-digit token" "got ${#token} chars"; fi
+assert_eq "demo-auth holds the token, the CA and the workers' certificate and key" "ca.crt,tls.crt,tls.key,token" \
+  "$(kubectl -n "$ns" get secret demo-auth -o json | jq -r '.data | keys | join(",")')"
 assert_eq "demo-auth is owned by the CacheCluster" "CacheCluster/demo" \
   "$(kubectl -n "$ns" get secret demo-auth -o jsonpath='{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}')"
 secret_sources() {
   kubectl -n "$ns" get "$1" -o json |
-    jq -r '[.spec.template.spec.volumes[] | .projected.sources[]? | .secret? | select(. != null) | "\(.name):\(.items[0].key)->\(.items[0].path)"] | join(",")'
+    jq -r '[.spec.template.spec.volumes[] | .projected.sources[]? | .secret? | select(. != null) | .name + ":" + ([.items[].path] | join(" "))] | join(",")'
 }
-assert_eq "worker pods mount the token at auth/token" "demo-auth:token->auth/token" "$(secret_sources statefulset/demo-worker)"
-assert_eq "FUSE pods mount the token at auth/token" "demo-auth:token->auth/token" "$(secret_sources daemonset/demo-fuse)"
+assert_eq "worker pods mount the token, the CA and their TLS certificate and key" \
+  "demo-auth:auth/token auth/ca.crt auth/tls.crt auth/tls.key" "$(secret_sources statefulset/demo-worker)"
+assert_eq "FUSE pods mount the token and the CA only" "demo-auth:auth/token auth/ca.crt" "$(secret_sources daemonset/demo-fuse)"
 assert_contains "properties name the token file" "rcache.security.auth.secret.file=/etc/rcache/auth/token" \
   "$(kubectl -n "$ns" get configmap demo-properties -o jsonpath='{.data.rcache\.properties}')"
 np=$(kubectl -n "$ns" get networkpolicy demo-worker -o json)
@@ -126,6 +129,12 @@ assert_eq "NetworkPolicy: data port 29999 from demo's pods and its labelled clie
 assert_eq "NetworkPolicy: web port 30000 from the operator and monitoring namespaces" \
   "30000 $lease_ns,monitoring" \
   "$(jq -r '.spec.ingress[1] | "\([.ports[].port] | join(",")) \([.from[].namespaceSelector.matchLabels["kubernetes.io/metadata.name"] | select(. != null)] | join(","))"' <<<"$np")"
+props_of() { kubectl -n "$ns" get configmap "$1-properties" -o jsonpath='{.data.rcache\.properties}'; }
+if grep -q '^rcache.security.tls' <<<"$(props_of demo)"; then
+  fail "TLS is off by default" "$(props_of demo | grep tls)"
+else
+  pass "TLS is off by default"
+fi
 hash_of() { kubectl -n "$ns" get "$1" -o jsonpath='{.spec.template.metadata.annotations.rcache\.io/config-hash}'; }
 sts_hash=$(hash_of statefulset/demo-worker)
 check "rotation annotation applies" kubectl -n "$ns" annotate cachecluster demo rcache.io/rotate-auth-secret=e2e-1 --overwrite
@@ -134,6 +143,14 @@ check "rotation makes a new token and rolls the worker pods (config hash)" wait_
 assert_contains "rotation is announced in an Event" "AuthSecretChanged" \
   "$(kubectl -n "$ns" get events --field-selector involvedObject.name=demo -o jsonpath='{.items[*].reason}')"
 check "rotated cluster turns Ready again" wait_for 90 \
+  kubectl -n "$ns" wait --for=condition=Ready --timeout=5s cachecluster/demo
+check "spec.network.tls: true applies" kubectl -n "$ns" patch cachecluster demo --type=merge -p '{"spec":{"network":{"tls":true}}}'
+tls_rendered() { props_of demo | grep -q '^rcache.security.tls.enabled=true$'; }
+check "spec.network.tls renders rcache.security.tls.enabled=true" wait_for 30 tls_rendered
+assert_contains "... with the mounted certificate, key and CA" \
+  "rcache.security.tls.cert.file=/etc/rcache/auth/tls.crt rcache.security.tls.key.file=/etc/rcache/auth/tls.key rcache.security.tls.ca.file=/etc/rcache/auth/ca.crt" \
+  "$(props_of demo | grep '^rcache.security.tls.*file=' | tr '\n' ' ')"
+check "the TLS cluster turns Ready again" wait_for 90 \
   kubectl -n "$ns" wait --for=condition=Ready --timeout=5s cachecluster/demo
 
 assert_contains "kubectl explain cacheload.spec.paths documents globs" "a glob" \

@@ -858,14 +858,14 @@ async fn sweep_released_volumes(client: &Client) -> Result<Vec<String>, Error> {
     Ok(deleted)
 }
 
-/// The cluster's authentication token: the one in `<name>-auth` while it was made for the
-/// rotation value the CacheCluster asks for (`build::auth`), else a new one written to the
-/// Secret. Returns the token and what happened ("created", "rotated") when it is new.
-async fn ensure_auth_token(
+/// The cluster's authentication token and TLS certificates: those in `<name>-auth` while they
+/// were made for the rotation value the CacheCluster asks for (`build::auth`), else new ones
+/// written to the Secret. Returns them and what happened ("created", "rotated") when new.
+async fn ensure_auth_material(
     client: &Client,
     cc: &CacheCluster,
     plan: &ClusterPlan,
-) -> Result<(String, Option<&'static str>), Error> {
+) -> Result<(build::auth::AuthMaterial, Option<&'static str>), Error> {
     let api = ns_api::<Secret>(client, &plan.namespace);
     let name = build::names::auth(&plan.name);
     let rotation = build::auth::wanted_rotation(cc.metadata.annotations.as_ref());
@@ -873,17 +873,17 @@ async fn ensure_auth_token(
         .get_opt(&name)
         .await
         .map_err(Error::kube(format!("get Secret {}/{name}", plan.namespace)))?;
-    if let Some(token) = existing
+    if let Some(m) = existing
         .as_ref()
-        .and_then(|s| build::auth::current_token(s, &rotation))
+        .and_then(|s| build::auth::current_material(s, &rotation))
     {
-        return Ok((token, None));
+        return Ok((m, None));
     }
-    let token = build::auth::new_token().map_err(Error::Auth)?;
+    let m = build::auth::new_material(plan).map_err(Error::Auth)?;
     apply(
         client,
         &plan.namespace,
-        &build::auth::secret(plan, &token, &rotation),
+        &build::auth::secret(plan, &m, &rotation),
     )
     .await?;
     let what = if existing.is_some() {
@@ -891,7 +891,7 @@ async fn ensure_auth_token(
     } else {
         "created"
     };
-    Ok((token, Some(what)))
+    Ok((m, Some(what)))
 }
 
 async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, Error> {
@@ -963,7 +963,7 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
 
     // 2. build
     let members_json = build::membership::render(&plan, membership_generation, &membership.members);
-    let (token, auth_change) = ensure_auth_token(client, cc, &plan).await?;
+    let (material, auth_change) = ensure_auth_material(client, cc, &plan).await?;
     if let Some(what) = auth_change {
         let name = build::names::auth(&plan.name);
         info!(cluster = %plan.name, namespace = %ns, secret = %name, "authentication secret {what}");
@@ -979,7 +979,7 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
     let children = build::children(
         &plan,
         &members_json,
-        &build::auth::fingerprint(&token),
+        &build::auth::fingerprint(&material),
         ctx.policy_peers.as_ref(),
     );
 

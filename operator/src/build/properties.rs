@@ -31,6 +31,14 @@ pub fn render(plan: &ClusterPlan) -> String {
         // Always: the operator keeps the Secret and mounts it (build::auth).
         (k::AUTH_SECRET_FILE, super::auth::TOKEN_PATH.to_string()),
     ];
+    if s.network.tls {
+        let file = |key: &str| format!("{}/{key}", super::auth::AUTH_DIR);
+        kv.push((k::TLS_ENABLED, "true".to_string()));
+        kv.push((k::TLS_CERT_FILE, file(super::auth::CERT_KEY)));
+        kv.push((k::TLS_KEY_FILE, file(super::auth::KEY_KEY)));
+        kv.push((k::TLS_CA_FILE, file(super::auth::CA_KEY)));
+        kv.push((k::TLS_SERVER_NAME, super::auth::SERVER_NAME.to_string()));
+    }
     if let Some(s3) = &s.ufs.s3 {
         // Where the store is; the credentials come from the Secret's environment, never here.
         if let Some(ep) = &s3.endpoint {
@@ -127,6 +135,26 @@ mod tests {
     }
 
     #[test]
+    fn network_tls_renders_the_tls_keys_pointing_at_the_mounted_secret_and_the_worker_accepts_them()
+    {
+        let spec = "ufs: {uri: 'file:///data'}\nnetwork: {tls: true}";
+        let p = props(spec);
+        assert_eq!(p["rcache.security.tls.enabled"], "true");
+        assert_eq!(
+            p["rcache.security.tls.cert.file"],
+            "/etc/rcache/auth/tls.crt"
+        );
+        assert_eq!(
+            p["rcache.security.tls.key.file"],
+            "/etc/rcache/auth/tls.key"
+        );
+        assert_eq!(p["rcache.security.tls.ca.file"], "/etc/rcache/auth/ca.crt");
+        assert_eq!(p["rcache.security.tls.server.name"], "rcache-worker");
+        let w = rcache_contract::worker::accept(&render(&plan_of(spec)), "t").expect("accepted");
+        assert!(w.tls.is_some());
+    }
+
+    #[test]
     fn tcp_defaults_render_contract_keys_and_sizes() {
         let p = props("ufs: {uri: 'file:///data'}");
         assert_eq!(p["rcache.cluster.name"], "demo");
@@ -141,6 +169,10 @@ mod tests {
         assert_eq!(
             p["rcache.security.auth.secret.file"],
             "/etc/rcache/auth/token"
+        );
+        assert!(
+            !p.contains_key("rcache.security.tls.enabled"),
+            "TLS off by default"
         );
         assert_eq!(p["rcache.network.rdma.data.port"], "59999");
         assert_eq!(p["rcache.worker.page.size"], "1MB");

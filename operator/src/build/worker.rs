@@ -34,9 +34,14 @@ pub fn command() -> String {
     format!("rcache-worker serve --config {PROPERTIES_PATH}")
 }
 
-/// The projected config volume: properties file, membership/members.json and auth/token (the
-/// cluster's authentication secret, `build::auth`).
-pub fn config_volume(plan: &ClusterPlan) -> Volume {
+/// The projected config volume: properties file, membership/members.json, and under `auth/`
+/// the cluster's authentication token and TLS CA (`build::auth`); with `server_key` (worker
+/// pods) also the workers' certificate and private key.
+pub fn config_volume(plan: &ClusterPlan, server_key: bool) -> Volume {
+    let mut auth_files = vec![auth::TOKEN_KEY, auth::CA_KEY];
+    if server_key {
+        auth_files.extend([auth::CERT_KEY, auth::KEY_KEY]);
+    }
     Volume {
         name: "rcache-config".to_string(),
         projected: Some(ProjectedVolumeSource {
@@ -68,11 +73,16 @@ pub fn config_volume(plan: &ClusterPlan) -> Volume {
                 VolumeProjection {
                     secret: Some(SecretProjection {
                         name: names::auth(&plan.name),
-                        items: Some(vec![KeyToPath {
-                            key: auth::TOKEN_KEY.to_string(),
-                            path: format!("auth/{}", auth::TOKEN_KEY),
-                            mode: None,
-                        }]),
+                        items: Some(
+                            auth_files
+                                .iter()
+                                .map(|k| KeyToPath {
+                                    key: k.to_string(),
+                                    path: format!("auth/{k}"),
+                                    mode: None,
+                                })
+                                .collect(),
+                        ),
                         optional: None,
                     }),
                     ..VolumeProjection::default()
@@ -134,7 +144,7 @@ fn http_probe(path: &str, initial_delay: i32) -> Probe {
 /// The worker StatefulSet. `config_hash` rolls pods when the properties change.
 pub fn stateful_set(plan: &ClusterPlan, config_hash: &str) -> StatefulSet {
     let w = &plan.spec.worker;
-    let mut volumes = vec![config_volume(plan)];
+    let mut volumes = vec![config_volume(plan, true)];
     let mut mounts = vec![config_mount()];
     if let Some(ssd) = &plan.ssd {
         volumes.push(Volume {
@@ -369,6 +379,13 @@ mod tests {
         assert_eq!(
             paths,
             ["rcache.properties", "membership/members.json", "auth/token"]
+        );
+        let auth = sources[2].secret.as_ref().unwrap().items.as_ref().unwrap();
+        let files: Vec<&str> = auth.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            files,
+            ["auth/token", "auth/ca.crt", "auth/tls.crt", "auth/tls.key"],
+            "worker pods hold the TLS key"
         );
         assert_eq!(
             spec.containers[0].volume_mounts.as_ref().unwrap()[0].mount_path,
