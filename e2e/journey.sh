@@ -188,6 +188,40 @@ EOF
   kubectl -n "$1" wait --for=condition=Ready --timeout=120s "pod/$2" >/dev/null
 }
 
+# journey_client_pod <namespace> <pod> <cluster> [with-secret]: a pod on the real node attached
+# to the stand-in fabric as ib0 (like the FUSE pods), labelled rcache.io/client-of=<cluster> (so
+# the cluster's NetworkPolicy lets it in), running the image's `rcache-worker bench` client by
+# hand. With with-secret it mounts the cluster's <cluster>-auth Secret at /etc/rcache/auth.
+journey_client_pod() {
+  local vols="" mounts=""
+  if [ -n "${4:-}" ]; then
+    vols="volumes: [{name: auth, secret: {secretName: $3-auth}}]"
+    mounts="volumeMounts: [{name: auth, mountPath: /etc/rcache/auth, readOnly: true}]"
+  fi
+  kubectl -n "$1" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $2
+  labels: {rcache.io/client-of: $3}
+  annotations: {k8s.v1.cni.cncf.io/networks: '[{"name":"ipoib","interface":"ib0"}]'}
+spec:
+  nodeSelector: {$JOURNEY_NODE_LABEL: $JOURNEY_NODE_VALUE}
+  tolerations: [$(journey_real_node_toleration)]
+  terminationGracePeriodSeconds: 1
+  securityContext: {runAsUser: 65532, runAsGroup: 65532, runAsNonRoot: true}
+  $vols
+  containers:
+    - name: client
+      image: $JOURNEY_IMAGE
+      imagePullPolicy: IfNotPresent
+      command: [sleep, infinity]
+      securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+      $mounts
+EOF
+  kubectl -n "$1" wait --for=condition=Ready --timeout=120s "pod/$2" >/dev/null
+}
+
 # journey_app_sha <namespace> <pod> <path>: sha256 of /data/<path> read in the application pod
 # with O_DIRECT (every byte comes through FUSE from the workers, not the node's page cache).
 journey_app_sha() {

@@ -117,6 +117,18 @@ pub const METADATA_SYNC_INTERVAL: &str = "rcache.user.file.metadata.sync.interva
 /// Whether `serve` answers the transport benchmark's `BenchRead`/`BenchWrite` (off in
 /// production: they read and write the registered pool for anyone who can connect).
 pub const BENCH_ENABLED: &str = "rcache.worker.bench.enabled";
+/// The file holding the cluster's shared secret (the operator mounts the CacheCluster's Secret
+/// there). Set: every data connection must prove it knows the secret (challenge-response) before
+/// its requests are served, and the clients (FUSE, load) prove it. Unset: no authentication.
+pub const AUTH_SECRET_FILE: &str = "rcache.security.auth.secret.file";
+/// TLS on the TCP data path (rustls): workers serve it with [`TLS_CERT_FILE`] and
+/// [`TLS_KEY_FILE`], clients verify them against [`TLS_CA_FILE`] and [`TLS_SERVER_NAME`]. UCX
+/// never uses it.
+pub const TLS_ENABLED: &str = "rcache.security.tls.enabled";
+pub const TLS_CERT_FILE: &str = "rcache.security.tls.cert.file";
+pub const TLS_KEY_FILE: &str = "rcache.security.tls.key.file";
+pub const TLS_CA_FILE: &str = "rcache.security.tls.ca.file";
+pub const TLS_SERVER_NAME: &str = "rcache.security.tls.server.name";
 /// The S3 under-storage (`rcache.ufs.uri=s3://...`), read by [`crate::ufs::UfsConfig`].
 pub const S3_ENDPOINT: &str = "rcache.underfs.s3.endpoint";
 pub const S3_REGION: &str = "rcache.underfs.s3.region";
@@ -166,6 +178,12 @@ pub const KEYS: &[KeySpec] = &[
     spec(FUSE_WEB_PORT, Kind::Port, Some("30001")),
     spec(METADATA_SYNC_INTERVAL, Kind::SyncInterval, Some("10s")),
     spec(BENCH_ENABLED, Kind::Bool, Some("false")),
+    spec(AUTH_SECRET_FILE, Kind::Path, None),
+    spec(TLS_ENABLED, Kind::Bool, Some("false")),
+    spec(TLS_CERT_FILE, Kind::Path, None),
+    spec(TLS_KEY_FILE, Kind::Path, None),
+    spec(TLS_CA_FILE, Kind::Path, None),
+    spec(TLS_SERVER_NAME, Kind::Text, Some("rcache-worker")),
     spec(S3_ENDPOINT, Kind::Text, None),
     spec(S3_REGION, Kind::Text, None),
     spec(S3_PATH_STYLE, Kind::Bool, Some("false")),

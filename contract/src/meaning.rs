@@ -99,6 +99,28 @@ pub fn meaning(key: &str) -> Option<&'static str> {
             "what a client does when a worker's UCX port is unreachable, from \
              `spec.network.fallback`: `none` (fail, Alluxio's behaviour) or `tcp`"
         }
+        AUTH_SECRET_FILE => {
+            "file holding the cluster's shared secret (at least 16 bytes; surrounding white space \
+             is ignored). Set, every data connection (TCP and UCX) must prove it knows the secret \
+             by challenge-response before any request is served, and the FUSE and load clients \
+             prove it; unset, no authentication. The operator always sets it to its mounted \
+             Secret (`/etc/rcache/auth/token`)"
+        }
+        TLS_ENABLED => {
+            "TLS 1.3 (rustls) on the TCP data port, from `spec.network.tls`. The worker serves it \
+             with `tls.cert.file`/`tls.key.file` and answers a plain client with an `Unsupported` \
+             error frame before closing; clients verify the worker against `tls.ca.file` and \
+             `tls.server.name`. UCX never uses TLS (keep it off on a fabric)"
+        }
+        TLS_CERT_FILE => "worker: PEM certificate chain (leaf first); required when TLS is on",
+        TLS_KEY_FILE => "worker: PEM private key of that certificate; required when TLS is on",
+        TLS_CA_FILE => {
+            "clients: PEM CA that signs the workers' certificates; required when TLS is on"
+        }
+        TLS_SERVER_NAME => {
+            "clients: the DNS name every worker's certificate carries (one name per cluster, so \
+             certificates need no addresses)"
+        }
         RDMA_STRICT => {
             "`true`: a worker with `rdma.data.enabled` refuses to start (fatal error, termination \
              message) when its bind interface has no RDMA device or UCX offers no RDMA transport \

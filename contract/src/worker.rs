@@ -57,6 +57,33 @@ pub struct WorkerConfig {
     pub rdma: crate::binding::RdmaSettings,
     /// `rcache.network.rdma.data.strict`: refuse to serve over UCX without an RDMA transport.
     pub rdma_strict: bool,
+    /// `rcache.security.auth.secret.file`: clients must prove the secret in this file.
+    pub auth_secret_file: Option<PathBuf>,
+    /// `rcache.security.tls.*`: serve TLS on the TCP data port with this certificate and key.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The certificate and key a worker serves TLS with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// With `rcache.security.tls.enabled=true`, the files named by `keys` (each required); else
+/// `None`. Used by the worker (cert, key) and by clients (CA).
+pub fn tls_files<const N: usize>(
+    p: &Properties,
+    keys: [&str; N],
+) -> Result<Option<[PathBuf; N]>, ConfigError> {
+    if !p.flag(TLS_ENABLED) {
+        return Ok(None);
+    }
+    let mut out: [PathBuf; N] = std::array::from_fn(|_| PathBuf::new());
+    for (slot, key) in out.iter_mut().zip(keys) {
+        *slot = PathBuf::from(p.required(key, "required with rcache.security.tls.enabled=true")?);
+    }
+    Ok(Some(out))
 }
 
 /// The ports of a worker and of the FUSE client beside it (host network) must differ: the
@@ -195,6 +222,9 @@ impl WorkerConfig {
             bench_enabled: p.flag(BENCH_ENABLED),
             rdma,
             rdma_strict: p.flag(RDMA_STRICT),
+            auth_secret_file: p.text(AUTH_SECRET_FILE).map(PathBuf::from),
+            tls: tls_files(p, [TLS_CERT_FILE, TLS_KEY_FILE])?
+                .map(|[cert, key]| TlsFiles { cert, key }),
         })
     }
 }
@@ -218,6 +248,48 @@ mod tests {
         assert_eq!(w.data_port, DEFAULT_DATA_PORT);
         assert_eq!(w.rdma_port, DEFAULT_RDMA_PORT);
         assert_eq!(w.web_port, DEFAULT_WEB_PORT);
+    }
+
+    #[test]
+    fn authentication_is_off_unless_a_secret_file_is_named_and_the_name_must_be_absolute() {
+        assert!(
+            accept(BASE, "t")
+                .expect("accepted")
+                .auth_secret_file
+                .is_none()
+        );
+        let on = accept(
+            &format!("{BASE}rcache.security.auth.secret.file=/etc/rcache/auth/token\n"),
+            "t",
+        );
+        assert_eq!(
+            on.expect("accepted").auth_secret_file,
+            Some(PathBuf::from("/etc/rcache/auth/token"))
+        );
+        let e = refused("rcache.security.auth.secret.file=token");
+        assert!(e.contains("rcache.security.auth.secret.file"), "{e}");
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_needs_a_certificate_and_key_when_on() {
+        assert!(accept(BASE, "t").expect("accepted").tls.is_none());
+        let e = refused("rcache.security.tls.enabled=true");
+        assert!(e.contains("rcache.security.tls.cert.file"), "{e}");
+        let on = accept(
+            &format!(
+                "{BASE}rcache.security.tls.enabled=true\nrcache.security.tls.cert.file=/tls/tls.crt\n\
+                 rcache.security.tls.key.file=/tls/tls.key\n"
+            ),
+            "t",
+        )
+        .expect("accepted");
+        assert_eq!(
+            on.tls,
+            Some(TlsFiles {
+                cert: "/tls/tls.crt".into(),
+                key: "/tls/tls.key".into()
+            })
+        );
     }
 
     #[test]

@@ -10,7 +10,11 @@
 #  4. checks /healthz, /readyz, /metrics and a graceful SIGTERM (Lease released, exit 0);
 #  5. fakes a worker and a FUSE crash loop in pod status and waits for WorkerPodsFailing /
 #     FusePodsFailing with the termination message, then heals them;
-#  6. leader election hand-over between two replicas.
+#  6. leader election hand-over between two replicas;
+#  7. (after 2.) the security children: the <name>-auth Secret (a 64-hex-digit token owned by
+#     the CacheCluster) mounted into worker and FUSE pods and named by the properties, its
+#     rotation by annotation rolling the pods, and the <name>-worker NetworkPolicy's selectors
+#     and ports.
 . "$(dirname "$0")/../lib.sh"
 repo=$(cd "$E2E_DIR/.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
@@ -40,7 +44,7 @@ op_pid=
 
 start_operator() {
   "$op_bin" --metrics-addr "127.0.0.1:$port" --leader-election-namespace "$lease_ns" \
-    --lease-name rcache-operator-e2e >>"$op_log" 2>&1 &
+    --lease-name rcache-operator-e2e --monitoring-namespace monitoring >>"$op_log" 2>&1 &
   op_pid=$!
   echo "$op_pid" >"$E2E_TMP/operator.pid"
 }
@@ -96,6 +100,59 @@ check "sample CacheCluster turns Ready" wait_for 90 \
 assert_eq "kubectl get rcc columns" "NAME READY WORKERS FUSE TRANSPORT CACHED CAPACITY HIT AGE" \
   "$(kubectl -n "$ns" get rcc | head -1 | tr -s ' ')"
 assert_contains "kubectl get rcc row" "demo True 2/2 3/3 tcp" "$(kubectl -n "$ns" get rcc demo --no-headers | tr -s ' ')"
+
+# 7. Security children.
+e2e_log "authentication Secret and NetworkPolicy of demo"
+check "Secret demo-auth exists" wait_for 30 kubectl -n "$ns" get secret demo-auth
+token_of() { kubectl -n "$ns" get secret demo-auth -o jsonpath='{.data.token}' | base64 -d; }
+token=$(token_of)
+if [[ "$token" =~ ^[0-9a-f]{64}$ ]]; then pass "demo-auth holds a 64-hex-digit token"; else fail "demo-auth holds a 64-hex-digit token" "got ${#token} chars"; fi
+assert_eq "demo-auth holds the token, the CA and the workers' certificate and key" "ca.crt,tls.crt,tls.key,token" \
+  "$(kubectl -n "$ns" get secret demo-auth -o json | jq -r '.data | keys | join(",")')"
+assert_eq "demo-auth is owned by the CacheCluster" "CacheCluster/demo" \
+  "$(kubectl -n "$ns" get secret demo-auth -o jsonpath='{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}')"
+secret_sources() {
+  kubectl -n "$ns" get "$1" -o json |
+    jq -r '[.spec.template.spec.volumes[] | .projected.sources[]? | .secret? | select(. != null) | .name + ":" + ([.items[].path] | join(" "))] | join(",")'
+}
+assert_eq "worker pods mount the token, the CA and their TLS certificate and key" \
+  "demo-auth:auth/token auth/ca.crt auth/tls.crt auth/tls.key" "$(secret_sources statefulset/demo-worker)"
+assert_eq "FUSE pods mount the token and the CA only" "demo-auth:auth/token auth/ca.crt" "$(secret_sources daemonset/demo-fuse)"
+assert_contains "properties name the token file" "rcache.security.auth.secret.file=/etc/rcache/auth/token" \
+  "$(kubectl -n "$ns" get configmap demo-properties -o jsonpath='{.data.rcache\.properties}')"
+np=$(kubectl -n "$ns" get networkpolicy demo-worker -o json)
+assert_eq "NetworkPolicy selects demo's worker pods" "demo worker" \
+  "$(jq -r '.spec.podSelector.matchLabels | "\(.["app.kubernetes.io/instance"]) \(.["app.kubernetes.io/component"])"' <<<"$np")"
+assert_eq "NetworkPolicy: data port 29999 from demo's pods and its labelled clients" \
+  "29999 demo demo" \
+  "$(jq -r '.spec.ingress[0] | "\([.ports[].port] | join(",")) \(.from[0].podSelector.matchLabels["app.kubernetes.io/instance"]) \(.from[1].podSelector.matchLabels["rcache.io/client-of"])"' <<<"$np")"
+assert_eq "NetworkPolicy: web port 30000 from the operator and monitoring namespaces" \
+  "30000 $lease_ns,monitoring" \
+  "$(jq -r '.spec.ingress[1] | "\([.ports[].port] | join(",")) \([.from[].namespaceSelector.matchLabels["kubernetes.io/metadata.name"] | select(. != null)] | join(","))"' <<<"$np")"
+props_of() { kubectl -n "$ns" get configmap "$1-properties" -o jsonpath='{.data.rcache\.properties}'; }
+if grep -q '^rcache.security.tls' <<<"$(props_of demo)"; then
+  fail "TLS is off by default" "$(props_of demo | grep tls)"
+else
+  pass "TLS is off by default"
+fi
+hash_of() { kubectl -n "$ns" get "$1" -o jsonpath='{.spec.template.metadata.annotations.rcache\.io/config-hash}'; }
+sts_hash=$(hash_of statefulset/demo-worker)
+check "rotation annotation applies" kubectl -n "$ns" annotate cachecluster demo rcache.io/rotate-auth-secret=e2e-1 --overwrite
+rotated() { [ "$(token_of)" != "$token" ] && [ "$(hash_of statefulset/demo-worker)" != "$sts_hash" ]; }
+check "rotation makes a new token and rolls the worker pods (config hash)" wait_for 30 rotated
+assert_contains "rotation is announced in an Event" "AuthSecretChanged" \
+  "$(kubectl -n "$ns" get events --field-selector involvedObject.name=demo -o jsonpath='{.items[*].reason}')"
+check "rotated cluster turns Ready again" wait_for 90 \
+  kubectl -n "$ns" wait --for=condition=Ready --timeout=5s cachecluster/demo
+check "spec.network.tls: true applies" kubectl -n "$ns" patch cachecluster demo --type=merge -p '{"spec":{"network":{"tls":true}}}'
+tls_rendered() { props_of demo | grep -q '^rcache.security.tls.enabled=true$'; }
+check "spec.network.tls renders rcache.security.tls.enabled=true" wait_for 30 tls_rendered
+assert_contains "... with the mounted certificate, key and CA" \
+  "rcache.security.tls.cert.file=/etc/rcache/auth/tls.crt rcache.security.tls.key.file=/etc/rcache/auth/tls.key rcache.security.tls.ca.file=/etc/rcache/auth/ca.crt" \
+  "$(props_of demo | grep '^rcache.security.tls.*file=' | tr '\n' ' ')"
+check "the TLS cluster turns Ready again" wait_for 90 \
+  kubectl -n "$ns" wait --for=condition=Ready --timeout=5s cachecluster/demo
+
 assert_contains "kubectl explain cacheload.spec.paths documents globs" "a glob" \
   "$(kubectl explain cacheload.spec.paths 2>&1 | tr -s ' \n' ' ')"
 assert_contains "kubectl explain spec.network documents mode" "Transport mode: rdma" \
@@ -108,7 +165,7 @@ assert_contains "kubectl explain documents the buffer pool" "prewarm" \
 # 3. Restarting the operator changes no child's resourceVersion (server-side apply of an
 #    unchanged spec is a no-op; status is not rewritten when unchanged).
 versions() {
-  kubectl -n "$ns" get configmap,service,statefulset,daemonset,poddisruptionbudget,cachecluster \
+  kubectl -n "$ns" get configmap,service,statefulset,daemonset,poddisruptionbudget,secret,networkpolicy,cachecluster \
     -l app.kubernetes.io/instance=demo -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}={.metadata.resourceVersion}{"\n"}{end}'
   kubectl -n "$ns" get cachecluster demo -o jsonpath='CacheCluster/demo={.metadata.resourceVersion}{"\n"}'
 }

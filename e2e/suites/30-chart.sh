@@ -92,11 +92,14 @@ for a in "list cacheclusters.rcache.io -A" "watch cacheclusters.rcache.io -A" \
          "create poddisruptionbudgets.policy -n default" "watch pods -A" "list nodes" \
          "get network-attachment-definitions.k8s.cni.cncf.io -n default" \
          "create events -n default" "create events.events.k8s.io -n default" \
-         "update leases.coordination.k8s.io -n $ns"; do
+         "update leases.coordination.k8s.io -n $ns" \
+         "get secrets -n default" "create secrets -n default" "patch secrets -n default" \
+         "create networkpolicies.networking.k8s.io -n default" \
+         "delete networkpolicies.networking.k8s.io -n default"; do
   # shellcheck disable=SC2086
   check "SA can $a" can $a
 done
-for a in "get secrets -n default" "list secrets -A" "create pods -n default" "delete nodes" \
+for a in "list secrets -A" "watch secrets -A" "delete secrets -n default" "create pods -n default" "delete nodes" \
          "patch nodes" "create network-attachment-definitions.k8s.cni.cncf.io -n default" \
          "delete cacheclusters.rcache.io -n default" "create leases.coordination.k8s.io -n default" \
          "create clusterrolebindings.rbac.authorization.k8s.io" "'*' '*'"; do

@@ -7,6 +7,7 @@
 #   their ib0 addresses → an application pod reads through the cache, byte-identical to the
 #   under-storage, cold and hot, and while a worker pod is deleted → pods that cannot run say why
 #   in conditions → scale, image roll (kwok), operator restart (no child rewritten), delete.
+#   A client pod without the cluster's secret is refused by the workers; with it, it connects.
 . "$(dirname "$0")/../lib.sh"
 # shellcheck source=e2e/journey.sh
 . "$E2E_DIR/journey.sh"
@@ -125,6 +126,28 @@ for ip in $(kubectl -n "$app" get pods -l app.kubernetes.io/instance=ipoib,app.k
   hits=$((hits + ${h%.*}))
 done
 check "workers served cache hits (their /metrics on the pod network)" test "$hits" -gt 0
+
+e2e_log "the workers refuse a client without the cluster's secret"
+# Both pods sit on the fabric next to the workers and carry the client-of label, so only the
+# secret tells them apart (the node's bridge CNI enforces no NetworkPolicy anyway).
+check "Secret ipoib-auth exists" kubectl -n "$app" get secret ipoib-auth
+check "client pod without the secret Running" journey_client_pod "$app" nosecret ipoib
+check "client pod with the secret Running" journey_client_pod "$app" withsecret ipoib with-secret
+worker_ip=$(journey_member_ips "$app" ipoib | cut -d' ' -f1)
+probe() { # probe <pod> [bench args...]: the bench client's connection setups against a worker
+  local pod=$1; shift
+  kubectl -n "$app" exec "$pod" -- rcache-worker bench --mode client --transport tcp \
+    --remote-ip "$worker_ip" --remote-port 29999 --case setup --duration 1 "$@" 2>&1
+}
+if out=$(probe nosecret); then
+  fail "a client without the secret is refused" "it connected: $out"
+else
+  assert_contains "a client without the secret is refused: authentication failed" "authentication failed" "$out"
+fi
+out=$(probe withsecret --auth-secret-file /etc/rcache/auth/token) ||
+  fail "the same client with the secret connects" "$out"
+assert_contains "the same client with the secret connects and authenticates" "connect+auth" "$out"
+kubectl -n "$app" delete pod nosecret withsecret --wait=false >/dev/null
 
 e2e_log "a worker pod is deleted while the application reads in a loop"
 rounds=10

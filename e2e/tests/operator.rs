@@ -12,7 +12,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
@@ -606,7 +607,9 @@ async fn deleting_the_cluster_deletes_its_children() {
         .expect("create");
     wait_for("children", || async {
         (exists::<StatefulSet>(&client, n, "gone-worker").await
-            && exists::<ConfigMap>(&client, n, "gone-membership").await)
+            && exists::<ConfigMap>(&client, n, "gone-membership").await
+            && exists::<Secret>(&client, n, "gone-auth").await
+            && exists::<NetworkPolicy>(&client, n, "gone-worker").await)
             .then_some(())
     })
     .await;
@@ -620,7 +623,9 @@ async fn deleting_the_cluster_deletes_its_children() {
             || exists::<ConfigMap>(&client, n, "gone-properties").await
             || exists::<ConfigMap>(&client, n, "gone-membership").await
             || exists::<Service>(&client, n, "gone-worker").await
-            || exists::<PodDisruptionBudget>(&client, n, "gone-worker").await;
+            || exists::<PodDisruptionBudget>(&client, n, "gone-worker").await
+            || exists::<Secret>(&client, n, "gone-auth").await
+            || exists::<NetworkPolicy>(&client, n, "gone-worker").await;
         (!any).then_some(())
     })
     .await;

@@ -363,6 +363,11 @@ pub struct NetworkSpec {
     /// back to the TCP data port) (rcache.network.rdma.data.fallback).
     #[serde(default)]
     pub fallback: Fallback,
+    /// Encrypt the TCP data path with TLS 1.3 (rcache.security.tls.enabled). The operator
+    /// keeps a CA and a worker certificate for this CacheCluster in its <name>-auth Secret.
+    /// UCX (rdma mode) never uses TLS; TLS costs TCP throughput (docs/security.md).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// Transport mode.

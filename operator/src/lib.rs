@@ -51,6 +51,9 @@ pub enum Error {
     /// Leader election failed.
     #[error("leader election: {0}")]
     Lease(String),
+    /// The cluster's authentication token could not be made.
+    #[error("authentication secret: {0}")]
+    Auth(String),
 }
 
 impl Error {
@@ -61,6 +64,7 @@ impl Error {
             Error::ApplyRefused { .. } => "apply_refused",
             Error::Kube { .. } => "kube_api",
             Error::Lease(_) => "lease",
+            Error::Auth(_) => "auth",
         }
     }
 

@@ -24,6 +24,13 @@ struct Args {
     /// Reconcile CacheClusters only in this namespace (default: all namespaces).
     #[arg(long)]
     watch_namespace: Option<String>,
+    /// Render a NetworkPolicy per CacheCluster that admits only its own pods, its labelled
+    /// clients, this operator's namespace and the monitoring namespace to the workers' ports.
+    #[arg(long, env = "RCACHE_NETWORK_POLICY", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    network_policy: bool,
+    /// Namespace allowed to scrape the workers' metrics port (the NetworkPolicy's peer).
+    #[arg(long, env = "RCACHE_MONITORING_NAMESPACE")]
+    monitoring_namespace: Option<String>,
 }
 
 /// Lease identity: the pod name in a cluster (unique per replica); elsewhere hostname plus pid,
@@ -54,9 +61,15 @@ async fn main() -> std::process::ExitCode {
     let opts = Options {
         metrics_addr: args.metrics_addr,
         leader_elect: args.leader_elect,
-        lease_namespace: args.leader_election_namespace,
+        lease_namespace: args.leader_election_namespace.clone(),
         lease_name: args.lease_name,
         identity: identity(),
+        policy_peers: args.network_policy.then(|| {
+            rcache_operator::build::network_policy::PolicyPeers {
+                operator_namespace: args.leader_election_namespace.clone(),
+                monitoring_namespace: args.monitoring_namespace.filter(|s| !s.is_empty()),
+            }
+        }),
         watch_namespace: args.watch_namespace,
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), options = ?opts, "starting rcache-operator");

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -46,6 +47,8 @@ pub struct Options {
     pub identity: String,
     /// Only this namespace (None: all namespaces).
     pub watch_namespace: Option<String>,
+    /// Who each CacheCluster's NetworkPolicy lets in; `None`: render no NetworkPolicy.
+    pub policy_peers: Option<crate::build::network_policy::PolicyPeers>,
 }
 
 fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
@@ -258,12 +261,14 @@ async fn run_controller(
     let (sts_store, sts_writer) = reflector::store::<StatefulSet>();
     let (ds_store, ds_writer) = reflector::store::<DaemonSet>();
     let (pdb_store, pdb_writer) = reflector::store::<PodDisruptionBudget>();
+    let (np_store, np_writer) = reflector::store::<NetworkPolicy>();
     let children = reconcile::ChildStores {
         config_maps: cm_store,
         services: svc_store,
         stateful_sets: sts_store,
         daemon_sets: ds_store,
         pdbs: pdb_store,
+        network_policies: np_store,
     };
     let mut controller = controller
         .owns_stream(
@@ -299,6 +304,12 @@ async fn run_controller(
             watcher(api::<PodDisruptionBudget>(&client, ns), owned.clone())
                 .modify(strip_managed_fields)
                 .reflect(pdb_writer)
+                .touched_objects(),
+        )
+        .owns_stream(
+            watcher(api::<NetworkPolicy>(&client, ns), owned.clone())
+                .modify(strip_managed_fields)
+                .reflect(np_writer)
                 .touched_objects(),
         )
         .watches(api::<Pod>(&client, ns), worker_pods, |pod: Pod| {
@@ -381,6 +392,7 @@ async fn run_controller(
         children,
         applied: reconcile::AppliedChildren::default(),
         failures: reconcile::Failures::default(),
+        policy_peers: opts.policy_peers.clone(),
     });
     controller
         .graceful_shutdown_on(shutdown)

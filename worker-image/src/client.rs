@@ -9,15 +9,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use rcache_transport::{
-    BufferPool, ClientOptions, DirEntry, ErrorCode, FileStat, FileVersion, PoolConfig, Request,
-    Response, SharedConnection, TransportKind,
+    AuthKey, BufferPool, ClientOptions, DirEntry, ErrorCode, FileStat, FileVersion, PoolConfig,
+    Request, Response, SharedConnection, TlsClient, TransportError, TransportKind,
 };
 
 use crate::cluster::{Member, MemberTransport, MembershipWatch};
@@ -72,6 +72,11 @@ pub struct ClientConfig {
     pub bind_device: Option<String>,
     /// `rcache.network.rdma.data.{bind.device,ib.port,gid.index}` for the client's UCX.
     pub rdma: rcache_contract::binding::RdmaSettings,
+    /// The cluster's secret (`rcache.security.auth.secret.file`), proven to every worker at
+    /// connection setup. `None`: workers that ask for authentication refuse this client.
+    pub auth: Option<AuthKey>,
+    /// TLS on TCP connections (`rcache.security.tls.*`), verified against the cluster's CA.
+    pub tls: Option<TlsClient>,
 }
 
 impl Default for ClientConfig {
@@ -95,6 +100,8 @@ impl Default for ClientConfig {
             }),
             bind_device: None,
             rdma: Default::default(),
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -113,6 +120,31 @@ impl ClientConfig {
         let fallback = match p.text(config::FALLBACK).as_deref() {
             Some("tcp") => Fallback::Tcp,
             _ => Fallback::None,
+        };
+        let auth = match p.text(config::AUTH_SECRET_FILE) {
+            None => None,
+            Some(file) => Some(AuthKey::from_file(Path::new(&file)).map_err(|reason| {
+                p.bad(
+                    config::AUTH_SECRET_FILE,
+                    reason,
+                    "a readable file holding the cluster's secret (the operator mounts it)",
+                )
+            })?),
+        };
+        let tls = match config::tls_files(p, [config::TLS_CA_FILE])? {
+            None => None,
+            Some([ca]) => {
+                let name = p
+                    .text(config::TLS_SERVER_NAME)
+                    .unwrap_or_else(|| "rcache-worker".into());
+                Some(TlsClient::from_ca_file(&ca, &name).map_err(|reason| {
+                    p.bad(
+                        config::TLS_CA_FILE,
+                        reason,
+                        "a PEM file with the CA that signs the workers' certificates",
+                    )
+                })?)
+            }
         };
         let path = p
             .text(config::MEMBERSHIP_FILE)
@@ -134,6 +166,8 @@ impl ClientConfig {
                 .clamp(4 << 10, rcache_transport::protocol::MAX_PAYLOAD),
             bind_device: p.text(config::USER_BIND_DEVICE),
             rdma: rcache_contract::binding::RdmaSettings::from_properties(p)?,
+            auth,
+            tls,
             ..ClientConfig::default()
         })
     }
@@ -188,6 +222,13 @@ pub enum ClientError {
     NoWorkers { source_hint: String },
     #[error("worker {worker} is unavailable: {reason}")]
     Unavailable { worker: String, reason: String },
+    /// A worker refused this client's authentication: every worker of the cluster shares the
+    /// secret, so this is final.
+    #[error(
+        "worker {worker} {reason}; the client needs the cluster's secret \
+         (rcache.security.auth.secret.file, the CacheCluster's <name>-auth Secret)"
+    )]
+    Unauthenticated { worker: String, reason: String },
     #[error("{path}: every owner failed; last: worker {worker}: {reason}")]
     AllOwnersFailed {
         path: String,
@@ -210,6 +251,7 @@ impl ClientError {
             ClientError::IsADirectory { .. } => libc::EISDIR,
             ClientError::Invalid { .. } => libc::EINVAL,
             ClientError::Stale { .. } => libc::ESTALE,
+            ClientError::Unauthenticated { .. } => libc::EACCES,
             _ => libc::EIO,
         }
     }
@@ -665,6 +707,7 @@ impl CacheClient {
                                 .push(c.clone());
                             c
                         }
+                        Err(e @ ClientError::Unauthenticated { .. }) => return Attempt::Final(e),
                         Err(e) => {
                             // With some connections still open, use one of them.
                             match slot.pick(1) {
@@ -729,7 +772,19 @@ impl CacheClient {
             local_ip: self.inner.local_ip,
             ucx_devices: self.inner.ucx_devices.clone(),
             ucx_gid_index: self.inner.cfg.rdma.gid_index,
+            auth: self.inner.cfg.auth.clone(),
+            tls: self.inner.cfg.tls.clone(),
             ..ClientOptions::default()
+        };
+        let refused = |e: TransportError| match e {
+            TransportError::Auth { reason, .. } => ClientError::Unauthenticated {
+                worker: describe(m),
+                reason: format!("refused the connection: {reason}"),
+            },
+            other => ClientError::Unavailable {
+                worker: describe(m),
+                reason: other.to_string(),
+            },
         };
         let tcp_addr = resolve(m, m.ports.data).await?;
         if m.transport == MemberTransport::Ucx {
@@ -737,6 +792,7 @@ impl CacheClient {
             let ucx_addr = resolve(m, port).await?;
             match rcache_transport::connect(TransportKind::Ucx, ucx_addr, opts.clone()).await {
                 Ok(c) => return Ok(c),
+                Err(e @ TransportError::Auth { .. }) => return Err(refused(e)),
                 Err(e) if self.inner.cfg.fallback == Fallback::Tcp => {
                     tracing::warn!(worker = %describe(m), error = %e, "UCX port unreachable; falling back to TCP (rcache.network.rdma.data.fallback=tcp)");
                 }
@@ -753,10 +809,7 @@ impl CacheClient {
         }
         rcache_transport::connect(TransportKind::Tcp, tcp_addr, opts)
             .await
-            .map_err(|e| ClientError::Unavailable {
-                worker: describe(m),
-                reason: e.to_string(),
-            })
+            .map_err(refused)
     }
 }
 

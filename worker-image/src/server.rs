@@ -141,6 +141,14 @@ impl WorkerHandler {
                     Err(e) => (Op::Load, cache_error(e)),
                 }
             }
+            // The transport's authentication gate answers these; they never reach a handler.
+            Request::AuthHello | Request::AuthProof { .. } => (
+                Op::Ping,
+                Response::error(
+                    ErrorCode::InvalidRequest,
+                    "authentication requests are answered by the transport",
+                ),
+            ),
             req @ (Request::BenchRead { .. } | Request::BenchWrite { .. }) => match &self.bench {
                 Some(b) => (Op::Bench, b.handle(req).await),
                 None => (
@@ -391,8 +399,35 @@ pub async fn serve(cfg: WorkerConfig, opts: ServeOptions) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("cannot listen on {web_addr} (rcache.worker.web.port)"))?;
 
+    let auth = match &cfg.auth_secret_file {
+        Some(file) => Some(
+            rcache_transport::AuthKey::from_file(file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", crate::config::AUTH_SECRET_FILE))?,
+        ),
+        None => {
+            tracing::warn!(
+                "{} is not set: any client that reaches the data ports is served",
+                crate::config::AUTH_SECRET_FILE
+            );
+            None
+        }
+    };
+    let tls = match &cfg.tls {
+        Some(f) => Some(
+            rcache_transport::TlsServer::from_pem_files(&f.cert, &f.key).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} / {}: {e}",
+                    crate::config::TLS_CERT_FILE,
+                    crate::config::TLS_KEY_FILE
+                )
+            })?,
+        ),
+        None => None,
+    };
     let server_opts = ServerOptions {
         pool: Some(pool.clone()),
+        auth,
+        tls,
         ucx_devices: if cfg.rdma_enabled {
             ucx_devices(&cfg)?
         } else {

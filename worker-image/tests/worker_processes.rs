@@ -431,3 +431,27 @@ fn version_flag_prints_the_version() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn a_worker_whose_secret_file_is_missing_refuses_to_start_naming_the_key() {
+    let d = tempfile::tempdir().expect("tmp");
+    let (ufs, _) = ufs_with_file(d.path(), 4096, 1);
+    let props = common::write_props(
+        d.path(),
+        "nosecret",
+        &format!("file://{}", ufs.display()),
+        &[("rcache.security.auth.secret.file", "/nonexistent/token")],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rcache-worker"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&props)
+        .output()
+        .expect("run rcache-worker");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rcache.security.auth.secret.file") && err.contains("/nonexistent/token"),
+        "{err}"
+    );
+}

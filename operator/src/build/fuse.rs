@@ -150,7 +150,7 @@ pub fn daemon_set(plan: &ClusterPlan, config_hash: &str) -> DaemonSet {
     let mut pod = PodSpec {
         containers: vec![container],
         volumes: Some(vec![
-            config_volume(plan),
+            config_volume(plan, false),
             host("dev-fuse", "/dev/fuse", "CharDevice"),
             host("mount", &f.host_mount_path, "DirectoryOrCreate"),
             host("csi-plugin-dir", CSI_PLUGIN_DIR, "DirectoryOrCreate"),
@@ -198,6 +198,28 @@ mod tests {
             .template
             .spec
             .unwrap()
+    }
+
+    #[test]
+    fn fuse_pods_get_the_token_and_the_ca_but_never_the_workers_tls_key() {
+        let spec = pod("ufs: {uri: 'file:///data'}\nnetwork: {tls: true}");
+        let volumes = spec.volumes.unwrap();
+        let sources = volumes[0]
+            .projected
+            .as_ref()
+            .unwrap()
+            .sources
+            .as_ref()
+            .unwrap();
+        let secret = sources.iter().find_map(|s| s.secret.as_ref()).unwrap();
+        let files: Vec<&str> = secret
+            .items
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|i| i.path.as_str())
+            .collect();
+        assert_eq!(files, ["auth/token", "auth/ca.crt"]);
     }
 
     #[test]

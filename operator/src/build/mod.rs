@@ -3,9 +3,11 @@
 //! operator applies. One file per child; shared naming, labels and owner references live here.
 //! Nothing in `build` talks to the API server.
 
+pub mod auth;
 pub mod fabric;
 pub mod fuse;
 pub mod membership;
+pub mod network_policy;
 pub mod pdb;
 pub mod properties;
 pub mod volume;
@@ -15,6 +17,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -64,6 +67,10 @@ pub mod names {
     /// FUSE DaemonSet.
     pub fn fuse(cluster: &str) -> String {
         format!("{cluster}-fuse")
+    }
+    /// The Secret with the cluster's authentication token.
+    pub fn auth(cluster: &str) -> String {
+        format!("{cluster}-auth")
     }
 }
 
@@ -134,12 +141,21 @@ pub struct Children {
     pub volumes: Vec<PersistentVolume>,
     /// Its claim, named like the cluster (with FUSE).
     pub claims: Vec<PersistentVolumeClaim>,
+    /// Who may reach the workers (unless the operator was told not to render it).
+    pub network_policies: Vec<NetworkPolicy>,
 }
 
-/// Builds all children. `members_json` is the rendered membership (see [`membership`]).
-pub fn children(plan: &ClusterPlan, members_json: &str) -> Children {
+/// Builds all children. `members_json` is the rendered membership (see [`membership`]);
+/// `auth_fingerprint` is the [`auth::fingerprint`] of the cluster's token, part of the pods'
+/// config hash so a rotated token rolls them; `peers` `None` renders no NetworkPolicy.
+pub fn children(
+    plan: &ClusterPlan,
+    members_json: &str,
+    auth_fingerprint: &str,
+    peers: Option<&network_policy::PolicyPeers>,
+) -> Children {
     let props = properties::render(plan);
-    let hash = content_hash(&props);
+    let hash = content_hash(&format!("{props}\n# auth {auth_fingerprint}\n"));
     Children {
         config_maps: vec![
             properties::config_map(plan, props),
@@ -163,6 +179,10 @@ pub fn children(plan: &ClusterPlan, members_json: &str) -> Children {
         } else {
             Vec::new()
         },
+        network_policies: peers
+            .map(|p| network_policy::network_policy(plan, p))
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -174,7 +194,7 @@ mod tests {
     #[test]
     fn children_carry_instance_and_owner_uid_labels_and_a_controller_owner_ref() {
         let plan = plan_of("ufs: {uri: 'file:///data'}");
-        let c = children(&plan, "{}");
+        let c = children(&plan, "{}", "fp", None);
         let metas = c
             .config_maps
             .iter()
@@ -202,12 +222,42 @@ mod tests {
     #[test]
     fn disabled_fuse_builds_no_daemon_set() {
         let plan = plan_of("ufs: {uri: 'file:///data'}\nfuse: {enabled: false}");
-        let c = children(&plan, "{}");
+        let c = children(&plan, "{}", "fp", None);
         assert!(c.daemon_sets.is_empty());
         assert!(
             c.volumes.is_empty() && c.claims.is_empty(),
             "no cache mount to publish"
         );
+    }
+
+    #[test]
+    fn a_new_auth_token_changes_the_pods_config_hash() {
+        let plan = plan_of("ufs: {uri: 'file:///data'}");
+        let hash = |fp: &str| {
+            let c = children(&plan, "{}", fp, None);
+            let t = c.stateful_sets[0].spec.as_ref().unwrap().template.clone();
+            t.metadata.unwrap().annotations.unwrap()[ANNOTATION_CONFIG_HASH].clone()
+        };
+        assert_eq!(hash("a"), hash("a"));
+        assert_ne!(hash("a"), hash("b"));
+    }
+
+    #[test]
+    fn the_network_policy_is_rendered_only_when_peers_are_given() {
+        let plan = plan_of("ufs: {uri: 'file:///data'}");
+        assert!(
+            children(&plan, "{}", "fp", None)
+                .network_policies
+                .is_empty()
+        );
+        let peers = network_policy::PolicyPeers {
+            operator_namespace: "rcache-system".into(),
+            monitoring_namespace: None,
+        };
+        let c = children(&plan, "{}", "fp", Some(&peers));
+        assert_eq!(c.network_policies.len(), 1);
+        let m = &c.network_policies[0].metadata;
+        assert_eq!(m.labels.as_ref().unwrap()[LABEL_OWNER_UID], "uid-1");
     }
 
     #[test]

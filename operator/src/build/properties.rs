@@ -28,7 +28,17 @@ pub fn render(plan: &ClusterPlan) -> String {
         ),
         (k::WORKER_DATA_PORT, s.worker.ports.data.to_string()),
         (k::WORKER_WEB_PORT, s.worker.ports.web.to_string()),
+        // Always: the operator keeps the Secret and mounts it (build::auth).
+        (k::AUTH_SECRET_FILE, super::auth::TOKEN_PATH.to_string()),
     ];
+    if s.network.tls {
+        let file = |key: &str| format!("{}/{key}", super::auth::AUTH_DIR);
+        kv.push((k::TLS_ENABLED, "true".to_string()));
+        kv.push((k::TLS_CERT_FILE, file(super::auth::CERT_KEY)));
+        kv.push((k::TLS_KEY_FILE, file(super::auth::KEY_KEY)));
+        kv.push((k::TLS_CA_FILE, file(super::auth::CA_KEY)));
+        kv.push((k::TLS_SERVER_NAME, super::auth::SERVER_NAME.to_string()));
+    }
     if let Some(s3) = &s.ufs.s3 {
         // Where the store is; the credentials come from the Secret's environment, never here.
         if let Some(ep) = &s3.endpoint {
@@ -132,6 +142,26 @@ mod tests {
     }
 
     #[test]
+    fn network_tls_renders_the_tls_keys_pointing_at_the_mounted_secret_and_the_worker_accepts_them()
+    {
+        let spec = "ufs: {uri: 'file:///data'}\nnetwork: {tls: true}";
+        let p = props(spec);
+        assert_eq!(p["rcache.security.tls.enabled"], "true");
+        assert_eq!(
+            p["rcache.security.tls.cert.file"],
+            "/etc/rcache/auth/tls.crt"
+        );
+        assert_eq!(
+            p["rcache.security.tls.key.file"],
+            "/etc/rcache/auth/tls.key"
+        );
+        assert_eq!(p["rcache.security.tls.ca.file"], "/etc/rcache/auth/ca.crt");
+        assert_eq!(p["rcache.security.tls.server.name"], "rcache-worker");
+        let w = rcache_contract::worker::accept(&render(&plan_of(spec)), "t").expect("accepted");
+        assert!(w.tls.is_some());
+    }
+
+    #[test]
     fn tcp_defaults_render_contract_keys_and_sizes() {
         let p = props("ufs: {uri: 'file:///data'}");
         assert_eq!(p["rcache.cluster.name"], "demo");
@@ -143,6 +173,14 @@ mod tests {
         assert_eq!(p["rcache.user.file.metadata.sync.interval"], "10s");
         assert_eq!(p["rcache.worker.data.port"], "29999");
         assert_eq!(p["rcache.worker.web.port"], "30000");
+        assert_eq!(
+            p["rcache.security.auth.secret.file"],
+            "/etc/rcache/auth/token"
+        );
+        assert!(
+            !p.contains_key("rcache.security.tls.enabled"),
+            "TLS off by default"
+        );
         assert_eq!(p["rcache.network.rdma.data.port"], "59999");
         assert_eq!(p["rcache.worker.page.size"], "1MB");
         assert_eq!(p["rcache.worker.page.store.mem.quota"], "1GB");
@@ -171,7 +209,8 @@ mod tests {
         assert_eq!(p["rcache.underfs.s3.path.style"], "true");
         assert!(
             p.keys()
-                .all(|k| !k.contains("secret") && !k.contains("access")),
+                .filter(|key| key.as_str() != k::AUTH_SECRET_FILE)
+                .all(|key| !key.contains("secret") && !key.contains("access")),
             "{p:?}"
         );
         let p = props("ufs: {uri: 's3://data-set'}");

@@ -7,12 +7,14 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource, KeyToPath,
     ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SecretEnvSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::auth;
 use super::properties::PROPERTIES_KEY;
 use super::{
     COMPONENT_WORKER, CONFIG_DIR, PROPERTIES_PATH, child_meta, fabric, labels, membership, names,
@@ -32,8 +34,14 @@ pub fn command() -> String {
     format!("rcache-worker serve --config {PROPERTIES_PATH}")
 }
 
-/// The projected config volume: properties file + membership/members.json.
-pub fn config_volume(plan: &ClusterPlan) -> Volume {
+/// The projected config volume: properties file, membership/members.json, and under `auth/`
+/// the cluster's authentication token and TLS CA (`build::auth`); with `server_key` (worker
+/// pods) also the workers' certificate and private key.
+pub fn config_volume(plan: &ClusterPlan, server_key: bool) -> Volume {
+    let mut auth_files = vec![auth::TOKEN_KEY, auth::CA_KEY];
+    if server_key {
+        auth_files.extend([auth::CERT_KEY, auth::KEY_KEY]);
+    }
     Volume {
         name: "rcache-config".to_string(),
         projected: Some(ProjectedVolumeSource {
@@ -58,6 +66,23 @@ pub fn config_volume(plan: &ClusterPlan) -> Volume {
                             path: format!("membership/{}", membership::MEMBERS_KEY),
                             mode: None,
                         }]),
+                        optional: None,
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    secret: Some(SecretProjection {
+                        name: names::auth(&plan.name),
+                        items: Some(
+                            auth_files
+                                .iter()
+                                .map(|k| KeyToPath {
+                                    key: k.to_string(),
+                                    path: format!("auth/{k}"),
+                                    mode: None,
+                                })
+                                .collect(),
+                        ),
                         optional: None,
                     }),
                     ..VolumeProjection::default()
@@ -119,7 +144,7 @@ fn http_probe(path: &str, initial_delay: i32) -> Probe {
 /// The worker StatefulSet. `config_hash` rolls pods when the properties change.
 pub fn stateful_set(plan: &ClusterPlan, config_hash: &str) -> StatefulSet {
     let w = &plan.spec.worker;
-    let mut volumes = vec![config_volume(plan)];
+    let mut volumes = vec![config_volume(plan, true)];
     let mut mounts = vec![config_mount()];
     if let Some(ssd) = &plan.ssd {
         volumes.push(Volume {
@@ -333,19 +358,35 @@ mod tests {
     }
 
     #[test]
-    fn config_is_mounted_as_one_projected_volume_with_membership_subdirectory() {
+    fn config_is_mounted_as_one_projected_volume_with_membership_and_auth_token() {
         let spec = pod("ufs: {uri: 'file:///data'}").spec.unwrap();
         let v = &spec.volumes.unwrap()[0];
         let sources = v.projected.as_ref().unwrap().sources.as_ref().unwrap();
         let paths: Vec<_> = sources
             .iter()
             .map(|s| {
-                s.config_map.as_ref().unwrap().items.as_ref().unwrap()[0]
-                    .path
-                    .clone()
+                let items = match (&s.config_map, &s.secret) {
+                    (Some(cm), None) => cm.items.as_ref().unwrap(),
+                    (None, Some(secret)) => {
+                        assert_eq!(secret.name, "demo-auth");
+                        secret.items.as_ref().unwrap()
+                    }
+                    _ => panic!("one source per projection"),
+                };
+                items[0].path.clone()
             })
             .collect();
-        assert_eq!(paths, ["rcache.properties", "membership/members.json"]);
+        assert_eq!(
+            paths,
+            ["rcache.properties", "membership/members.json", "auth/token"]
+        );
+        let auth = sources[2].secret.as_ref().unwrap().items.as_ref().unwrap();
+        let files: Vec<&str> = auth.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            files,
+            ["auth/token", "auth/ca.crt", "auth/tls.crt", "auth/tls.key"],
+            "worker pods hold the TLS key"
+        );
         assert_eq!(
             spec.containers[0].volume_mounts.as_ref().unwrap()[0].mount_path,
             "/etc/rcache"

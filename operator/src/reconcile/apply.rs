@@ -15,6 +15,7 @@ use futures::FutureExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -42,6 +43,8 @@ pub struct ChildStores {
     pub daemon_sets: Store<DaemonSet>,
     /// Worker PodDisruptionBudgets.
     pub pdbs: Store<PodDisruptionBudget>,
+    /// Worker NetworkPolicies.
+    pub network_policies: Store<NetworkPolicy>,
 }
 
 /// How a child in the store shows that nobody changed it since this process applied it. Either
@@ -224,7 +227,7 @@ impl AppliedChildren {
     }
 }
 
-async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
+pub(super) async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -361,6 +364,9 @@ pub(super) async fn apply_children(
     for pdb in &children.pdbs {
         apply_child(ctx, uid, ns, &stores.pdbs, pdb).await?;
     }
+    for np in &children.network_policies {
+        apply_child(ctx, uid, ns, &stores.network_policies, np).await?;
+    }
     // The volume pods consume (build::volume): the cluster-scoped PV first, then its claim.
     for pv in &children.volumes {
         apply_cluster_scoped(&ctx.client, pv).await?;
@@ -395,6 +401,7 @@ pub(super) fn forget_unwanted(ctx: &Context, uid: &str, children: &build::Childr
         .chain(children.stateful_sets.iter().map(child_key))
         .chain(children.daemon_sets.iter().map(child_key))
         .chain(children.pdbs.iter().map(child_key))
+        .chain(children.network_policies.iter().map(child_key))
         .collect();
     ctx.applied.retain(uid, &wanted);
 }

@@ -5,6 +5,7 @@
 //! | --- | --- | --- |
 //! | validate | [`crate::validate`] | none (pure) |
 //! | observe the worker pods (their addresses are the membership) | [`observe`] | reads |
+//! | the auth Secret (token, TLS certificates; rotation) | [`auth`] | get, apply |
 //! | plan the desired children | [`plan`] (builders in [`crate::build`]) | none (pure) |
 //! | apply the children | [`apply`] | server-side apply |
 //! | sweep orphans | [`sweep`] | lists, deletes |
@@ -27,6 +28,7 @@
 //! from reflector stores of the children ([`ChildStores`]) that feed the controller's triggers.
 
 pub mod apply;
+pub mod auth;
 pub mod delete;
 pub mod observe;
 pub mod plan;
@@ -45,6 +47,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::warn;
 
 use crate::Error;
+use crate::build;
 use crate::crd::CacheCluster;
 use crate::metrics::Metrics;
 use crate::validate;
@@ -84,6 +87,8 @@ pub struct Context {
     pub applied: AppliedChildren,
     /// Failed reconciles in a row, per cluster (the retry backoff).
     pub failures: Failures,
+    /// Who the rendered NetworkPolicies let in; `None`: render none (chart value).
+    pub policy_peers: Option<crate::build::network_policy::PolicyPeers>,
 }
 
 /// The delay before retrying a cluster whose last `failures` reconciles in a row failed:
@@ -176,7 +181,14 @@ async fn reconcile_cluster(cc: &CacheCluster, ctx: &Context) -> Result<Action, E
     let pods = observe::worker_pods(&ctx.client, &plan).await?;
 
     // 3. plan the children
-    let desired = plan::desired(&plan, &pods, cc.status.as_ref());
+    let material = auth::material(ctx, cc, &plan).await?;
+    let desired = plan::desired(
+        &plan,
+        &pods,
+        cc.status.as_ref(),
+        &build::auth::fingerprint(&material),
+        ctx.policy_peers.as_ref(),
+    );
 
     // 4. apply (children unchanged since this process applied them are skipped)
     let uid = plan.uid.as_str();

@@ -21,7 +21,13 @@ pub struct Desired {
 }
 
 /// The desired children of `plan`, given its worker `pods` and the status stored before.
-pub fn desired(plan: &ClusterPlan, pods: &[Pod], prev: Option<&CacheClusterStatus>) -> Desired {
+pub fn desired(
+    plan: &ClusterPlan,
+    pods: &[Pod],
+    prev: Option<&CacheClusterStatus>,
+    auth_fingerprint: &str,
+    policy_peers: Option<&build::network_policy::PolicyPeers>,
+) -> Desired {
     let membership = build::membership::members(plan, pods);
     let (prev_generation, prev_members) = prev.map_or((0, &[][..]), |s| {
         (s.membership_generation, s.members.as_slice())
@@ -40,7 +46,7 @@ pub fn desired(plan: &ClusterPlan, pods: &[Pod], prev: Option<&CacheClusterStatu
         membership_generation += 1;
     }
     let members_json = build::membership::render(plan, membership_generation, &membership.members);
-    let children = build::children(plan, &members_json);
+    let children = build::children(plan, &members_json, auth_fingerprint, policy_peers);
     Desired {
         membership,
         membership_generation,
@@ -74,7 +80,7 @@ mod tests {
     #[test]
     fn the_membership_generation_starts_at_one_and_moves_only_when_the_members_change() {
         let plan = plan_of("ufs: {uri: 'file:///data'}\nworker: {replicas: 1}\n");
-        let first = desired(&plan, &[], None);
+        let first = desired(&plan, &[], None, "fp", None);
         assert_eq!(first.membership_generation, 1, "a new cluster starts at 1");
         assert!(!first.children.stateful_sets.is_empty());
 
@@ -84,7 +90,7 @@ mod tests {
             ..CacheClusterStatus::default()
         };
         assert_eq!(
-            desired(&plan, &[], Some(&stored)).membership_generation,
+            desired(&plan, &[], Some(&stored), "fp", None).membership_generation,
             1,
             "same members: same generation"
         );
@@ -95,7 +101,7 @@ mod tests {
             ..CacheClusterStatus::default()
         };
         assert_eq!(
-            desired(&plan, &[], Some(&changed)).membership_generation,
+            desired(&plan, &[], Some(&changed), "fp", None).membership_generation,
             5,
             "the members differ from the stored ones: bumped"
         );

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::events::EventType;
@@ -85,6 +86,10 @@ pub(super) async fn orphans(
         );
         deleted.extend(
             delete_orphans::<PodDisruptionBudget>(client, plan, &names_of(&children.pdbs)).await?,
+        );
+        deleted.extend(
+            delete_orphans::<NetworkPolicy>(client, plan, &names_of(&children.network_policies))
+                .await?,
         );
         ctx.swept.done(&plan.uid, generation);
     }

@@ -37,6 +37,9 @@ pub enum Case {
     StressWrite,
     StressRead,
     All,
+    /// Connection setup: connect + ping, or connect + authentication with
+    /// `--auth-secret-file` (not part of `all`).
+    Setup,
 }
 
 /// Flags of `bench` (names and defaults of Alluxio's `rdmaBenchmark`, plus `--transport`, `--json`).
@@ -89,6 +92,47 @@ pub struct BenchArgs {
     /// Only these payload sizes in bytes (comma separated; default 4096,65536,1048576).
     #[arg(long, value_delimiter = ',')]
     pub payloads: Vec<usize>,
+    /// The shared secret's file (`rcache.security.auth.secret.file`): the server asks every
+    /// connection to prove it, the client proves it.
+    #[arg(long)]
+    pub auth_secret_file: Option<std::path::PathBuf>,
+    /// TCP server: serve TLS with this PEM certificate (and --tls-key-file).
+    #[arg(long, requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// TCP server: the PEM private key of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// TCP client: speak TLS, verifying the server against this PEM CA.
+    #[arg(long)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// TCP client: the name the server's certificate carries.
+    #[arg(long, default_value = "rcache-worker")]
+    pub tls_server_name: String,
+}
+
+fn tls_server(args: &BenchArgs) -> anyhow::Result<Option<crate::TlsServer>> {
+    match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(c), Some(k)) => Ok(Some(
+            crate::TlsServer::from_pem_files(c, k).map_err(|e| anyhow::anyhow!("--tls-*: {e}"))?,
+        )),
+        _ => Ok(None),
+    }
+}
+
+fn tls_client(args: &BenchArgs) -> anyhow::Result<Option<crate::TlsClient>> {
+    args.tls_ca_file
+        .as_deref()
+        .map(|ca| crate::TlsClient::from_ca_file(ca, &args.tls_server_name))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--tls-ca-file: {e}"))
+}
+
+fn auth_key(args: &BenchArgs) -> anyhow::Result<Option<crate::AuthKey>> {
+    args.auth_secret_file
+        .as_deref()
+        .map(crate::AuthKey::from_file)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--auth-secret-file: {e}"))
 }
 
 /// The byte at `i` of every bench payload, so both sides can check what crossed the wire.
@@ -238,6 +282,8 @@ async fn run_server(args: BenchArgs) -> anyhow::Result<()> {
     let opts = ServerOptions {
         pool: Some(pool.clone()),
         socket_buffer: (args.socket_buffer > 0).then_some(args.socket_buffer),
+        auth: auth_key(&args)?,
+        tls: tls_server(&args)?,
         ..Default::default()
     };
     let server = crate::listen(args.transport, addr, handler, opts).await?;
@@ -327,6 +373,8 @@ async fn run_client(args: BenchArgs) -> anyhow::Result<()> {
     let opts = ClientOptions {
         pool: Some(pool),
         socket_buffer: (args.socket_buffer > 0).then_some(args.socket_buffer),
+        auth: auth_key(&args)?,
+        tls: tls_client(&args)?,
         ..Default::default()
     };
     out(
@@ -386,6 +434,16 @@ async fn run_client(args: BenchArgs) -> anyhow::Result<()> {
                 .push(latency(&lconn, p, false, per, json).await?);
             out(json, "");
         }
+    }
+    if case == Case::Setup {
+        out(
+            json,
+            "\n--- CONNECTION SETUP (sequential connects, each checked by a round trip) ---",
+        );
+        let per = Duration::from_secs(args.duration.max(1));
+        report
+            .latency
+            .push(setup(args.transport, remote, &opts, per, json).await?);
     }
     let (w, r) = match case {
         Case::Stress | Case::All => (true, true),
@@ -498,6 +556,54 @@ async fn one_call(conn: &SharedConnection, req: Request, want: usize) -> anyhow:
         Response::Data(d) if d.len() == want => Ok(()),
         other => bail!("unexpected reply {other:?}"),
     }
+}
+
+/// Sequential connection setups for `per`: connect + ping, or connect + the authentication's
+/// two round trips when `opts.auth` is set. The connection is closed outside the timing.
+async fn setup(
+    kind: TransportKind,
+    remote: SocketAddr,
+    opts: &ClientOptions,
+    per: Duration,
+    json: bool,
+) -> anyhow::Result<LatencyResult> {
+    for _ in 0..5 {
+        drop(crate::connect(kind, remote, opts.clone()).await?);
+    }
+    let mut samples: Vec<u64> = Vec::with_capacity(10_000);
+    let start = Instant::now();
+    while (start.elapsed() < per || samples.len() < 10) && samples.len() < 20_000 {
+        let t = Instant::now();
+        let conn = crate::connect(kind, remote, opts.clone()).await?;
+        samples.push(t.elapsed().as_nanos() as u64);
+        drop(conn);
+    }
+    samples.sort_unstable();
+    let avg = samples.iter().sum::<u64>() as f64 / samples.len() as f64 / 1000.0;
+    let r = LatencyResult {
+        case: "setup",
+        op: if opts.auth.is_some() {
+            "connect+auth"
+        } else {
+            "connect"
+        },
+        payload: 0,
+        iterations: samples.len(),
+        min_us: pct(&samples, 0.0),
+        avg_us: avg,
+        p50_us: pct(&samples, 0.50),
+        p99_us: pct(&samples, 0.99),
+        p999_us: pct(&samples, 0.999),
+        max_us: pct(&samples, 1.0),
+    };
+    out(
+        json,
+        format!(
+            "[SETUP - {}] Iterations: {} | Min: {:.1} us | Avg: {:.1} us | P50: {:.1} us | P99: {:.1} us",
+            r.op, r.iterations, r.min_us, r.avg_us, r.p50_us, r.p99_us
+        ),
+    );
+    Ok(r)
 }
 
 async fn latency(

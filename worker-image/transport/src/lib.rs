@@ -3,20 +3,24 @@
 //! transports where no fabric exists), bind-device resolution and the `bench` tool.
 //! It knows nothing about caching: a server hands each request to a [`Handler`].
 
+pub mod auth;
 pub mod bench;
 pub mod binding;
 pub mod bufpool;
 pub mod fabric;
 pub mod protocol;
 pub mod tcp;
+pub mod tls;
 pub mod ucx;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use auth::AuthKey;
 pub use bufpool::{BufferPool, ChunkMut, PoolConfig, PoolError, PoolStats};
 pub use protocol::{DirEntry, ErrorCode, FileStat, FileVersion, LoadCounts, Request, Response};
+pub use tls::{TlsClient, TlsServer};
 
 /// Which transport carries the data path.
 #[derive(
@@ -43,6 +47,10 @@ pub enum TransportError {
     Protocol { addr: SocketAddr, reason: String },
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
+    /// The server refused the connection's authentication (or asked for one the client
+    /// cannot give); `reason` is the server's text, which starts "authentication failed".
+    #[error("{addr} refused the connection: {reason}")]
+    Auth { addr: SocketAddr, reason: String },
 }
 
 /// Server side: turns one request into one response. Implemented by the cache worker and by
@@ -97,6 +105,12 @@ pub struct ServerOptions {
     pub ucx_devices: Option<String>,
     /// UCX `IB_GID_INDEX` (RoCE, `rcache.network.rdma.data.gid.index`); `None`: UCX's choice.
     pub ucx_gid_index: Option<u32>,
+    /// The cluster's secret: every connection must prove it knows it (module `auth`) before
+    /// its requests reach the handler. `None` serves everyone.
+    pub auth: Option<AuthKey>,
+    /// TCP only: serve TLS with this certificate (module `tls`); plain clients are refused
+    /// with an error frame. `None`: plain TCP.
+    pub tls: Option<TlsServer>,
 }
 
 /// Client settings.
@@ -122,6 +136,11 @@ pub struct ClientOptions {
     /// thread and back), then parks the task. Cuts small-request latency to about the fabric's
     /// round trip; costs a busy core per waiting caller. `None` (default) never polls.
     pub busy_poll: Option<Duration>,
+    /// The cluster's secret, proven at connection setup (module `auth`). `None`: the client
+    /// proves nothing, and a server that asks for authentication refuses it.
+    pub auth: Option<AuthKey>,
+    /// TCP only: speak TLS and verify the server against this CA and name. `None`: plain TCP.
+    pub tls: Option<TlsClient>,
 }
 
 impl Default for ClientOptions {
@@ -135,6 +154,8 @@ impl Default for ClientOptions {
             ucx_gid_index: None,
             local_ip: None,
             busy_poll: None,
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -193,7 +214,8 @@ pub async fn listen(
     })
 }
 
-/// Connects to a data server and checks it answers a ping within `opts.connect_timeout`.
+/// Connects to a data server, authenticates when `opts.auth` holds the cluster's secret
+/// (module `auth`), and checks the server answers, all within `opts.connect_timeout`.
 pub async fn connect(
     kind: TransportKind,
     addr: SocketAddr,
@@ -203,16 +225,53 @@ pub async fn connect(
         TransportKind::Tcp => Arc::new(tcp::connect(addr, &opts).await?),
         TransportKind::Ucx => Arc::new(ucx::connect(addr, &opts).await?),
     };
-    match tokio::time::timeout(opts.connect_timeout, conn.call(Request::Ping)).await {
-        Ok(Ok(Response::Pong)) => Ok(conn),
-        Ok(Ok(other)) => Err(TransportError::Protocol {
-            addr,
-            reason: format!("ping answered with {other:?}"),
-        }),
+    let setup = setup(conn.as_ref(), kind, addr, opts.auth.as_ref());
+    match tokio::time::timeout(opts.connect_timeout, setup).await {
+        Ok(Ok(())) => Ok(conn),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(TransportError::Timeout {
             addr,
             after_ms: opts.connect_timeout.as_millis() as u64,
         }),
+    }
+}
+
+/// The first round trips of a connection: a ping, or the challenge-response of `auth`.
+async fn setup(
+    conn: &dyn Connection,
+    kind: TransportKind,
+    addr: SocketAddr,
+    key: Option<&AuthKey>,
+) -> Result<(), TransportError> {
+    let unexpected = |step: &str, other: Response| match other {
+        Response::Error {
+            code: ErrorCode::Unauthenticated,
+            message,
+        } => TransportError::Auth {
+            addr,
+            reason: message,
+        },
+        other => TransportError::Protocol {
+            addr,
+            reason: format!("{step} answered with {other:?}"),
+        },
+    };
+    let Some(key) = key else {
+        return match conn.call(Request::Ping).await? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected("ping", other)),
+        };
+    };
+    let nonce = match conn.call(Request::AuthHello).await? {
+        Response::AuthChallenge { nonce } => nonce,
+        other => return Err(unexpected("authentication hello", other)),
+    };
+    if nonce.is_empty() {
+        return Ok(()); // the server asks for no authentication
+    }
+    let mac = key.proof(&nonce, kind);
+    match conn.call(Request::AuthProof { mac }).await? {
+        Response::Pong => Ok(()),
+        other => Err(unexpected("authentication proof", other)),
     }
 }

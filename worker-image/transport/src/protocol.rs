@@ -43,6 +43,14 @@ pub enum Request {
         fill: bool,
         expect: Option<FileVersion>,
     },
+    /// Authentication, step 1 (`auth` module): the client asks for a challenge. The reply is
+    /// `AuthChallenge`; an empty nonce means the server does not ask for authentication.
+    AuthHello,
+    /// Authentication, step 2: HMAC-SHA256(secret, nonce || context) of the last challenge.
+    /// The reply is `Pong`, or an `Unauthenticated` error after which the server closes.
+    AuthProof {
+        mac: Bytes,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +65,10 @@ pub enum Response {
     Error {
         code: ErrorCode,
         message: String,
+    },
+    /// The answer to `AuthHello`: the server's fresh nonce (empty: no authentication asked).
+    AuthChallenge {
+        nonce: Bytes,
     },
 }
 
@@ -127,6 +139,9 @@ pub enum ErrorCode {
     /// A pinned read (`Read` with `expect`) found the file at another version (or gone): the
     /// caller's view of the file is out of date; it must stat/open the file again.
     Stale = 9,
+    /// The connection has not proven knowledge of the cluster's secret (or proved it wrong);
+    /// the server closes it after this reply.
+    Unauthenticated = 10,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -151,6 +166,8 @@ pub const HEADER_LEN: usize = 24;
 pub const MAX_META: u32 = 16 << 20;
 /// Largest path accepted in a request.
 pub const MAX_PATH: usize = 4096;
+/// Largest authentication nonce or proof (both are 32 bytes today).
+pub const MAX_AUTH_BYTES: usize = 64;
 
 /// Operation codes. Requests have the high bit clear, responses set.
 pub mod op {
@@ -161,6 +178,8 @@ pub mod op {
     pub const BENCH_READ: u16 = 0x0005;
     pub const BENCH_WRITE: u16 = 0x0006;
     pub const LOAD: u16 = 0x0007;
+    pub const AUTH_HELLO: u16 = 0x0008;
+    pub const AUTH_PROOF: u16 = 0x0009;
     pub const PONG: u16 = 0x8001;
     pub const DATA: u16 = 0x8002;
     pub const STAT_REPLY: u16 = 0x8003;
@@ -168,6 +187,7 @@ pub mod op {
     pub const ACK: u16 = 0x8005;
     pub const ERROR: u16 = 0x8006;
     pub const LOADED: u16 = 0x8007;
+    pub const AUTH_CHALLENGE: u16 = 0x8008;
 }
 
 /// What went wrong decoding a frame. `fatal()` errors lose framing: the connection is closed
@@ -314,6 +334,36 @@ fn get_str(b: &mut &[u8], what: &'static str, max: usize) -> Result<String, Code
     Ok(s)
 }
 
+fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+    out.put_u32_le(b.len() as u32);
+    out.put_slice(b);
+}
+
+fn get_bytes(b: &mut &[u8], what: &'static str, max: usize) -> Result<Bytes, CodecError> {
+    let len = get_u32(b, what)? as usize;
+    if len > max {
+        return Err(CodecError::TooLarge {
+            what,
+            len: len as u64,
+            max: max as u64,
+        });
+    }
+    if b.len() < len {
+        return Err(CodecError::Truncated(what));
+    }
+    let v = Bytes::copy_from_slice(&b[..len]);
+    b.advance(len);
+    Ok(v)
+}
+
+fn no_trailing(b: &[u8], what: &'static str) -> Result<(), CodecError> {
+    if b.is_empty() {
+        Ok(())
+    } else {
+        Err(CodecError::TrailingBytes { what, len: b.len() })
+    }
+}
+
 fn put_stat(out: &mut BytesMut, s: &FileStat) {
     out.put_u64_le(s.size);
     out.put_u8(s.is_dir as u8);
@@ -351,6 +401,7 @@ impl ErrorCode {
             7 => ErrorCode::IsADirectory,
             8 => ErrorCode::Unavailable,
             9 => ErrorCode::Stale,
+            10 => ErrorCode::Unauthenticated,
             _ => return None,
         })
     }
@@ -470,6 +521,11 @@ impl Request {
                 }
                 (op::LOAD, None)
             }
+            Request::AuthHello => (op::AUTH_HELLO, None),
+            Request::AuthProof { mac } => {
+                put_bytes(meta, mac);
+                (op::AUTH_PROOF, None)
+            }
         }
     }
 
@@ -545,6 +601,12 @@ impl Request {
                     expect,
                 }
             }
+            op::AUTH_HELLO => Request::AuthHello,
+            op::AUTH_PROOF => {
+                let mac = get_bytes(&mut b, "auth proof", MAX_AUTH_BYTES)?;
+                no_trailing(b, "auth proof")?;
+                Request::AuthProof { mac }
+            }
             other => return Err(CodecError::UnknownOp(other)),
         };
         check_no_data(op, &data)?;
@@ -585,6 +647,10 @@ impl Response {
                 let msg = truncate_utf8(message, 4096);
                 put_str(meta, msg);
                 (op::ERROR, None)
+            }
+            Response::AuthChallenge { nonce } => {
+                put_bytes(meta, nonce);
+                (op::AUTH_CHALLENGE, None)
             }
         }
     }
@@ -631,6 +697,11 @@ impl Response {
                 let code = ErrorCode::from_u16(raw).ok_or(CodecError::UnknownErrorCode(raw))?;
                 let message = get_str(&mut b, "error message", 1 << 16)?;
                 Response::Error { code, message }
+            }
+            op::AUTH_CHALLENGE => {
+                let nonce = get_bytes(&mut b, "auth nonce", MAX_AUTH_BYTES)?;
+                no_trailing(b, "auth nonce")?;
+                Response::AuthChallenge { nonce }
             }
             other => return Err(CodecError::UnknownOp(other)),
         };
@@ -749,6 +820,10 @@ mod tests {
     #[test]
     fn every_request_roundtrips() {
         roundtrip_req(Request::Ping);
+        roundtrip_req(Request::AuthHello);
+        roundtrip_req(Request::AuthProof {
+            mac: Bytes::from(vec![9u8; 32]),
+        });
         roundtrip_req(Request::Read {
             path: "a/b/ü.bin".into(),
             offset: 1 << 40,
@@ -792,6 +867,16 @@ mod tests {
         roundtrip_resp(Response::Ack);
         roundtrip_resp(Response::error(ErrorCode::NotFound, "no such file: a"));
         roundtrip_resp(Response::error(ErrorCode::Stale, "a changed; reopen it"));
+        roundtrip_resp(Response::error(
+            ErrorCode::Unauthenticated,
+            "authentication failed: wrong proof",
+        ));
+        roundtrip_resp(Response::AuthChallenge {
+            nonce: Bytes::from(vec![7u8; 32]),
+        });
+        roundtrip_resp(Response::AuthChallenge {
+            nonce: Bytes::new(),
+        });
     }
 
     /// The metadata of a `Read` as a client without versions (before the trailer) writes it.

@@ -28,15 +28,20 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::auth::{Gate, Verdict};
 use crate::bufpool::BufferPool;
-use crate::protocol::{CodecError, FrameHeader, HEADER_LEN, Request, Response};
+use crate::protocol::{CodecError, ErrorCode, FrameHeader, HEADER_LEN, Request, Response};
+use crate::tls::TlsServer;
+use crate::tls::{ReadHalf, WriteHalf};
 use crate::{ClientOptions, Connection, Handler, ServerOptions, TransportError, TransportKind};
 use crate::{binding, fabric};
 
+/// How long a TLS server waits for a new connection's first bytes to tell a plain rcache
+/// client (it sends a frame at once) from a TLS one.
+const TLS_SNIFF: Duration = Duration::from_secs(5);
 /// Payloads at least this large are read directly into their own buffer.
 const DIRECT_READ_MIN: usize = 32 << 10;
 /// Most frames one vectored write carries.
@@ -85,7 +90,7 @@ pub(crate) fn encode_into<'a, T: Frame>(
 /// A connection's write half and its reusable buffers. Whoever holds the lock writes whole
 /// frames.
 pub(crate) struct FrameWriter {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     /// Frame headers and metadata, encoded back to back.
     meta: BytesMut,
     /// What is left to write, in order.
@@ -97,7 +102,7 @@ pub(crate) struct FrameWriter {
 type SharedWriter = Arc<tokio::sync::Mutex<FrameWriter>>;
 
 impl FrameWriter {
-    fn shared(wr: OwnedWriteHalf, lane: Arc<fabric::LaneBytes>) -> SharedWriter {
+    fn shared(wr: WriteHalf, lane: Arc<fabric::LaneBytes>) -> SharedWriter {
         Arc::new(tokio::sync::Mutex::new(FrameWriter {
             wr,
             lane,
@@ -219,7 +224,7 @@ fn advance(segs: &mut VecDeque<Bytes>, n: usize) {
     }
 }
 
-async fn write_segments(wr: &mut OwnedWriteHalf, segs: &mut VecDeque<Bytes>) -> io::Result<()> {
+async fn write_segments(wr: &mut WriteHalf, segs: &mut VecDeque<Bytes>) -> io::Result<()> {
     while !segs.is_empty() {
         let n = {
             let mut iov = [IoSlice::new(&[]); MAX_BATCH];
@@ -234,7 +239,8 @@ async fn write_segments(wr: &mut OwnedWriteHalf, segs: &mut VecDeque<Bytes>) -> 
         }
         advance(segs, n);
     }
-    Ok(())
+    // TLS keeps records it could not send yet; plain TCP has nothing to flush.
+    wr.flush().await
 }
 
 /// Writes every queued frame; ends when all senders are gone or the socket fails.
@@ -268,9 +274,9 @@ impl From<io::Error> for ReadError {
 }
 
 /// Records a connection with the interface its local address is on (`fabric`).
-fn observe_connection(rd: &OwnedReadHalf) -> Arc<fabric::LaneBytes> {
+fn observe_connection(rd: &ReadHalf) -> Arc<fabric::LaneBytes> {
     let device = match rd.local_addr().map(|a| a.ip()) {
-        Ok(std::net::IpAddr::V4(ip)) => binding::interface_of(ip),
+        Some(std::net::IpAddr::V4(ip)) => binding::interface_of(ip),
         _ => None,
     };
     fabric::record_tcp_connection(device.as_deref().unwrap_or("unknown"))
@@ -278,7 +284,7 @@ fn observe_connection(rd: &OwnedReadHalf) -> Arc<fabric::LaneBytes> {
 
 /// Reads frames off a byte stream.
 struct FrameReader {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
     pool: Option<BufferPool>,
     /// Bytes received are counted here (`fabric`).
@@ -486,9 +492,15 @@ async fn accept_loop(
                     tune_socket(&stream, opts.socket_buffer);
                     let h = handler.clone();
                     let pool = opts.pool.clone();
+                    let gate = Gate::new(opts.auth.clone(), TransportKind::Tcp);
                     let stop = stop.clone();
+                    let tls = opts.tls.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve_conn(stream, h, pool, stop).await {
+                        let Some((rd, wr)) = open_server_stream(stream, tls.as_ref(), peer).await
+                        else {
+                            return;
+                        };
+                        if let Err(e) = serve_conn(rd, wr, h, pool, gate, stop).await {
                             tracing::debug!(%peer, error = %e, "TCP data connection ended");
                         }
                     });
@@ -512,13 +524,51 @@ async fn reply_soon(w: &SharedWriter, tx: &mpsc::Sender<(u64, Response)>, id: u6
     }
 }
 
-async fn serve_conn(
+/// The connection's halves: plain, or after the TLS handshake when the server has TLS. A plain
+/// rcache client (its first bytes are a frame's magic) gets a plain error frame saying TLS is
+/// required instead of a TLS alert it could not read.
+async fn open_server_stream(
     stream: TcpStream,
+    tls: Option<&TlsServer>,
+    peer: SocketAddr,
+) -> Option<(ReadHalf, WriteHalf)> {
+    let Some(tls) = tls else {
+        return Some(crate::tls::plain(stream));
+    };
+    let mut first = [0u8; 4];
+    if let Ok(Ok(4)) = tokio::time::timeout(TLS_SNIFF, stream.peek(&mut first)).await
+        && u32::from_le_bytes(first) == crate::protocol::MAGIC
+    {
+        let mut out = BytesMut::new();
+        Response::error(
+            ErrorCode::Unsupported,
+            "this worker accepts only TLS connections (rcache.security.tls.enabled=true); \
+             the client must use TLS with the cluster's CA (rcache.security.tls.ca.file)",
+        )
+        .encode_frame(0, &mut out);
+        let mut stream = stream;
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+        tracing::debug!(%peer, "plain connection to a TLS worker refused");
+        return None;
+    }
+    match tls.accept(stream).await {
+        Ok(s) => Some(crate::tls::encrypted(s)),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+async fn serve_conn(
+    rd: ReadHalf,
+    wr: WriteHalf,
     handler: Arc<dyn Handler>,
     pool: Option<BufferPool>,
+    mut gate: Gate,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<(u64, Response)>(QUEUE_DEPTH);
     let lane = observe_connection(&rd);
     let w = FrameWriter::shared(wr, lane.clone());
@@ -538,6 +588,17 @@ async fn serve_conn(
             Ok(None) => break Ok(()),
             Ok(Some((h, meta, data))) => match Request::decode(h.op, &meta, data) {
                 Ok(req) => {
+                    let req = match gate.admit(req) {
+                        Verdict::Handle(req) => req,
+                        Verdict::Reply(resp) => {
+                            reply_soon(&w, &tx, h.id, resp).await;
+                            continue;
+                        }
+                        Verdict::Close(resp) => {
+                            reply_soon(&w, &tx, h.id, resp).await;
+                            break Ok(());
+                        }
+                    };
                     let tx = tx.clone();
                     let w = w.clone();
                     // More requests already read: let the writer task batch the replies.
@@ -677,7 +738,27 @@ pub(crate) async fn connect(
         }
     };
     tune_socket(&stream, opts.socket_buffer);
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = match &opts.tls {
+        None => crate::tls::plain(stream),
+        Some(tls) => match tokio::time::timeout(opts.connect_timeout, tls.connect(stream)).await {
+            Ok(Ok(s)) => crate::tls::encrypted(s),
+            Ok(Err(e)) => {
+                return Err(TransportError::Connect {
+                    addr,
+                    reason: format!(
+                        "TLS handshake failed: {e} (does the worker serve TLS with a certificate \
+                         of the CA in rcache.security.tls.ca.file?)"
+                    ),
+                });
+            }
+            Err(_) => {
+                return Err(TransportError::Timeout {
+                    addr,
+                    after_ms: opts.connect_timeout.as_millis() as u64,
+                });
+            }
+        },
+    };
     let (tx, rx) = mpsc::channel::<(u64, Request)>(QUEUE_DEPTH);
     let lane = observe_connection(&rd);
     let w = FrameWriter::shared(wr, lane.clone());
@@ -716,6 +797,12 @@ pub(crate) async fn connect(
                         .remove(&h.id);
                     if let Some(w) = waiter {
                         let _ = w.send(resp);
+                    } else if h.id == 0
+                        && let Ok(Response::Error { message, .. }) = &resp
+                    {
+                        // A connection-level refusal (no request to answer): every call fails
+                        // with the server's words.
+                        break format!("the server refused the connection: {message}");
                     }
                 }
                 Err(ReadError::Codec(_, e)) => break format!("bad frame from server: {e}"),

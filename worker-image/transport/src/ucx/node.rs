@@ -18,7 +18,7 @@
 //! ends without a reply hands the wait back to the node thread (wakes it) and awaits as usual.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ffi::c_void;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +38,7 @@ use ucx_sys::ucs_status_t as st;
 use super::{
     Context, Listener, MemHandle, UcxConfig, Worker, ep_accept, ep_close, ep_connect, status_text,
 };
+use crate::auth::{AuthKey, Gate, Verdict};
 use crate::bufpool::{BufferPool, ChunkMut};
 use crate::fabric;
 use crate::protocol::{FrameHeader, HEADER_LEN, Request, Response};
@@ -165,8 +166,10 @@ const DIRECT_PARK: Duration = Duration::from_millis(5);
 enum Role {
     Server {
         handler: Arc<dyn Handler>,
-        eps: HashSet<usize>,
+        /// Live endpoints and their authentication state.
+        eps: HashMap<usize, Gate>,
         dead: Vec<usize>,
+        auth: Option<AuthKey>,
     },
     Client {
         ep: Option<sys::ucp_ep_h>,
@@ -371,12 +374,27 @@ impl Node {
         self.count(ep, (HEADER_LEN + meta.len() + data.len()) as u64, false);
         let mut st = self.st.borrow_mut();
         match &mut st.role {
-            Role::Server { handler, .. } => {
+            Role::Server {
+                handler, eps, auth, ..
+            } => {
                 let handler = handler.clone();
                 match Request::decode(hdr.op, &meta, data) {
                     Ok(req) => {
-                        drop(st);
-                        self.dispatch(handler, req, reply_ep, hdr.id);
+                        let gate = eps
+                            .entry(reply_ep)
+                            .or_insert_with(|| Gate::new(auth.clone(), TransportKind::Ucx));
+                        match gate.admit(req) {
+                            Verdict::Handle(req) => {
+                                drop(st);
+                                self.dispatch(handler, req, reply_ep, hdr.id);
+                            }
+                            // A refused endpoint stays refused: its every request gets the
+                            // refusal and never reaches the handler; the client, told so,
+                            // closes it.
+                            Verdict::Reply(resp) | Verdict::Close(resp) => {
+                                st.outq.push_back((reply_ep, hdr.id, resp))
+                            }
+                        }
                     }
                     Err(e) => st.outq.push_back((
                         reply_ep,
@@ -428,7 +446,7 @@ impl Node {
 
     fn reply(&self, ep: usize, id: u64, resp: Response) {
         let alive = match &self.st.borrow().role {
-            Role::Server { eps, .. } => eps.contains(&ep),
+            Role::Server { eps, .. } => eps.contains_key(&ep),
             Role::Client { .. } => false,
         };
         if !alive {
@@ -676,7 +694,7 @@ impl Node {
     /// Closes every endpoint (flush, then force) before the worker goes.
     fn close_all(&self) {
         let eps: Vec<usize> = match &mut self.st.borrow_mut().role {
-            Role::Server { eps, .. } => eps.drain().collect(),
+            Role::Server { eps, .. } => eps.drain().map(|(ep, _)| ep).collect(),
             Role::Client { ep, .. } => ep.take().map(|e| e as usize).into_iter().collect(),
         };
         for ep in eps {
@@ -865,8 +883,8 @@ unsafe extern "C" fn on_conn(conn: sys::ucp_conn_request_h, arg: *mut c_void) {
     let node = unsafe { &*(arg as *const Node) };
     match unsafe { ep_accept(&node.worker, conn, Some(on_ep_error), arg) } {
         Ok(ep) => {
-            if let Role::Server { eps, .. } = &mut node.st.borrow_mut().role {
-                eps.insert(ep as usize);
+            if let Role::Server { eps, auth, .. } = &mut node.st.borrow_mut().role {
+                eps.insert(ep as usize, Gate::new(auth.clone(), TransportKind::Ucx));
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot accept UCX connection"),
@@ -979,8 +997,9 @@ pub(crate) async fn listen(
             let _rt = rt.enter();
             let role = Role::Server {
                 handler,
-                eps: HashSet::new(),
+                eps: HashMap::new(),
                 dead: Vec::new(),
+                auth: opts.auth.clone(),
             };
             let node = match build_node(&cfg, addr, opts.pool.clone(), role, mb) {
                 Ok(n) => n,
@@ -1326,6 +1345,9 @@ mod tests {
                 }
                 Request::Read { .. } => Response::error(ErrorCode::NotFound, "no such file"),
                 Request::Load { .. } => Response::error(ErrorCode::Unsupported, "no loads here"),
+                Request::AuthHello | Request::AuthProof { .. } => {
+                    Response::error(ErrorCode::InvalidRequest, "answered by the transport")
+                }
             }
         }
     }
