@@ -34,6 +34,9 @@
 # default 4), CONNECTIONS (client connections per worker; default: the property's default),
 # LAT (0 skips the UCX shared-memory round trip), FUSE_ARGS (extra rcache-fuse flags),
 # BIN_DIR (prebuilt rcache-worker and rcache-fuse, e.g. to compare two builds; default: build),
+# COMPARE_BIN (a directory with another rcache-fuse, mounted beside the first over the same
+# workers and measured right after it in every row) with COMPARE_PROPS (property lines for it,
+# e.g. "rcache.user.network.data.connections.per.worker=4"),
 # ONLY (rows to measure, e.g. "rand_4x16 small"; of seq_direct bench seq_buffered rand_4x16
 # rand_qd1 model_threads model_mmap small lat; default all).
 set -euo pipefail
@@ -79,6 +82,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   findmnt -n "$mnt" >/dev/null 2>&1 && umount -l "$mnt"
+  [ -n "${mnt_cmp:-}" ] && findmnt -n "$mnt_cmp" >/dev/null 2>&1 && umount -l "$mnt_cmp"
   findmnt -n "$floor" >/dev/null 2>&1 && umount -l "$floor"
   findmnt -n "$tmpfs" >/dev/null 2>&1 && umount -l "$tmpfs"
   rm -rf "$work"
@@ -110,6 +114,7 @@ rcache.worker.hostname=127.0.0.1
 rcache.worker.data.bind.host=127.0.0.1
 rcache.worker.data.port=0
 rcache.worker.web.port=0
+rcache.fuse.web.port=0
 rcache.worker.page.size=1MB
 rcache.worker.page.store.mem.quota=${quota}MB
 rcache.network.rdma.data.buffer.pool.initial.size=${quota}MB
@@ -141,6 +146,22 @@ jq -n --argjson m "$members" '{cluster: "bench", generation: 1, members: $m}' >"
 fuse_pid=$!
 for _ in $(seq 200); do findmnt -n -t fuse.rcache "$mnt" >/dev/null && break; sleep 0.1; done
 findmnt -n -t fuse.rcache "$mnt" >/dev/null || { cat "$work/fuse.log" >&2; die "rcache-fuse did not mount"; }
+
+mnt_cmp=
+if [ -n "${COMPARE_BIN:-}" ]; then
+  # A second client (another build, other properties) over the same workers, measured right
+  # after the first in every row, so both see the same machine.
+  mnt_cmp=$work/mnt-cmp
+  mkdir -p "$mnt_cmp"
+  cp "$work/rcache.properties" "$work/cmp.properties"
+  printf '%s\n' ${COMPARE_PROPS:-} >>"$work/cmp.properties"
+  # shellcheck disable=SC2086 # FUSE_ARGS is a list of flags
+  "$COMPARE_BIN/rcache-fuse" mount --config "$work/cmp.properties" --mount-point "$mnt_cmp" \
+    --threads "$THREADS" $FUSE_ARGS 2>"$work/fuse-cmp.log" &
+  pids+=($!)
+  for _ in $(seq 200); do findmnt -n -t fuse.rcache "$mnt_cmp" >/dev/null && break; sleep 0.1; done
+  findmnt -n -t fuse.rcache "$mnt_cmp" >/dev/null || { cat "$work/fuse-cmp.log" >&2; die "the compared rcache-fuse did not mount"; }
+fi
 
 echo "[bench-fuse] warming the workers: reading everything once through the mount" >&2
 cat "$mnt"/*.bin >/dev/null
@@ -227,6 +248,10 @@ measure() { # KEY FUNC ARG
   if [ -n "$ONLY" ] && ! grep -qw -- "${1%%.*}" <<<"$ONLY"; then return; fi
   echo "[bench-fuse] $1" >&2
   V[$1]=$(best "$2" "$3")
+  if [ -n "$mnt_cmp" ] && [ "$3" = "$mnt" ]; then
+    echo "[bench-fuse] ${1%%.*}.cmp" >&2
+    V[${1%%.*}.cmp]=$(best "$2" "$mnt_cmp")
+  fi
 }
 [ "$LAT" = 0 ] && ONLY=${ONLY:-seq_direct bench seq_buffered rand_4x16 rand_qd1 model_threads model_mmap small}
 measure seq_direct.rcache seq_direct "$mnt"
@@ -278,25 +303,33 @@ r() { ratio "${V[$1]:-}" "${V[$2]:-}"; }
 echo
 echo "| measure            |         rcache | peer                   |           peer |  ratio | target       |"
 echo "| ------------------ | -------------- | ---------------------- | -------------- | ------ | ------------ |"
-row "seq-1M direct" "$(mib "${V[seq_direct.rcache]}")" "bench stress-read tcp" "$(mib "${V[bench.tcp]}")" "$(r seq_direct.rcache bench.tcp)" ">=" 0.6
-row "seq-1M direct" "$(mib "${V[seq_direct.rcache]}")" "FUSE floor (bindfs)" "$(mib "${V[seq_direct.floor]}")" "$(r seq_direct.rcache seq_direct.floor)" ">=" 0.8
-row "seq-1M direct" "$(mib "${V[seq_direct.rcache]}")" "local disk" "$(mib "${V[seq_direct.disk]}")" "$(r seq_direct.rcache seq_direct.disk)" - -
-row "seq-1M buffered" "$(mib "${V[seq_buffered.rcache]}")" "FUSE floor (bindfs)" "$(mib "${V[seq_buffered.floor]}")" "$(r seq_buffered.rcache seq_buffered.floor)" - -
-row "seq-1M buffered" "$(mib "${V[seq_buffered.rcache]}")" "local disk" "$(mib "${V[seq_buffered.disk]}")" "$(r seq_buffered.rcache seq_buffered.disk)" - -
-row "rand-4K 4x16" "$(num "${V[rand_4x16.rcache]}" IOPS)" "local disk" "$(num "${V[rand_4x16.disk]}" IOPS)" "$(r rand_4x16.rcache rand_4x16.disk)" ">=" 1.5
-row "rand-4K 4x16" "$(num "${V[rand_4x16.rcache]}" IOPS)" "FUSE floor (bindfs)" "$(num "${V[rand_4x16.floor]}" IOPS)" "$(r rand_4x16.rcache rand_4x16.floor)" ">=" 0.5
-row "rand-4K qd1" "$(num "${V[rand_qd1.rcache]}" IOPS)" "local disk" "$(num "${V[rand_qd1.disk]}" IOPS)" "$(r rand_qd1.rcache rand_qd1.disk)" - -
-row "rand-4K qd1" "$(num "${V[rand_qd1.rcache]}" IOPS)" "FUSE floor (bindfs)" "$(num "${V[rand_qd1.floor]}" IOPS)" "$(r rand_qd1.rcache rand_qd1.floor)" - -
-row "model threads" "$(mib "${V[model_threads.rcache]}")" "tmpfs" "$(mib "${V[model_threads.tmpfs]}")" "$(r model_threads.rcache model_threads.tmpfs)" - -
-row "model threads" "$(mib "${V[model_threads.rcache]}")" "FUSE floor (bindfs)" "$(mib "${V[model_threads.floor]}")" "$(r model_threads.rcache model_threads.floor)" - -
-row "model mmap 4K" "$(mib "${V[model_mmap.rcache]}")" "tmpfs" "$(mib "${V[model_mmap.tmpfs]}")" "$(r model_mmap.rcache model_mmap.tmpfs)" - -
-row "model mmap 4K" "$(mib "${V[model_mmap.rcache]}")" "FUSE floor (bindfs)" "$(mib "${V[model_mmap.floor]}")" "$(r model_mmap.rcache model_mmap.floor)" - -
-row "small files" "$(num "${V[small.rcache]}" files/s)" "local disk" "$(num "${V[small.disk]}" files/s)" "$(r small.rcache small.disk)" ">=" 1.5
-row "small files" "$(num "${V[small.rcache]}" files/s)" "FUSE floor (bindfs)" "$(num "${V[small.floor]}" files/s)" "$(r small.rcache small.floor)" - -
+row "seq-1M direct" "$(mib "${V[seq_direct.rcache]:-}")" "bench stress-read tcp" "$(mib "${V[bench.tcp]:-}")" "$(r seq_direct.rcache bench.tcp)" ">=" 0.6
+row "seq-1M direct" "$(mib "${V[seq_direct.rcache]:-}")" "FUSE floor (bindfs)" "$(mib "${V[seq_direct.floor]:-}")" "$(r seq_direct.rcache seq_direct.floor)" ">=" 0.8
+row "seq-1M direct" "$(mib "${V[seq_direct.rcache]:-}")" "local disk" "$(mib "${V[seq_direct.disk]:-}")" "$(r seq_direct.rcache seq_direct.disk)" - -
+row "seq-1M buffered" "$(mib "${V[seq_buffered.rcache]:-}")" "FUSE floor (bindfs)" "$(mib "${V[seq_buffered.floor]:-}")" "$(r seq_buffered.rcache seq_buffered.floor)" - -
+row "seq-1M buffered" "$(mib "${V[seq_buffered.rcache]:-}")" "local disk" "$(mib "${V[seq_buffered.disk]:-}")" "$(r seq_buffered.rcache seq_buffered.disk)" - -
+row "rand-4K 4x16" "$(num "${V[rand_4x16.rcache]:-}" IOPS)" "local disk" "$(num "${V[rand_4x16.disk]:-}" IOPS)" "$(r rand_4x16.rcache rand_4x16.disk)" ">=" 1.5
+row "rand-4K 4x16" "$(num "${V[rand_4x16.rcache]:-}" IOPS)" "FUSE floor (bindfs)" "$(num "${V[rand_4x16.floor]:-}" IOPS)" "$(r rand_4x16.rcache rand_4x16.floor)" ">=" 0.5
+row "rand-4K qd1" "$(num "${V[rand_qd1.rcache]:-}" IOPS)" "local disk" "$(num "${V[rand_qd1.disk]:-}" IOPS)" "$(r rand_qd1.rcache rand_qd1.disk)" - -
+row "rand-4K qd1" "$(num "${V[rand_qd1.rcache]:-}" IOPS)" "FUSE floor (bindfs)" "$(num "${V[rand_qd1.floor]:-}" IOPS)" "$(r rand_qd1.rcache rand_qd1.floor)" - -
+row "model threads" "$(mib "${V[model_threads.rcache]:-}")" "tmpfs" "$(mib "${V[model_threads.tmpfs]:-}")" "$(r model_threads.rcache model_threads.tmpfs)" - -
+row "model threads" "$(mib "${V[model_threads.rcache]:-}")" "FUSE floor (bindfs)" "$(mib "${V[model_threads.floor]:-}")" "$(r model_threads.rcache model_threads.floor)" - -
+row "model mmap 4K" "$(mib "${V[model_mmap.rcache]:-}")" "tmpfs" "$(mib "${V[model_mmap.tmpfs]:-}")" "$(r model_mmap.rcache model_mmap.tmpfs)" - -
+row "model mmap 4K" "$(mib "${V[model_mmap.rcache]:-}")" "FUSE floor (bindfs)" "$(mib "${V[model_mmap.floor]:-}")" "$(r model_mmap.rcache model_mmap.floor)" - -
+row "small files" "$(num "${V[small.rcache]:-}" files/s)" "local disk" "$(num "${V[small.disk]:-}" files/s)" "$(r small.rcache small.disk)" ">=" 1.5
+row "small files" "$(num "${V[small.rcache]:-}" files/s)" "FUSE floor (bindfs)" "$(num "${V[small.floor]:-}" files/s)" "$(r small.rcache small.floor)" - -
 if [ -n "${V[lat.rcache]:-}" ]; then
-  lat=$(awk -v t="${V[lat.rcache]}" 'BEGIN { print -t }')
-  rtt=$(awk -v t="${V[lat.tag]}" 'BEGIN { print -2 * t }')
+  lat=$(awk -v t="${V[lat.rcache]:-}" 'BEGIN { print -t }')
+  rtt=$(awk -v t="${V[lat.tag]:-}" 'BEGIN { print -2 * t }')
   row "ucx shm RTT 4K P50" "$(us "$lat")" "2 x tag_lat (shm)" "$(us "$rtt")" "$(ratio "$lat" "$rtt")" "<=" 1.5
+fi
+if [ -n "$mnt_cmp" ]; then
+  echo
+  echo "compared client ($COMPARE_BIN/rcache-fuse${COMPARE_PROPS:+, $COMPARE_PROPS}) over the same workers, measured after each rcache row:"
+  for k in seq_direct seq_buffered rand_4x16 rand_qd1 model_threads model_mmap small; do
+    [ -n "${V[$k.cmp]:-}" ] || continue
+    printf '| %-18s | %14.0f | %14.0f | compared/rcache %6.2f |\n' "$k" "${V[$k.rcache]}" "${V[$k.cmp]}" "$(r $k.cmp $k.rcache)"
+  done
 fi
 echo
 echo "(best of $ROUNDS, page cache dropped before each; files: 2 x ${SIZE_MB} MiB, ${MODEL_FILES} x ${MODEL_MB} MiB model, ${SMALL_FILES} x 64 KiB; ${SECONDS_PER_JOB}s time-based jobs; $WORKERS worker(s) over TCP loopback, prefetch $PREFETCH_PARTS parts, $THREADS FUSE threads${FUSE_ARGS:+, $FUSE_ARGS}; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), kernel $(uname -r), $(date -u +%FT%TZ))"
