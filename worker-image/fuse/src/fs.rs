@@ -426,9 +426,11 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         if let Err(max) = config.set_max_readahead(MAX_READ) {
             let _ = config.set_max_readahead(max);
         }
-        // Let several readahead requests be in flight, so prefetch overlaps with the reader.
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
+        // Let many readahead and asynchronous O_DIRECT requests be in flight (both count as
+        // background requests): several readers each with an 8 MiB readahead window, or 4 jobs
+        // x iodepth 16, would otherwise stall at the kernel's congestion threshold.
+        let _ = config.set_max_background(256);
+        let _ = config.set_congestion_threshold(192);
         // Each is asked for alone, so a kernel without one still gets the others.
         for (cap, name) in WANTED_CAPABILITIES {
             if config.add_capabilities(cap).is_err() {
