@@ -31,12 +31,11 @@
 # Knobs: SIZE_MB (seq/rand file size, default 512), MODEL_MB (default 512), MODEL_FILES
 # (default 2), SMALL_FILES (default 2000), SECONDS_PER_JOB (time-based jobs, default 5), ROUNDS
 # (best of, default 3), WORKERS (default 1), PREFETCH_PARTS (default 8), THREADS (FUSE threads,
-# default 4), CONNECTIONS (client connections per worker; default: the property's default),
-# LAT (0 skips the UCX shared-memory round trip), FUSE_ARGS (extra rcache-fuse flags),
+# default 4), LAT (0 skips the UCX shared-memory round trip), FUSE_ARGS (extra rcache-fuse flags),
 # BIN_DIR (prebuilt rcache-worker and rcache-fuse, e.g. to compare two builds; default: build),
 # COMPARE_BIN (a directory with another rcache-fuse, mounted beside the first over the same
 # workers and measured right after it in every row) with COMPARE_PROPS (property lines for it,
-# e.g. "rcache.user.network.data.connections.per.worker=4"),
+# e.g. "rcache.user.position.reader.streaming.async.prefetch.file.length.threshold=1MB"),
 # ONLY (rows to measure, e.g. "rand_4x16 small"; of seq_direct bench seq_buffered rand_4x16
 # rand_qd1 model_threads model_mmap small lat; default all).
 set -euo pipefail
@@ -121,7 +120,6 @@ rcache.network.rdma.data.buffer.pool.initial.size=${quota}MB
 rcache.network.rdma.data.buffer.pool.prewarm.size=0
 rcache.network.rdma.data.buffer.pool.max.size=${quota}MB
 rcache.user.position.reader.streaming.async.prefetch.max.part.number=$PREFETCH_PARTS
-${CONNECTIONS:+rcache.user.network.data.connections.per.worker=$CONNECTIONS}
 EOF
 
 for i in $(seq 0 $((WORKERS - 1))); do
