@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what rcache needs on a fresh Debian machine (idempotent; skips what is present).
-# Debian packages: UCX (library, headers, ucx_perftest), clang for bindgen, FUSE 3, fio, iperf3, sockperf,
+# Debian packages: UCX (library, headers, ucx_perftest), clang for bindgen, FUSE 3, bindfs (the FUSE
+# floor of scripts/bench-fuse.sh), fio, iperf3, sockperf,
 # iproute2 for network namespaces; for the real node (e2e/node/node) and the image (scripts/build-image.sh):
 # runc, iptables, conntrack, openssl, buildah + debootstrap (offline image builds), static libc for
 # the pause binary. Go and Rust toolchains are expected on the machine; python3 (with venv) for the
 # local S3 server's install.
 set -euo pipefail
-pkgs=(libucx-dev ucx-utils libclang-dev clang pkg-config fuse3 libfuse3-dev fio iperf3 sockperf iproute2 jq procps psmisc curl
+pkgs=(libucx-dev ucx-utils libclang-dev clang pkg-config fuse3 libfuse3-dev bindfs fio iperf3 sockperf iproute2 jq procps psmisc curl
   runc iptables conntrack openssl socat buildah debootstrap fuse-overlayfs uidmap crun containers-storage libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do

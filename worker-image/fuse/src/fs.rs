@@ -38,9 +38,32 @@ const KERNEL_TTL: Duration = Duration::from_secs(1);
 /// keeper), that stat waits for a client that cannot start until it returns. The root of a
 /// read-only cache has nothing in its attributes worth asking again for.
 const ROOT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// An open this soon after the lookup of its path pins the version that lookup saw instead of
+/// asking the workers again: one `open(2)` of a path the kernel does not know sends a lookup
+/// and then an open, microseconds apart, and the second stat (a round trip to a worker, a third
+/// of the cost of reading a small file) would tell nothing new: the kernel itself trusts that
+/// stat for [`KERNEL_TTL`]. Each lookup's stat serves one open at most, so a file reopened
+/// later is stat'ed afresh (close-to-open).
+const OPEN_AFTER_LOOKUP: Duration = KERNEL_TTL;
+/// Lookups remembered for their open at most; past this, expired ones are dropped.
+const LOOKUPS_REMEMBERED: usize = 4096;
 /// Largest read the kernel sends and readahead it keeps in flight (FUSE max_pages limit is
 /// 256 pages = 1 MiB by default).
 pub const MAX_READ: u32 = 1 << 20;
+
+/// FUSE capabilities asked of the kernel beyond fuser's defaults, and why:
+/// - `FUSE_ASYNC_DIO`: an asynchronous O_DIRECT read (libaio, io_uring) is sent to us without
+///   the submitter waiting for it, so an application's queue depth reaches the workers; without
+///   it the kernel answers each such read before taking the next (queue depth 1 per thread).
+/// - `FUSE_PARALLEL_DIROPS`: lookups (and readdirs) in one directory are not serialised on
+///   the directory's lock, so threads opening many files of a dataset directory overlap.
+const WANTED_CAPABILITIES: [(fuser::InitFlags, &str); 2] = [
+    (fuser::InitFlags::FUSE_ASYNC_DIO, "FUSE_ASYNC_DIO"),
+    (
+        fuser::InitFlags::FUSE_PARALLEL_DIROPS,
+        "FUSE_PARALLEL_DIROPS",
+    ),
+];
 
 struct DirListing {
     entries: Vec<(u64, FileType, String)>,
@@ -59,6 +82,9 @@ struct Shared<S: FileSource> {
     /// The version a read of a path found stale: a stat that is told this version again (a
     /// worker's metadata may trust it for its sync interval) checks it first.
     stale: Mutex<HashMap<String, FileVersion>>,
+    /// The stat each recent lookup of a file found, for the open that follows it (see
+    /// [`OPEN_AFTER_LOOKUP`]).
+    looked_up: Mutex<HashMap<Arc<str>, (FileStat, Instant)>>,
     next_fh: AtomicU64,
     /// Directory handles a previous client opened (takeover): fh -> ino, listed on first use.
     restored_dirs: Mutex<HashMap<u64, u64>>,
@@ -81,7 +107,15 @@ impl<S: FileSource> Shared<S> {
     /// trust that version for its sync interval) and the file stat'ed again, so the kernel and
     /// the next open learn the new version.
     async fn stat(&self, path: &str) -> Result<FileStat, SourceError> {
-        let st = if let Some(st) = self.stats.get(path) {
+        self.stat_or(path, None).await
+    }
+
+    /// [`Shared::stat`], taking `known` (a stat just made) in place of asking the cache or
+    /// the source; the stale-version check still applies.
+    async fn stat_or(&self, path: &str, known: Option<FileStat>) -> Result<FileStat, SourceError> {
+        let st = if let Some(st) = known {
+            st
+        } else if let Some(st) = self.stats.get(path) {
             self.metrics.stat_cache_hits.inc();
             st
         } else {
@@ -113,6 +147,25 @@ impl<S: FileSource> Shared<S> {
         self.stats.put(path, &st);
         lock(&self.stale).remove(path);
         Ok(st)
+    }
+
+    /// Remembers what the lookup of file `path` found, for the open that follows.
+    fn remember_lookup(&self, path: &str, st: &FileStat) {
+        let mut m = lock(&self.looked_up);
+        if m.len() >= LOOKUPS_REMEMBERED {
+            m.retain(|_, (_, at)| at.elapsed() < OPEN_AFTER_LOOKUP);
+            if m.len() >= LOOKUPS_REMEMBERED {
+                return;
+            }
+        }
+        m.insert(Arc::from(path), (st.clone(), Instant::now()));
+    }
+
+    /// The stat of `path`'s lookup if it was made within [`OPEN_AFTER_LOOKUP`]; taken, so it
+    /// serves one open.
+    fn take_lookup(&self, path: &str) -> Option<FileStat> {
+        let (st, at) = lock(&self.looked_up).remove(path)?;
+        (at.elapsed() < OPEN_AFTER_LOOKUP).then_some(st)
     }
 
     fn record(&self, r: Record) {
@@ -256,6 +309,7 @@ fn reply_read<S: FileSource>(
             shared.metrics.error("read", libc::ESTALE);
             tracing::info!(path, offset, size, error = %e, "file changed since it was opened: ESTALE");
             shared.stats.remove(path);
+            lock(&shared.looked_up).remove(path);
             lock(&shared.seen).remove(&ino);
             lock(&shared.stale).insert(path.to_string(), version);
             reply.error(Errno::ESTALE);
@@ -299,6 +353,7 @@ impl<S: FileSource> RcacheFs<S> {
                 dirs: Mutex::new(HashMap::new()),
                 seen: Mutex::new(HashMap::new()),
                 stale: Mutex::new(HashMap::new()),
+                looked_up: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 restored_dirs: Mutex::new(HashMap::new()),
                 journal: Arc::new(OnceLock::new()),
@@ -377,9 +432,20 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         if let Err(max) = config.set_max_readahead(MAX_READ) {
             let _ = config.set_max_readahead(max);
         }
-        // Let several readahead requests be in flight, so prefetch overlaps with the reader.
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
+        // Let many readahead and asynchronous O_DIRECT requests be in flight (both count as
+        // background requests): several readers each with an 8 MiB readahead window, or 4 jobs
+        // x iodepth 16, would otherwise stall at the kernel's congestion threshold.
+        let _ = config.set_max_background(256);
+        let _ = config.set_congestion_threshold(192);
+        // Each is asked for alone, so a kernel without one still gets the others.
+        for (cap, name) in WANTED_CAPABILITIES {
+            if config.add_capabilities(cap).is_err() {
+                tracing::info!(
+                    capability = name,
+                    "the kernel does not offer this FUSE capability"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -396,6 +462,9 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         self.rt.spawn(async move {
             match shared.stat(&path).await {
                 Ok(st) => {
+                    if !st.is_dir {
+                        shared.remember_lookup(&path, &st);
+                    }
                     let ino = shared.inodes.lookup(&path);
                     shared.record(Record::Lookup {
                         ino,
@@ -520,7 +589,8 @@ impl<S: FileSource> Filesystem for RcacheFs<S> {
         };
         let shared = self.shared.clone();
         self.rt.spawn(async move {
-            let st = match shared.stat(&path).await {
+            let known = shared.take_lookup(&path);
+            let st = match shared.stat_or(&path, known).await {
                 Ok(st) if st.is_dir => return reply.error(shared.fail_with("open", Errno::EISDIR)),
                 Ok(st) => st,
                 Err(e) => {

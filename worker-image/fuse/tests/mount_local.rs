@@ -269,3 +269,98 @@ fn unmount_succeeds_after_an_outside_lazy_unmount_a_connection_abort_and_a_first
     m.unmount().expect("a second clean unmount");
     assert_eq!(common::mount_type(&mnt), None);
 }
+
+/// A local directory source that counts the stats asked of it for the file `f`.
+struct CountingSource {
+    inner: LocalDirSource,
+    stats: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl rcache_fuse::FileSource for CountingSource {
+    async fn stat(
+        &self,
+        path: &str,
+    ) -> Result<rcache_transport::protocol::FileStat, rcache_fuse::SourceError> {
+        if path == "f" {
+            self.stats.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.stat(path).await
+    }
+    async fn list(
+        &self,
+        path: &str,
+    ) -> Result<Vec<rcache_transport::protocol::DirEntry>, rcache_fuse::SourceError> {
+        self.inner.list(path).await
+    }
+    async fn read(
+        &self,
+        path: &str,
+        at: rcache_transport::protocol::FileVersion,
+        offset: u64,
+        len: u32,
+    ) -> Result<bytes::Bytes, rcache_fuse::SourceError> {
+        self.inner.read(path, at, offset, len).await
+    }
+}
+
+#[test]
+fn an_open_pins_the_stat_of_its_own_lookup_and_a_reopen_stats_the_file_again() {
+    require_fuse!();
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
+    std::fs::create_dir_all(&ufs).unwrap();
+    std::fs::write(ufs.join("f"), b"first version").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stats = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let source = CountingSource {
+        inner: LocalDirSource::new(ufs.clone()),
+        stats: stats.clone(),
+    };
+    let opts = FuseOptions {
+        mount_point: mnt.clone(),
+        ..FuseOptions::default()
+    };
+    let mut m = rcache_fuse::mount(
+        source,
+        &opts,
+        rt.handle().clone(),
+        rcache_fuse::FuseMetrics::new(),
+    )
+    .unwrap();
+    // open + read, without the statx of `std::fs::read` (whose birth-time field makes the
+    // kernel send a getattr).
+    let read = |p: &std::path::Path| {
+        use std::io::Read;
+        let mut f = std::fs::File::open(p).unwrap();
+        let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
+        loop {
+            match f.read(&mut buf).unwrap() {
+                0 => break out,
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let before = stats.load(Ordering::SeqCst);
+    // open(2) of a path the kernel does not know: a lookup, then an open; one stat for both.
+    assert_eq!(read(&mnt.join("f")), b"first version");
+    assert_eq!(stats.load(Ordering::SeqCst) - before, 1, "lookup + open");
+    // The file changes (same length: the kernel bounds reads by the size it holds for a
+    // second; a later mtime, whatever the clock's tick); the next open asks again, whether or
+    // not the kernel looks the path up again, and reads the new version, not the one the
+    // first lookup saw.
+    std::fs::write(ufs.join("f"), b"other version").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(ufs.join("f"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(3600))
+        .unwrap();
+    assert_eq!(read(&mnt.join("f")), b"other version");
+    assert_eq!(stats.load(Ordering::SeqCst) - before, 2, "the reopen");
+    m.unmount().unwrap();
+}
