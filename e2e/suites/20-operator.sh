@@ -33,6 +33,10 @@ e2e_on_exit "kubectl delete crd cacheloads.rcache.io --ignore-not-found --wait=t
 # The CRD is cluster-scoped: this suite owns it while it runs and removes it at the end, so a
 # later suite that installs it with helm (90-journey) finds no CRD helm does not own.
 e2e_on_exit "kubectl delete crd cacheclusters.rcache.io --ignore-not-found --wait=true --timeout=60s >/dev/null"
+# Runs before that (hooks run last-registered first) and after the operators are stopped: a
+# CacheCluster with a claim carries the finalizer rcache.io/claim-users, which only a running
+# operator removes; without this its namespace and the CRD would stay Terminating.
+e2e_on_exit "kubectl get cacheclusters.rcache.io -A -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.name}{\"\\n\"}{end}' | while read -r n c; do kubectl -n \$n patch cacheclusters.rcache.io \$c --type=merge -p '{\"metadata\":{\"finalizers\":null}}'; done"
 check "CacheCluster CRD is Established" wait_for 30 crd_established cacheclusters.rcache.io
 check "CacheLoad CRD is Established" wait_for 30 crd_established cacheloads.rcache.io
 
