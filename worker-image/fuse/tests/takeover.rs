@@ -17,10 +17,6 @@ struct KeeperProcess {
 }
 
 impl KeeperProcess {
-    fn start(socket: &Path, log: &Path) -> Self {
-        Self::start_with(socket, log, &[])
-    }
-
     fn start_with(socket: &Path, log: &Path, extra: &[&str]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_rcache-fuse"))
             .args(["keeper", "--socket"])
@@ -70,6 +66,14 @@ fn read_in_background(
 fn config_and_keeper(
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, std::path::PathBuf, KeeperProcess) {
+    config_and_keeper_with(dir, &[])
+}
+
+/// The same, the keeper started with `extra` arguments.
+fn config_and_keeper_with(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf, KeeperProcess) {
     let config = dir.join("rcache.properties");
     std::fs::write(
         &config,
@@ -77,8 +81,20 @@ fn config_and_keeper(
     )
     .unwrap();
     let socket = dir.join("keeper.sock");
-    let keeper = KeeperProcess::start(&socket, &dir.join("keeper.log"));
+    let keeper = KeeperProcess::start_with(&socket, &dir.join("keeper.log"), extra);
     (config, socket, keeper)
+}
+
+/// The client's arguments: serve `ufs` and keep the connection with the keeper at `socket`.
+fn client_args(ufs: &Path, socket: &Path) -> Vec<String> {
+    [
+        "--local-dir",
+        ufs.to_str().unwrap(),
+        "--keeper-socket",
+        socket.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 #[test]
@@ -91,12 +107,8 @@ fn an_open_file_reads_on_through_a_kill_9_and_a_sigterm_of_the_client() {
     let want = common::pattern(big_len, 99);
     std::fs::write(ufs.join("big.bin"), &want).unwrap();
     let (config, socket, keeper) = config_and_keeper(dir.path());
-    let args = [
-        "--local-dir",
-        ufs.to_str().unwrap(),
-        "--keeper-socket",
-        socket.to_str().unwrap(),
-    ];
+    let args = client_args(&ufs, &socket);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let log = |n: u32| dir.path().join(format!("fuse{n}.log"));
 
     let mut first = common::FuseProcess::start(&config, &mnt, &log(1), &args);
@@ -187,12 +199,8 @@ fn reads_in_flight_when_the_client_is_killed_are_answered_by_the_next_one() {
     std::fs::write(ufs.join("f.bin"), &*want).unwrap();
     std::fs::write(ufs.join("small.txt"), b"x").unwrap();
     let (config, socket, keeper) = config_and_keeper(dir.path());
-    let args = [
-        "--local-dir",
-        ufs.to_str().unwrap(),
-        "--keeper-socket",
-        socket.to_str().unwrap(),
-    ];
+    let args = client_args(&ufs, &socket);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let log = |n: u32| dir.path().join(format!("fuse{n}.log"));
     // Every client stays in `clients` until the end: dropping a stopped one would unmount.
     let mut clients = vec![common::FuseProcess::start(&config, &mnt, &log(0), &args)];
@@ -266,16 +274,8 @@ fn a_connection_no_client_comes_back_to_is_closed_and_its_mount_detached() {
     let dir = tempfile::tempdir().unwrap();
     let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
     common::make_tree(&ufs);
-    let config = dir.path().join("rcache.properties");
-    std::fs::write(
-        &config,
-        "rcache.cluster.name=test\nrcache.ufs.uri=file:///unused\n",
-    )
-    .unwrap();
-    let socket = dir.path().join("keeper.sock");
-    let keeper = KeeperProcess::start_with(
-        &socket,
-        &dir.path().join("keeper.log"),
+    let (config, socket, keeper) = config_and_keeper_with(
+        dir.path(),
         &[
             "--orphan-grace-secs",
             "1",
@@ -283,12 +283,8 @@ fn a_connection_no_client_comes_back_to_is_closed_and_its_mount_detached() {
             dir.path().to_str().unwrap(),
         ],
     );
-    let args = [
-        "--local-dir",
-        ufs.to_str().unwrap(),
-        "--keeper-socket",
-        socket.to_str().unwrap(),
-    ];
+    let args = client_args(&ufs, &socket);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut client = common::FuseProcess::start(&config, &mnt, &dir.path().join("fuse.log"), &args);
     common::assert_same_tree(&ufs, &mnt);
     // Stopped as when its CacheCluster is deleted: the mount stays, held by the keeper...
@@ -322,12 +318,8 @@ fn while_no_client_serves_the_mount_points_own_attributes_still_answer() {
     let (ufs, mnt) = (dir.path().join("ufs"), dir.path().join("mnt"));
     common::make_tree(&ufs);
     let (config, socket, _keeper) = config_and_keeper(dir.path());
-    let args = [
-        "--local-dir",
-        ufs.to_str().unwrap(),
-        "--keeper-socket",
-        socket.to_str().unwrap(),
-    ];
+    let args = client_args(&ufs, &socket);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut first = common::FuseProcess::start(&config, &mnt, &dir.path().join("fuse1.log"), &args);
     assert!(std::fs::metadata(&mnt).unwrap().is_dir());
     assert!(!first.signal_and_wait(libc::SIGKILL).success());
