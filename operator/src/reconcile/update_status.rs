@@ -26,6 +26,16 @@ fn spec_transport(cc: &CacheCluster) -> &'static str {
     }
 }
 
+/// What is known of a cluster whose reconcile stopped before observing anything: its spec.
+fn not_reconciled(cc: &CacheCluster, generation: i64) -> Observed {
+    Observed {
+        generation,
+        workers_desired: cc.spec.worker.replicas,
+        transport: spec_transport(cc).to_string(),
+        ..Observed::default()
+    }
+}
+
 /// The spec is invalid (`err`): the status says why, and an `InvalidSpec` Event is published
 /// when the cluster was not already invalid.
 pub(super) async fn invalid_spec(
@@ -35,11 +45,8 @@ pub(super) async fn invalid_spec(
     err: &Error,
 ) -> Result<(), Error> {
     let observed = Observed {
-        generation,
         spec_error: Some(err.to_string()),
-        workers_desired: cc.spec.worker.replicas,
-        transport: spec_transport(cc).to_string(),
-        ..Observed::default()
+        ..not_reconciled(cc, generation)
     };
     let prev = write_status(&ctx.client, cc, status::compute(&observed)).await?;
     let was_invalid = prev
@@ -67,11 +74,8 @@ pub(super) async fn apply_refused(
     err: &Error,
 ) -> Result<(), Error> {
     let observed = Observed {
-        generation,
         apply_error: Some(err.to_string()),
-        workers_desired: cc.spec.worker.replicas,
-        transport: spec_transport(cc).to_string(),
-        ..Observed::default()
+        ..not_reconciled(cc, generation)
     };
     let new_status = status::compute(&observed);
     let prev = write_status(&ctx.client, cc, new_status.clone()).await?;
