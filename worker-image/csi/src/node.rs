@@ -273,17 +273,27 @@ fn unmount(p: &Path) -> io::Result<()> {
     Err(e)
 }
 
+impl NodeService {
+    /// Runs `f` (mount(2), umount(2), stat of the node's paths: blocking) off the runtime.
+    async fn blocking(
+        &self,
+        f: impl FnOnce(&NodeService) -> Result<(), Status> + Send + 'static,
+    ) -> Result<(), Status> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+    }
+}
+
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn node_publish_volume(
         &self,
         request: Request<NodePublishVolumeRequest>,
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
-        let s = self.clone();
         let r = request.into_inner();
-        tokio::task::spawn_blocking(move || s.publish(&r))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        self.blocking(move |s| s.publish(&r)).await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
 
@@ -291,11 +301,8 @@ impl Node for NodeService {
         &self,
         request: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
-        let s = self.clone();
         let r = request.into_inner();
-        tokio::task::spawn_blocking(move || s.unpublish(&r))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        self.blocking(move |s| s.unpublish(&r)).await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
