@@ -165,6 +165,24 @@ pub fn read_msg(r: &mut impl Read) -> io::Result<Option<Msg>> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// Bytes of control buffer for one cmsg carrying one fd.
+fn fd_cmsg_space() -> usize {
+    // SAFETY: CMSG_SPACE is a pure computation.
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize }
+}
+
+/// A message header over the 1-byte `iov` and the control buffer `cbuf` (of
+/// [`fd_cmsg_space`] bytes); its pointers are valid while both are.
+fn fd_msghdr(iov: &mut libc::iovec, cbuf: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data, for which all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = cbuf.len() as _;
+    msg
+}
+
 /// Sends `fd` over `sock` with one marker byte (`SCM_RIGHTS`).
 pub fn send_fd(sock: &UnixStream, fd: impl AsFd) -> io::Result<()> {
     let raw = fd.as_fd().as_raw_fd();
@@ -173,17 +191,11 @@ pub fn send_fd(sock: &UnixStream, fd: impl AsFd) -> io::Result<()> {
         iov_base: byte.as_ptr() as *mut libc::c_void,
         iov_len: 1,
     };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call, and the
-    // control buffer is CMSG_SPACE(int) bytes, exactly one cmsg carrying one int.
+    let mut cbuf = vec![0u8; fd_cmsg_space()];
+    let msg = fd_msghdr(&mut iov, &mut cbuf);
+    // SAFETY: every pointer in `msg` outlives the sendmsg call, and the control buffer is
+    // CMSG_SPACE(int) bytes, exactly one cmsg carrying one int.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space as _;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
@@ -214,18 +226,12 @@ pub fn recv_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
         iov_base: byte.as_mut_ptr() as *mut libc::c_void,
         iov_len: 1,
     };
-    // SAFETY: as in send_fd.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
+    let mut cbuf = vec![0u8; fd_cmsg_space()];
+    let mut msg = fd_msghdr(&mut iov, &mut cbuf);
     // SAFETY: the msghdr points at buffers that outlive recvmsg; the cmsg walk stays inside the
     // control buffer (CMSG_FIRSTHDR checks msg_controllen), and a received SCM_RIGHTS fd is ours
     // to own (MSG_CMSG_CLOEXEC keeps it from leaking into children).
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space as _;
         let n = loop {
             let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
             if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
