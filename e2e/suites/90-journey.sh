@@ -270,6 +270,32 @@ assert_contains "its member's data address is its ib0 address" "192.168.77." "$(
 kubectl -n "$app" delete "$crd" rdma-real --wait=false >/dev/null
 
 # --------------------------------------------------------------------------------------------
+e2e_log "TLS on the TCP data path (spec.network.tls): the worker pod serves the operator's certificate"
+jq --argjson p "$(journey_on_real_node_patch "$dataset" 64Mi)" -n '{apiVersion: "rcache.io/v1alpha1", kind: "CacheCluster",
+  metadata: {name: "tls-real"},
+  spec: ({ufs: {uri: "file:///data"}, worker: {replicas: 1}, fuse: {enabled: false},
+          network: {mode: "tcp", tls: true}} * $p.spec | del(.fuse.nodeSelector, .fuse.tolerations))}' >"$E2E_TMP/tls-real.json"
+check "TLS CacheCluster admitted" kubectl -n "$app" apply -f "$E2E_TMP/tls-real.json"
+check "its worker pod Running and Ready (TLS certificate and key from tls-real-auth)" \
+  wait_for 180 pods_ready "$app" "app.kubernetes.io/instance=tls-real,app.kubernetes.io/component=worker" 1
+check "a client pod with tls-real's Secret Running" journey_client_pod "$app" tlsclient tls-real with-secret
+tls_ip=$(journey_member_ips "$app" tls-real | cut -d' ' -f1)
+tls_probe() { # tls_probe [bench args...]: connection setups against the TLS worker, with the secret
+  kubectl -n "$app" exec tlsclient -- rcache-worker bench --mode client --transport tcp \
+    --remote-ip "$tls_ip" --remote-port 29999 --case setup --duration 1 \
+    --auth-secret-file /etc/rcache/auth/token "$@" 2>&1
+}
+if out=$(tls_probe); then
+  fail "a plain TCP client is refused by the TLS worker" "it connected: $out"
+else
+  assert_contains "a plain TCP client is refused by the TLS worker, saying why" "accepts only TLS" "$out"
+fi
+out=$(tls_probe --tls-ca-file /etc/rcache/auth/ca.crt) || fail "a TLS client verifying the cluster's CA connects" "$out"
+assert_contains "a TLS client verifying the cluster's CA connects and authenticates" "connect+auth" "$out"
+kubectl -n "$app" delete pod tlsclient --wait=false >/dev/null
+kubectl -n "$app" delete "$crd" tls-real --wait=false >/dev/null
+
+# --------------------------------------------------------------------------------------------
 e2e_log "pods that cannot run say why (real termination messages)"
 # reason_is <cachecluster> <condition> <reason>
 reason_is() {
